@@ -1,0 +1,72 @@
+//! Picking a backend and device at run time by name.
+//!
+//! Burn 0.22 chooses the backend through the [`Device`] value, so the same model code runs on
+//! every backend compiled into the binary. The CPU backend (`flex`) is always there; GPU
+//! backends come with this crate's cargo features `wgpu`, `vulkan` and `cuda`.
+
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+
+/// Names [`device_from_name`] accepts in this build, CPU first.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut names = vec!["cpu"];
+    if cfg!(feature = "wgpu") {
+        names.push("wgpu");
+    }
+    if cfg!(feature = "vulkan") {
+        names.push("vulkan");
+    }
+    if cfg!(feature = "cuda") {
+        names.push("cuda");
+    }
+    names
+}
+
+/// The device called `name`: `cpu` (Burn's `flex` backend, also accepted as `flex`), `wgpu`,
+/// `vulkan`, or `cuda`, each optionally with `:<index>` for the n-th GPU.
+///
+/// ```
+/// use bit_model::backend::device_from_name;
+///
+/// let cpu = device_from_name("cpu").unwrap();
+/// assert_eq!(cpu, device_from_name("flex").unwrap());
+/// assert!(device_from_name("tpu").is_err());
+/// ```
+pub fn device_from_name(name: &str) -> Result<Device> {
+    let (kind, index) = match name.split_once(':') {
+        Some((kind, index)) => (kind, Some(index)),
+        None => (name, None),
+    };
+    let unknown = || Error::UnknownDevice {
+        name: name.to_string(),
+        available: compiled_backends().join(", "),
+    };
+    let index: usize = match index {
+        Some(i) => i.parse().map_err(|_| unknown())?,
+        None => 0,
+    };
+    match kind.to_ascii_lowercase().as_str() {
+        "cpu" | "flex" if index == 0 => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::wgpu(gpu_kind(index))),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Ok(Device::vulkan(gpu_kind(index))),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::cuda(index)),
+        _ => Err(unknown()),
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+fn gpu_kind(index: usize) -> burn::tensor::DeviceKind {
+    burn::tensor::DeviceKind::DiscreteGpu(index)
+}
+
+/// One device of every backend compiled in, named, for benchmarks and smoke tests.
+pub fn compiled_devices() -> Vec<(&'static str, Device)> {
+    compiled_backends()
+        .into_iter()
+        .filter_map(|name| Some((name, device_from_name(name).ok()?)))
+        .collect()
+}

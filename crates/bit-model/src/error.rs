@@ -1,0 +1,128 @@
+//! The one error type of `bit-model`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while building, loading or saving a BiT model.
+///
+/// Every variant names the file (and the array, where there is one) so that a user with a
+/// damaged or foreign checkpoint knows exactly what to fix. Nothing in this crate panics on bad
+/// input.
+///
+/// ```
+/// use bit_model::{Error, ResNetV2};
+/// use burn::tensor::Device;
+///
+/// let err = ResNetV2::from_npz("no/such/BiT-M-R50x1.npz", &Device::default()).unwrap_err();
+/// assert!(matches!(err, Error::Io { .. }));
+/// assert!(err.to_string().contains("no/such/BiT-M-R50x1.npz"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+
+    /// The file is not a readable archive (truncated download, wrong format, bad CRC).
+    #[error("{path} is not a valid checkpoint: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An array that the architecture needs is absent.
+    #[error("{path} has no array `{key}`; is it a BiT ResNetV2 checkpoint?")]
+    MissingKey {
+        /// The file.
+        path: PathBuf,
+        /// The missing key, in BiT's naming (`resnet/block1/unit01/a/...`).
+        key: String,
+    },
+
+    /// An array has the wrong shape for the architecture inferred from the file.
+    #[error("array `{key}` in {path} has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The array.
+        key: String,
+        /// The shape the architecture needs, in the file's own layout (HWIO for kernels).
+        expected: Vec<usize>,
+        /// The shape stored in the file.
+        found: Vec<usize>,
+    },
+
+    /// An array is not stored as 32-bit floats.
+    #[error("array `{key}` in {path} has dtype `{found}`, expected float32 (`<f4`)")]
+    DType {
+        /// The file.
+        path: PathBuf,
+        /// The array.
+        key: String,
+        /// The numpy type string found (`<f8`, `<f2`, ...).
+        found: String,
+    },
+
+    /// Two arrays map onto the same parameter (e.g. `standardized_conv2d` and
+    /// `standardized_conv2d_1` in one unit).
+    #[error("{path} has two arrays for `{key}`: `{first}` and `{second}`")]
+    DuplicateKey {
+        /// The file.
+        path: PathBuf,
+        /// The normalised key both map to.
+        key: String,
+        /// The first array name.
+        first: String,
+        /// The second array name.
+        second: String,
+    },
+
+    /// The arrays present do not describe a BiT ResNetV2 (no root conv, a gap in the unit
+    /// numbering, a width that is not a multiple of 64, ...).
+    #[error("{path} does not describe a BiT ResNetV2: {reason}")]
+    Architecture {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        reason: String,
+    },
+
+    /// A model configuration that cannot be built.
+    #[error("invalid ResNetV2 configuration: {0}")]
+    InvalidConfig(String),
+
+    /// A name that is not one of BiT's released architectures or models.
+    #[error(
+        "unknown BiT model `{0}`; expected e.g. `BiT-M-R50x1`, `BiT-S-R101x3` or an architecture \
+         such as `R152x2`"
+    )]
+    UnknownModel(String),
+
+    /// A device name that is not compiled into this build.
+    #[error("unknown or not compiled-in device `{name}`; available here: {available}")]
+    UnknownDevice {
+        /// The name asked for.
+        name: String,
+        /// The names this build understands.
+        available: String,
+    },
+
+    /// Writing a native checkpoint failed (disk full, permissions, ...); the previous file, if
+    /// any, is left untouched.
+    #[error("cannot save model to {path}: {reason}")]
+    Save {
+        /// The destination.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,40 @@
+//! # bit-model
+//!
+//! Google's *Big Transfer* (BiT) ResNetV2 in [Burn](https://burn.dev): weight-standardized
+//! convolutions, GroupNorm and pre-activation bottlenecks, exactly as the reference
+//! `bit_pytorch/models.py`, with loading of the official `.npz` checkpoints (every released
+//! BiT-S, BiT-M, `-ILSVRC2012`, VTAB and distilled file) and a native safetensors format.
+//!
+//! The same code runs on every Burn backend compiled in; the [`Device`](burn::tensor::Device)
+//! chooses it at run time (see [`backend`]). On an autodiff device the model trains.
+//!
+//! ```no_run
+//! use bit_model::ResNetV2;
+//! use burn::tensor::{Device, Tensor};
+//!
+//! let device = Device::default();
+//! let model = ResNetV2::from_npz("BiT-M-R50x1.npz", &device)?;
+//! let images = Tensor::<4>::zeros([8, 3, 128, 128], &device); // NCHW, scaled to [-1, 1]
+//! let logits = model.forward(images.clone()); // [8, 21843]
+//! let features = model.features(images); // [8, 2048]
+//! # Ok::<(), bit_model::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod backend;
+mod bottleneck;
+mod error;
+mod native;
+mod npz;
+mod resnet;
+mod std_conv;
+
+pub use bottleneck::{GN_EPS, GROUPS, PreActBottleneck, PreActBottleneckConfig};
+pub use error::{Error, Result};
+pub use native::CONFIG_METADATA_KEY;
+pub use npz::NpzCheckpoint;
+pub use resnet::{
+    Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, Block, Head, HeadConfig, ResNetV2,
+    ResNetV2Config, RootBlock,
+};
+pub use std_conv::{StdConv2d, StdConv2dConfig};

@@ -1,0 +1,406 @@
+//! ResNetV2 as BiT builds it: root block, four stages of pre-activation bottlenecks, head.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::ops::PadMode;
+use burn::tensor::{Device, Tensor};
+
+use crate::bottleneck::{GN_EPS, GROUPS, PreActBottleneck, PreActBottleneckConfig};
+use crate::error::Error;
+use crate::std_conv::{StdConv2d, StdConv2dConfig};
+
+/// Head size of the BiT-M checkpoints (ImageNet-21k, 21841 classes plus two unused ids).
+pub const BIT_M_HEAD_SIZE: usize = 21843;
+/// Head size of the BiT-S and `-ILSVRC2012` checkpoints (ImageNet-1k).
+pub const BIT_S_HEAD_SIZE: usize = 1000;
+
+/// The six released BiT architectures (`KNOWN_MODELS` of the reference code).
+///
+/// ```
+/// use bit_model::Architecture;
+///
+/// let arch: Architecture = "R152x2".parse().unwrap();
+/// assert_eq!(arch.block_units(), [3, 8, 36, 3]);
+/// assert_eq!(arch.width_factor(), 2);
+/// assert_eq!(arch.feature_dim(), 4096);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Architecture {
+    /// ResNet-50, width 1.
+    R50x1,
+    /// ResNet-101, width 1.
+    R101x1,
+    /// ResNet-50, width 3.
+    R50x3,
+    /// ResNet-101, width 3.
+    R101x3,
+    /// ResNet-152, width 2.
+    R152x2,
+    /// ResNet-152, width 4.
+    R152x4,
+}
+
+impl Architecture {
+    /// Every architecture, smallest first.
+    pub const ALL: [Architecture; 6] = [
+        Self::R50x1,
+        Self::R101x1,
+        Self::R50x3,
+        Self::R101x3,
+        Self::R152x2,
+        Self::R152x4,
+    ];
+
+    /// Units per block.
+    pub fn block_units(self) -> [usize; 4] {
+        match self {
+            Self::R50x1 | Self::R50x3 => [3, 4, 6, 3],
+            Self::R101x1 | Self::R101x3 => [3, 4, 23, 3],
+            Self::R152x2 | Self::R152x4 => [3, 8, 36, 3],
+        }
+    }
+
+    /// Width multiplier of every layer.
+    pub fn width_factor(self) -> usize {
+        match self {
+            Self::R50x1 | Self::R101x1 => 1,
+            Self::R152x2 => 2,
+            Self::R50x3 | Self::R101x3 => 3,
+            Self::R152x4 => 4,
+        }
+    }
+
+    /// Width of the pooled features, `2048 * width_factor`.
+    pub fn feature_dim(self) -> usize {
+        2048 * self.width_factor()
+    }
+
+    /// The configuration of this architecture with a head of `head_size` classes.
+    pub fn config(self, head_size: usize) -> ResNetV2Config {
+        ResNetV2Config::new(self.block_units(), self.width_factor(), head_size)
+    }
+
+    /// The architecture with these block units and width, if it is a released one.
+    pub fn from_shape(block_units: [usize; 4], width_factor: usize) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.block_units() == block_units && a.width_factor() == width_factor)
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let depth: usize = self.block_units().iter().sum::<usize>() * 3 + 2;
+        write!(f, "R{depth}x{}", self.width_factor())
+    }
+}
+
+impl FromStr for Architecture {
+    type Err = Error;
+
+    /// Parses `R50x1` ... `R152x4`, case-insensitively.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.to_string().eq_ignore_ascii_case(s))
+            .ok_or_else(|| Error::UnknownModel(s.to_string()))
+    }
+}
+
+/// Configuration of a [`ResNetV2`].
+///
+/// ```
+/// use bit_model::ResNetV2Config;
+///
+/// // The upstream BiT-M-R50x1 and a small custom variant.
+/// let r50 = ResNetV2Config::from_model_name("BiT-M-R50x1").unwrap();
+/// assert_eq!((r50.block_units, r50.width_factor, r50.head_size), ([3, 4, 6, 3], 1, 21843));
+/// let tiny = ResNetV2Config::new([1, 1, 1, 1], 1, 10);
+/// assert_eq!(tiny.feature_dim(), 2048);
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct ResNetV2Config {
+    /// Bottleneck units in each of the four blocks (`[3, 4, 6, 3]` for R50).
+    pub block_units: [usize; 4],
+    /// Width multiplier: block `b` has `256 * 2^b * wf` output channels.
+    pub width_factor: usize,
+    /// Number of classes of the head.
+    pub head_size: usize,
+    /// Input image channels.
+    #[config(default = 3)]
+    pub in_channels: usize,
+    /// Weight-standardization epsilon (1e-10 in BiT, 1e-8 in timm's port).
+    #[config(default = 1e-10)]
+    pub std_conv_eps: f64,
+    /// Start the head at zero, as BiT does before fine-tuning.
+    #[config(default = false)]
+    pub zero_head: bool,
+}
+
+impl ResNetV2Config {
+    /// The configuration of a released model by name: `BiT-M-R50x1` (head 21843),
+    /// `BiT-S-R101x3` (head 1000), `BiT-M-R152x2-ILSVRC2012` (head 1000).
+    pub fn from_model_name(name: &str) -> Result<Self, Error> {
+        let unknown = || Error::UnknownModel(name.to_string());
+        let (family, rest) = name.split_once('-').ok_or_else(unknown)?;
+        let rest = match family {
+            "BiT" => rest,
+            _ => return Err(unknown()),
+        };
+        let (kind, arch) = rest.split_once('-').ok_or_else(unknown)?;
+        let (arch, ilsvrc) = match arch.strip_suffix("-ILSVRC2012") {
+            Some(arch) => (arch, true),
+            None => (arch, false),
+        };
+        let arch: Architecture = arch.parse().map_err(|_| unknown())?;
+        let head_size = match (kind, ilsvrc) {
+            ("M", false) => BIT_M_HEAD_SIZE,
+            ("M", true) | ("S", false) => BIT_S_HEAD_SIZE,
+            _ => return Err(unknown()),
+        };
+        Ok(arch.config(head_size))
+    }
+
+    /// Width of the pooled features, `2048 * width_factor`.
+    pub fn feature_dim(&self) -> usize {
+        2048 * self.width_factor
+    }
+
+    /// Checks the configuration can be built: four non-empty blocks, a positive width, head
+    /// and input channel count.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |what: &str| Err(Error::InvalidConfig(what.to_string()));
+        if self.block_units.contains(&0) {
+            return bad("every block needs at least one unit");
+        }
+        if self.width_factor == 0 {
+            return bad("width_factor must be at least 1");
+        }
+        if self.head_size == 0 {
+            return bad("head_size must be at least 1");
+        }
+        if self.in_channels == 0 {
+            return bad("in_channels must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Builds the model after [`validate`](Self::validate)-ing the configuration. Parameters
+    /// are lazy: they are only allocated when first used, so loading a checkpoint into a fresh
+    /// model costs no random init.
+    pub fn try_init(&self, device: &Device) -> Result<ResNetV2, Error> {
+        self.validate()?;
+        Ok(self.init(device))
+    }
+
+    /// Builds the model.
+    ///
+    /// # Panics
+    /// On a configuration that [`validate`](Self::validate) rejects; use
+    /// [`try_init`](Self::try_init) for configurations that come from users.
+    pub fn init(&self, device: &Device) -> ResNetV2 {
+        if let Err(e) = self.validate() {
+            panic!("{e}");
+        }
+        let wf = self.width_factor;
+        let root = RootBlock {
+            conv: StdConv2dConfig::new([self.in_channels, 64 * wf], 7)
+                .with_stride(2)
+                .with_padding(3)
+                .with_eps(self.std_conv_eps)
+                .init(device),
+            pool: MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).init(),
+        };
+        let mut in_channels = 64 * wf;
+        let body = (0..4)
+            .map(|b| {
+                let mid = (64 * wf) << b;
+                let out = 4 * mid;
+                let units = (0..self.block_units[b])
+                    .map(|u| {
+                        let stride = if b > 0 && u == 0 { 2 } else { 1 };
+                        let unit = PreActBottleneckConfig::new(in_channels, out, mid)
+                            .with_stride(stride)
+                            .with_std_conv_eps(self.std_conv_eps)
+                            .init(device);
+                        in_channels = out;
+                        unit
+                    })
+                    .collect();
+                Block { units }
+            })
+            .collect();
+        let head = HeadConfig::new(self.feature_dim(), self.head_size)
+            .with_zero_init(self.zero_head)
+            .init(device);
+        ResNetV2 { root, body, head }
+    }
+}
+
+/// The stem: 7x7/2 standardized conv, then a **zero** pad of 1 and a 3x3/2 max-pool without
+/// padding. There is no norm or activation, so the pooled values can be negative and the zero
+/// border can win the max: `MaxPool2d(3, 2, padding=1)` (which pads with -inf) "is subtly not
+/// the same", as the reference code says.
+#[derive(Module, Debug)]
+pub struct RootBlock {
+    /// `root_block/standardized_conv2d`.
+    pub conv: StdConv2d,
+    /// 3x3/2 max-pool, no padding of its own.
+    pub pool: MaxPool2d,
+}
+
+impl RootBlock {
+    /// `[b, c, h, w]` -> `[b, 64wf, ((h - 1) / 2 + 1 - 1) / 2 + 1, ...]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.conv.forward(x);
+        self.pool
+            .forward(x.pad((1, 1, 1, 1), PadMode::Constant(0.0)))
+    }
+}
+
+/// One of the four stages (`block1` ... `block4`); its first unit projects and, from `block2`
+/// on, halves the resolution.
+#[derive(Module, Debug)]
+pub struct Block {
+    /// `unit01`, `unit02`, ...
+    pub units: Vec<PreActBottleneck>,
+}
+
+impl Block {
+    /// Applies the units in order.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.units.iter().fold(x, |x, unit| unit.forward(x))
+    }
+}
+
+/// Configuration of the classification [`Head`].
+#[derive(Config, Debug)]
+pub struct HeadConfig {
+    /// Width of the pooled features.
+    pub features: usize,
+    /// Number of classes.
+    pub classes: usize,
+    /// Zero weight and bias, as BiT's fine-tuning starts; otherwise N(0, 0.01) like timm.
+    #[config(default = false)]
+    pub zero_init: bool,
+}
+
+impl HeadConfig {
+    /// Builds the head.
+    pub fn init(&self, device: &Device) -> Head {
+        let initializer = if self.zero_init {
+            Initializer::Zeros
+        } else {
+            Initializer::Normal {
+                mean: 0.0,
+                std: 0.01,
+            }
+        };
+        let mut fc = LinearConfig::new(self.features, self.classes)
+            .with_initializer(initializer)
+            .init(device);
+        // The initializer above also draws the bias; BiT and timm start it at zero.
+        fc.bias = Some(Initializer::Zeros.init([self.classes], device));
+        Head {
+            gn: GroupNormConfig::new(GROUPS, self.features)
+                .with_epsilon(GN_EPS)
+                .init(device),
+            fc,
+        }
+    }
+}
+
+/// GroupNorm, ReLU, global average pool, then the classifier. The classifier is BiT's 1x1
+/// `head/conv2d` (a plain conv with bias, not standardized), stored as a [`Linear`] whose
+/// `[in, out]` weight is the checkpoint kernel `[0, 0]` as is.
+#[derive(Module, Debug)]
+pub struct Head {
+    /// `resnet/group_norm`, the pre-head norm.
+    pub gn: GroupNorm,
+    /// `resnet/head/conv2d`.
+    pub fc: Linear,
+}
+
+impl Head {
+    /// Pooled pre-logits: `mean_hw(relu(gn(x)))`, `[b, c, h, w]` -> `[b, c]`.
+    pub fn pre_logits(&self, x: Tensor<4>) -> Tensor<2> {
+        let [b, c, h, w] = x.dims();
+        relu(self.gn.forward(x))
+            .reshape([b, c, h * w])
+            .mean_dim(2)
+            .reshape([b, c])
+    }
+}
+
+/// BiT's ResNetV2: `head(body(root(x)))`.
+///
+/// Inputs are NCHW images scaled to `[-1, 1]` (`x / 127.5 - 1`), at any resolution of at
+/// least 32x32 pixels after which the stages have output.
+///
+/// ```
+/// use bit_model::ResNetV2Config;
+/// use burn::tensor::{Device, Tensor};
+///
+/// let device = Device::default();
+/// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 10).init(&device);
+/// let x = Tensor::<4>::zeros([2, 3, 64, 64], &device);
+/// assert_eq!(model.forward(x.clone()).dims(), [2, 10]);
+/// assert_eq!(model.features(x).dims(), [2, 2048]);
+/// ```
+#[derive(Module, Debug)]
+pub struct ResNetV2 {
+    /// The stem.
+    pub root: RootBlock,
+    /// `block1` ... `block4`.
+    pub body: Vec<Block>,
+    /// Pre-head norm and classifier.
+    pub head: Head,
+}
+
+impl ResNetV2 {
+    /// Logits, `[batch, head_size]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.head.fc.forward(self.features(x))
+    }
+
+    /// Pooled pre-logits, `[batch, 2048 * width_factor]`: what the head classifies, and what
+    /// linear probes and retrieval use.
+    pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        self.head.pre_logits(self.feature_map(x))
+    }
+
+    /// The output of `block4` before the pre-head norm, `[batch, 2048wf, h / 32, w / 32]`.
+    pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.root.forward(x);
+        self.body.iter().fold(x, |x, block| block.forward(x))
+    }
+
+    /// Replaces the head by a zero-initialised one of `head_size` classes: what BiT does before
+    /// fine-tuning (`zero_head=True`).
+    pub fn with_zero_head(mut self, head_size: usize) -> Self {
+        let device = self.root.conv.weight.lazy_device();
+        let features = self.config().feature_dim();
+        let gn = self.head.gn;
+        self.head = HeadConfig::new(features, head_size)
+            .with_zero_init(true)
+            .init(&device);
+        self.head.gn = gn;
+        self
+    }
+
+    /// The configuration this model was built with, read back from its layers.
+    pub fn config(&self) -> ResNetV2Config {
+        let root = self.root.conv.weight.lazy_shape();
+        let head = self.head.fc.weight.lazy_shape();
+        let block_units = std::array::from_fn(|b| self.body[b].units.len());
+        ResNetV2Config::new(block_units, root[0] / 64, head[1])
+            .with_in_channels(root[1])
+            .with_std_conv_eps(self.root.conv.eps)
+    }
+}

@@ -1,0 +1,304 @@
+//! Checkpoint files the tests generate: round trips through the official `.npz` layout and the
+//! native safetensors format, and every kind of bad file giving its documented, typed error.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use bit_model::{Error, NpzCheckpoint, ResNetV2, ResNetV2Config};
+use burn::tensor::{Device, Distribution, Tensor};
+use npyz::WriterBuilder;
+use npyz::npz::{NpzArchive, NpzWriter};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bit-model-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// A small random BiT ([2, 1, 1, 1], width 1, 5 classes) written once in the official layout.
+fn reference() -> &'static (ResNetV2, PathBuf) {
+    static REFERENCE: OnceLock<(ResNetV2, PathBuf)> = OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let model = ResNetV2Config::new([2, 1, 1, 1], 1, 5).init(&Device::flex());
+        let path = scratch("reference.npz");
+        model.save_npz(&path).unwrap();
+        (model, path)
+    })
+}
+
+fn input() -> Tensor<4> {
+    Tensor::random(
+        [2, 3, 64, 64],
+        Distribution::Uniform(-1.0, 1.0),
+        &Device::flex(),
+    )
+}
+
+fn logits(model: &ResNetV2, x: Tensor<4>) -> Vec<f32> {
+    model.forward(x).into_data().try_into_vec().unwrap()
+}
+
+enum Array {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// Copies the reference checkpoint, letting `edit` rename, reshape, retype, drop or add arrays.
+fn rewrite(
+    name: &str,
+    edit: impl Fn(&str, &[u64], Vec<f32>) -> Vec<(String, Vec<u64>, Array)>,
+) -> PathBuf {
+    let mut src = NpzArchive::open(&reference().1).unwrap();
+    let names: Vec<String> = src.array_names().map(String::from).collect();
+    let dst = scratch(name);
+    let mut out = NpzWriter::create(&dst).unwrap();
+    for key in names {
+        let npy = src.by_name(&key).unwrap().unwrap();
+        let shape = npy.shape().to_vec();
+        for (key, shape, array) in edit(&key, &shape, npy.into_vec().unwrap()) {
+            let options = Default::default();
+            match array {
+                Array::F32(v) => {
+                    let mut w = out
+                        .array::<f32>(&key, options)
+                        .unwrap()
+                        .default_dtype()
+                        .shape(&shape)
+                        .begin_nd()
+                        .unwrap();
+                    w.extend(v).unwrap();
+                    w.finish().unwrap();
+                }
+                Array::F64(v) => {
+                    let mut w = out
+                        .array::<f64>(&key, options)
+                        .unwrap()
+                        .default_dtype()
+                        .shape(&shape)
+                        .begin_nd()
+                        .unwrap();
+                    w.extend(v).unwrap();
+                    w.finish().unwrap();
+                }
+            }
+        }
+    }
+    out.zip_writer().finish().unwrap();
+    dst
+}
+
+fn keep(key: &str, shape: &[u64], v: Vec<f32>) -> Vec<(String, Vec<u64>, Array)> {
+    vec![(key.to_string(), shape.to_vec(), Array::F32(v))]
+}
+
+fn load_err(path: &Path) -> Error {
+    ResNetV2::from_npz(path, &Device::flex()).expect_err("loading must fail")
+}
+
+#[test]
+fn npz_round_trip_is_exact() {
+    let (model, path) = reference();
+    let ckpt = NpzCheckpoint::open(path).unwrap();
+    assert_eq!(ckpt.block_units(), [2, 1, 1, 1]);
+    assert_eq!(
+        (ckpt.width_factor(), ckpt.head_size(), ckpt.architecture()),
+        (1, Some(5), None)
+    );
+    let loaded = ckpt.load(&Device::flex()).unwrap();
+    assert_eq!(loaded.config(), model.config());
+    let x = input();
+    assert_eq!(logits(&loaded, x.clone()), logits(model, x));
+}
+
+#[test]
+fn numbered_conv_keys_and_extra_arrays_load() {
+    let path = rewrite("numbered.npz", |key, shape, v| {
+        let mut out = keep(
+            &key.replace("/standardized_conv2d/", "/standardized_conv2d_7/"),
+            shape,
+            v,
+        );
+        if key == "resnet/group_norm/beta" {
+            out.push(("global_step".into(), vec![1], Array::F32(vec![1.0])));
+        }
+        out
+    });
+    let loaded = ResNetV2::from_npz(&path, &Device::flex()).unwrap();
+    let x = input();
+    assert_eq!(logits(&loaded, x.clone()), logits(&reference().0, x));
+}
+
+#[test]
+fn truncated_archive_is_corrupt() {
+    let bytes = std::fs::read(&reference().1).unwrap();
+    for len in [0, 100, bytes.len() / 2, bytes.len() - 10] {
+        let path = scratch(&format!("truncated-{len}.npz"));
+        std::fs::write(&path, &bytes[..len]).unwrap();
+        let err = load_err(&path);
+        assert!(matches!(err, Error::Corrupt { .. }), "{len} bytes: {err:?}");
+        assert!(err.to_string().contains("truncated-"), "{err}");
+    }
+}
+
+#[test]
+fn corrupted_array_data_is_reported_with_its_key() {
+    // Flip bytes inside the largest array's data: the zip CRC check catches it on read.
+    let mut bytes = std::fs::read(&reference().1).unwrap();
+    let mid = bytes.len() / 3;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    let path = scratch("flipped.npz");
+    std::fs::write(&path, bytes).unwrap();
+    match load_err(&path) {
+        Error::Corrupt { reason, .. } => assert!(reason.contains("array `resnet/"), "{reason}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn missing_key_is_named() {
+    let gone = "resnet/block2/unit01/b/group_norm/beta";
+    let path = rewrite("missing.npz", |key, shape, v| {
+        if key == gone {
+            vec![]
+        } else {
+            keep(key, shape, v)
+        }
+    });
+    match load_err(&path) {
+        Error::MissingKey { key, .. } => assert_eq!(key, gone),
+        other => panic!("expected MissingKey, got {other:?}"),
+    }
+}
+
+#[test]
+fn wrong_shape_names_key_and_both_shapes() {
+    let target = "resnet/block3/unit01/c/standardized_conv2d/kernel";
+    let path = rewrite("shape.npz", |key, shape, v| {
+        if key == target {
+            let half = v.len() / 2;
+            vec![(
+                key.into(),
+                vec![1, 1, 256, 512],
+                Array::F32(v[..half].to_vec()),
+            )]
+        } else {
+            keep(key, shape, v)
+        }
+    });
+    let err = load_err(&path);
+    match &err {
+        Error::ShapeMismatch {
+            key,
+            expected,
+            found,
+            ..
+        } => {
+            assert_eq!(key, target);
+            assert_eq!(
+                (expected.as_slice(), found.as_slice()),
+                ([1, 1, 256, 1024].as_slice(), [1, 1, 256, 512].as_slice())
+            );
+        }
+        other => panic!("expected ShapeMismatch, got {other:?}"),
+    }
+    assert!(err.to_string().contains("[1, 1, 256, 1024]"), "{err}");
+}
+
+#[test]
+fn float64_array_is_a_dtype_error() {
+    let target = "resnet/block1/unit02/a/group_norm/gamma";
+    let path = rewrite("f64.npz", |key, shape, v| {
+        let array = if key == target {
+            Array::F64(v.into_iter().map(f64::from).collect())
+        } else {
+            Array::F32(v)
+        };
+        vec![(key.into(), shape.to_vec(), array)]
+    });
+    match load_err(&path) {
+        Error::DType { key, found, .. } => {
+            assert_eq!((key.as_str(), found.as_str()), (target, "<f8"))
+        }
+        other => panic!("expected DType, got {other:?}"),
+    }
+}
+
+#[test]
+fn two_spellings_of_one_kernel_are_ambiguous() {
+    let target = "resnet/block4/unit01/b/standardized_conv2d/kernel";
+    let path = rewrite("duplicate.npz", |key, shape, v| {
+        let mut out = keep(key, shape, v.clone());
+        if key == target {
+            out.push((
+                key.replace("conv2d/", "conv2d_1/"),
+                shape.to_vec(),
+                Array::F32(v),
+            ));
+        }
+        out
+    });
+    assert!(matches!(load_err(&path), Error::DuplicateKey { .. }));
+}
+
+#[test]
+fn gap_in_unit_numbering_is_not_bit() {
+    let path = rewrite("gap.npz", |key, shape, v| {
+        keep(&key.replace("block1/unit02", "block1/unit03"), shape, v)
+    });
+    match load_err(&path) {
+        Error::Architecture { reason, .. } => assert!(reason.contains("block1"), "{reason}"),
+        other => panic!("expected Architecture, got {other:?}"),
+    }
+}
+
+#[test]
+fn headless_checkpoint_loads_only_with_a_new_head() {
+    let path = rewrite("headless.npz", |key, shape, v| {
+        if key.starts_with("resnet/head/") {
+            vec![]
+        } else {
+            keep(key, shape, v)
+        }
+    });
+    assert_eq!(NpzCheckpoint::open(&path).unwrap().head_size(), None);
+    assert!(matches!(load_err(&path), Error::MissingKey { .. }));
+    let model = ResNetV2::from_npz_with_zero_head(&path, 3, &Device::flex()).unwrap();
+    assert_eq!(logits(&model, input()), vec![0.0; 6]);
+}
+
+#[test]
+fn safetensors_round_trip_is_exact() {
+    let (model, _) = reference();
+    let path = scratch("model.safetensors");
+    model.save_safetensors(&path).unwrap();
+    model.save_safetensors(&path).unwrap(); // overwriting is fine
+    let loaded = ResNetV2::from_safetensors(&path, &Device::flex()).unwrap();
+    assert_eq!(loaded.config(), model.config());
+    let x = input();
+    assert_eq!(logits(&loaded, x.clone()), logits(model, x));
+}
+
+#[test]
+fn safetensors_errors_are_typed() {
+    let dir_missing = scratch("no-such-dir").join("model.safetensors");
+    assert!(matches!(
+        reference().0.save_safetensors(&dir_missing),
+        Err(Error::Save { .. })
+    ));
+    let npz_as_safetensors = ResNetV2::from_safetensors(&reference().1, &Device::flex());
+    assert!(matches!(npz_as_safetensors, Err(Error::Corrupt { .. })));
+    let absent = ResNetV2::from_safetensors(scratch("absent.safetensors"), &Device::flex());
+    assert!(matches!(absent, Err(Error::Io { .. })));
+}
+
+#[test]
+fn npz_save_failure_is_typed_and_leaves_no_file() {
+    let dst = scratch("no-such-dir").join("model.npz");
+    assert!(matches!(
+        reference().0.save_npz(&dst),
+        Err(Error::Save { .. })
+    ));
+    assert!(!dst.exists());
+}

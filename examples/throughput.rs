@@ -1,0 +1,146 @@
+//! Throughput of a BiT ResNetV2 on one device: images per second for inference or for a full
+//! training step (forward, cross-entropy, backward, SGD with momentum), and the peak resident
+//! memory of the process. Run each configuration in its own process so the peak is its own:
+//!
+//! ```text
+//! cargo run --release --example throughput -- --arch R50x1 --size 128 --batch 32 --mode train
+//! cargo run --release --example throughput -- --arch tiny --size 64 --batch 32 --mode infer
+//! ```
+//!
+//! Weights are random (timing does not depend on them); `--device` picks the backend.
+
+use std::time::Instant;
+
+use bit_model::backend::device_from_name;
+use bit_model::{ResNetV2, ResNetV2Config};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use clap::{Parser, ValueEnum};
+
+#[derive(Parser)]
+struct Args {
+    /// `R50x1` ... `R152x4`, or `tiny` (one unit per block, the golden test model).
+    #[arg(long, default_value = "R50x1")]
+    arch: String,
+    /// Square input resolution.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, value_enum, default_value_t = Mode::Train)]
+    mode: Mode,
+    /// Timed iterations (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Mode {
+    Infer,
+    Train,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let config = match args.arch.as_str() {
+        "tiny" => ResNetV2Config::new([1, 1, 1, 1], 1, 10),
+        arch => arch.parse::<bit_model::Architecture>()?.config(10),
+    };
+    let device = device_from_name(&args.device)?;
+    let times = match args.mode {
+        Mode::Infer => time_inference(&config, &device, &args),
+        Mode::Train => time_training(&config, &device.clone().autodiff(), &args),
+    };
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    println!(
+        "{} @{} {} batch {} on {}: {:.2} img/s (median {:.3} s/iter over {}; min {:.3}, max {:.3}), peak RSS {} MiB",
+        args.arch,
+        args.size,
+        if args.mode == Mode::Train {
+            "train"
+        } else {
+            "inference"
+        },
+        args.batch,
+        args.device,
+        args.batch as f64 / median,
+        median,
+        times.len(),
+        sorted[0],
+        sorted[sorted.len() - 1],
+        peak_rss_mib().map_or("?".into(), |m| m.to_string()),
+    );
+    Ok(())
+}
+
+fn images(args: &Args, device: &Device) -> Tensor<4> {
+    Tensor::random(
+        [args.batch, 3, args.size, args.size],
+        Distribution::Uniform(-1.0, 1.0),
+        device,
+    )
+}
+
+fn time_inference(config: &ResNetV2Config, device: &Device, args: &Args) -> Vec<f64> {
+    let model = config.init(device);
+    (0..args.warmup + args.iters)
+        .map(|_| {
+            let x = images(args, device);
+            device.sync().ok();
+            let start = Instant::now();
+            let logits = model.forward(x);
+            let _ = logits.into_data(); // reading back syncs asynchronous backends
+            start.elapsed().as_secs_f64()
+        })
+        .skip(args.warmup)
+        .collect()
+}
+
+fn time_training(config: &ResNetV2Config, device: &Device, args: &Args) -> Vec<f64> {
+    let mut model: ResNetV2 = config.init(device);
+    let mut sgd = SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
+        ))
+        .init();
+    let ce = CrossEntropyLossConfig::new().init(device);
+    let mut times = Vec::new();
+    for i in 0..args.warmup + args.iters {
+        let x = images(args, device);
+        let y = Tensor::<1, Int>::random([args.batch], Distribution::Uniform(0.0, 10.0), device);
+        device.sync().ok();
+        let start = Instant::now();
+        let loss = ce.forward(model.forward(x), y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = sgd.step(0.003, model, grads);
+        // Reading a parameter back waits for the update on asynchronous backends.
+        let _ = model.head.fc.bias.as_ref().map(|b| b.val().into_data());
+        if i >= args.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times
+}
+
+/// High-water mark of the resident set (`VmHWM`), Linux only.
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
+}
