@@ -1,0 +1,206 @@
+//! CIFAR-10 and CIFAR-100 from the official binary archives.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::Split;
+use crate::dataset::InMemoryDataset;
+use crate::download::RemoteFile;
+use crate::error::{DataError, Result};
+
+/// Where the official archives are published.
+pub const CIFAR_BASE_URL: &str = "https://www.cs.toronto.edu/~kriz";
+/// Environment variable that overrides [`CIFAR_BASE_URL`] (mirrors, tests).
+pub const CIFAR_BASE_URL_ENV: &str = "BIT_CIFAR_BASE_URL";
+
+const IMAGE_BYTES: usize = 32 * 32 * 3;
+
+/// Which CIFAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cifar {
+    /// 10 classes.
+    Cifar10,
+    /// 100 classes; the fine labels are used.
+    Cifar100,
+}
+
+impl Cifar {
+    /// The archive's file name.
+    pub fn archive_name(self) -> &'static str {
+        match self {
+            Self::Cifar10 => "cifar-10-binary.tar.gz",
+            Self::Cifar100 => "cifar-100-binary.tar.gz",
+        }
+    }
+
+    /// The published archive at `base_url`.
+    pub fn remote(self, base_url: &str) -> RemoteFile {
+        let (size, md5) = match self {
+            Self::Cifar10 => (170_052_171, "c32a1d4ab5d03f1284b67883e8d87530"),
+            Self::Cifar100 => (168_513_733, "03b5dce01913d631647c71ecec9e9cb8"),
+        };
+        RemoteFile {
+            url: format!("{}/{}", base_url.trim_end_matches('/'), self.archive_name()),
+            size: Some(size),
+            md5: Some(md5.to_string()),
+        }
+    }
+
+    /// The directory the archive extracts to.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Self::Cifar10 => "cifar-10-batches-bin",
+            Self::Cifar100 => "cifar-100-binary",
+        }
+    }
+
+    fn files(self, split: Split) -> Vec<&'static str> {
+        match (self, split) {
+            (Self::Cifar10, Split::Train) => vec![
+                "data_batch_1.bin",
+                "data_batch_2.bin",
+                "data_batch_3.bin",
+                "data_batch_4.bin",
+                "data_batch_5.bin",
+            ],
+            (Self::Cifar10, Split::Test) => vec!["test_batch.bin"],
+            (Self::Cifar100, Split::Train) => vec!["train.bin"],
+            (Self::Cifar100, Split::Test) => vec!["test.bin"],
+        }
+    }
+
+    fn names_file(self) -> &'static str {
+        match self {
+            Self::Cifar10 => "batches.meta.txt",
+            Self::Cifar100 => "fine_label_names.txt",
+        }
+    }
+
+    fn num_classes(self) -> usize {
+        match self {
+            Self::Cifar10 => 10,
+            Self::Cifar100 => 100,
+        }
+    }
+
+    /// Loads a split from `datadir`, in this order of preference: the extracted directory,
+    /// the archive (verified, then extracted), a download of the archive (from
+    /// `$BIT_CIFAR_BASE_URL`, else the official site) into `datadir`.
+    pub fn load(self, datadir: &Path, split: Split) -> Result<InMemoryDataset> {
+        let base = std::env::var(CIFAR_BASE_URL_ENV).unwrap_or_else(|_| CIFAR_BASE_URL.to_string());
+        self.load_from(datadir, split, &self.remote(&base))
+    }
+
+    /// [`load`](Self::load) with an explicit source for the archive.
+    pub fn load_from(
+        self,
+        datadir: &Path,
+        split: Split,
+        remote: &RemoteFile,
+    ) -> Result<InMemoryDataset> {
+        let dir = datadir.join(self.dir_name());
+        let extracted = self
+            .files(split)
+            .iter()
+            .chain([&self.names_file()])
+            .all(|f| dir.join(f).is_file());
+        if !extracted {
+            let archive = datadir.join(self.archive_name());
+            remote.fetch(&archive)?;
+            extract_tar_gz(&archive, datadir)?;
+        }
+        self.parse(&dir, split)
+    }
+
+    fn parse(self, dir: &Path, split: Split) -> Result<InMemoryDataset> {
+        let names_path = dir.join(self.names_file());
+        let classes: Vec<String> = std::fs::read_to_string(&names_path)
+            .map_err(DataError::io(&names_path))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if classes.len() != self.num_classes() {
+            return Err(DataError::Format {
+                path: names_path,
+                reason: format!(
+                    "{} class names, expected {}",
+                    classes.len(),
+                    self.num_classes()
+                ),
+            });
+        }
+        // CIFAR-100 records carry (coarse, fine) labels; CIFAR-10 one label.
+        let label_bytes = match self {
+            Self::Cifar10 => 1,
+            Self::Cifar100 => 2,
+        };
+        let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+        for file in self.files(split) {
+            let path = dir.join(file);
+            let bytes = std::fs::read(&path).map_err(DataError::io(&path))?;
+            let record = label_bytes + IMAGE_BYTES;
+            if bytes.is_empty() || bytes.len() % record != 0 {
+                return Err(DataError::Format {
+                    path,
+                    reason: format!(
+                        "{} bytes is not a whole number of {record}-byte records",
+                        bytes.len()
+                    ),
+                });
+            }
+            for rec in bytes.chunks_exact(record) {
+                let label = rec[label_bytes - 1] as usize;
+                if label >= classes.len() {
+                    return Err(DataError::Format {
+                        path,
+                        reason: format!("label {label} out of range"),
+                    });
+                }
+                labels.push(label);
+                // Records are planar (1024 R, 1024 G, 1024 B); store HWC.
+                let planes = &rec[label_bytes..];
+                pixels.extend(
+                    (0..1024).flat_map(|i| [planes[i], planes[1024 + i], planes[2048 + i]]),
+                );
+            }
+        }
+        InMemoryDataset::new(classes, [32, 32, 3], pixels, labels)
+    }
+}
+
+/// Extracts a `.tar.gz` into `dest`, refusing absolute paths, `..` and links.
+pub fn extract_tar_gz(archive: &Path, dest: &Path) -> Result<()> {
+    let bad = |reason: String| DataError::Archive {
+        path: archive.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::open(archive).map_err(DataError::io(archive))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    for entry in tar.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let path: PathBuf = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+        let kind = entry.header().entry_type();
+        let safe = path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        if !safe || !(kind.is_file() || kind.is_dir()) {
+            return Err(DataError::UnsafeArchiveEntry {
+                path: archive.to_path_buf(),
+                entry: path.display().to_string(),
+            });
+        }
+        let target = dest.join(&path);
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target).map_err(DataError::io(&target))?;
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(DataError::io(parent))?;
+        }
+        entry
+            .unpack(&target)
+            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
+}

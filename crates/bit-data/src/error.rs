@@ -1,0 +1,151 @@
+//! The one error type of `bit-data`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while fetching, reading or sampling a dataset. Every variant
+/// names the file, URL or class involved.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+
+    /// A download failed (offline, HTTP error, interrupted transfer).
+    #[error(
+        "download of {url} failed: {reason}. Without network access, place the file at {dest} \
+         by hand (or point --datadir at a folder that has it)"
+    )]
+    Download {
+        /// What was fetched.
+        url: String,
+        /// Where it was going.
+        dest: PathBuf,
+        /// Why it failed.
+        reason: String,
+    },
+
+    /// A file's size or checksum is not the published one.
+    #[error(
+        "{path} is damaged: {what} is {found}, expected {expected}; delete it to fetch it again"
+    )]
+    Integrity {
+        /// The file.
+        path: PathBuf,
+        /// `size` or `MD5`.
+        what: &'static str,
+        /// The published value.
+        expected: String,
+        /// The value of the file.
+        found: String,
+    },
+
+    /// An archive could not be unpacked.
+    #[error("{path} is not a valid archive: {reason}")]
+    Archive {
+        /// The archive.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+
+    /// An archive member would be written outside the extraction directory (or is a link).
+    #[error("{path} contains an unsafe entry `{entry}`; refusing to extract it")]
+    UnsafeArchiveEntry {
+        /// The archive.
+        path: PathBuf,
+        /// The offending member.
+        entry: String,
+    },
+
+    /// A data file's content does not follow its format (CIFAR records, IDX headers, ...).
+    #[error("{path}: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An image file could not be decoded.
+    #[error("cannot decode image {path}: {reason}")]
+    Decode {
+        /// The image.
+        path: PathBuf,
+        /// The decoder's message.
+        reason: String,
+    },
+
+    /// A file in a class folder is not an image this crate reads.
+    #[error(
+        "{path} is not an image (readable: {extensions}); remove it from the class folder, or skip \
+         such files explicitly (`--skip-non-images`)",
+        extensions = crate::folder::IMAGE_EXTENSIONS.join(", ")
+    )]
+    NotAnImage {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A dataset directory without class sub-directories.
+    #[error("{path} has no class sub-directories; expected {path}/<class>/<image>")]
+    NoClasses {
+        /// The directory.
+        path: PathBuf,
+    },
+
+    /// A class directory without images.
+    #[error("class `{class}` ({path}) has no images")]
+    EmptyClass {
+        /// The class directory.
+        path: PathBuf,
+        /// Its name.
+        class: String,
+    },
+
+    /// Training and validation splits with different classes.
+    #[error("the validation classes of {path} differ from the training classes: {detail}")]
+    ClassMismatch {
+        /// The validation directory.
+        path: PathBuf,
+        /// The first difference.
+        detail: String,
+    },
+
+    /// Few-shot sampling asked for more examples than a class has.
+    #[error(
+        "class `{class}` has only {available} examples, but {requested} per class were requested"
+    )]
+    NotEnoughExamples {
+        /// The class.
+        class: String,
+        /// Its examples.
+        available: usize,
+        /// K.
+        requested: usize,
+    },
+
+    /// A dataset name this crate does not know.
+    #[error(
+        "unknown dataset `{0}`; expected one of cifar10, cifar100, imagenet2012, folder, fashion_mnist, mnist"
+    )]
+    UnknownDataset(String),
+
+    /// A parameter out of range (batch size 0, crop larger than the resize, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl DataError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}
+
+/// `Result` with [`DataError`].
+pub type Result<T> = std::result::Result<T, DataError>;

@@ -1,0 +1,177 @@
+//! Folders of class sub-directories: ImageNet-2012's `train/<wnid>/*.JPEG` and any custom
+//! dataset laid out the same way. Classes are the sub-directory names, sorted.
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+
+use crate::dataset::ImageDataset;
+use crate::error::{DataError, Result};
+
+/// File extensions (case-insensitive) read as images.
+pub const IMAGE_EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "jfif",
+];
+
+/// What to do with a file that is not an image (by its extension) inside a class folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonImagePolicy {
+    /// Fail with [`DataError::NotAnImage`] naming the file (the default: nothing is dropped
+    /// silently).
+    #[default]
+    Error,
+    /// Skip it, with a warning in the log naming every skipped file.
+    SkipWithWarning,
+}
+
+/// A class-folder dataset; images are decoded when asked for.
+///
+/// ```
+/// # let root = std::env::temp_dir().join(format!("bit-data-doc-folder-{}", std::process::id()));
+/// # for (class, n) in [("cat", 2), ("dog", 1)] {
+/// #     std::fs::create_dir_all(root.join(class)).unwrap();
+/// #     for i in 0..n { image::RgbImage::new(8, 6).save(root.join(class).join(format!("{i}.png"))).unwrap(); }
+/// # }
+/// use bit_data::{FolderDataset, ImageDataset, NonImagePolicy};
+///
+/// let ds = FolderDataset::open(&root, NonImagePolicy::Error)?;
+/// assert_eq!(ds.classes(), ["cat", "dog"]);
+/// assert_eq!((ds.len(), ds.label(2)), (3, 1));
+/// assert_eq!(ds.image(0)?.dimensions(), (8, 6));
+/// # std::fs::remove_dir_all(&root).ok();
+/// # Ok::<(), bit_data::DataError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct FolderDataset {
+    root: PathBuf,
+    classes: Vec<String>,
+    items: Vec<(PathBuf, usize)>,
+    image_size: Option<(usize, usize)>,
+}
+
+impl FolderDataset {
+    /// Scans `root/<class>/<file>` (one level; files sorted by name within a class).
+    pub fn open(root: impl AsRef<Path>, non_images: NonImagePolicy) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        let mut classes: Vec<String> = sorted_entries(&root)?
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+            .collect();
+        classes.sort();
+        if classes.is_empty() {
+            return Err(DataError::NoClasses { path: root });
+        }
+        let mut items = Vec::new();
+        for (label, class) in classes.iter().enumerate() {
+            let dir = root.join(class);
+            let before = items.len();
+            for path in sorted_entries(&dir)? {
+                if path.is_dir() {
+                    continue;
+                }
+                if is_image(&path) {
+                    items.push((path, label));
+                } else if non_images == NonImagePolicy::Error {
+                    return Err(DataError::NotAnImage { path });
+                } else {
+                    tracing::warn!(file = %path.display(), "skipping a file that is not an image");
+                }
+            }
+            if items.len() == before {
+                return Err(DataError::EmptyClass {
+                    path: dir,
+                    class: class.clone(),
+                });
+            }
+        }
+        let image_size = typical_size(&items);
+        Ok(Self {
+            root,
+            classes,
+            items,
+            image_size,
+        })
+    }
+
+    /// The scanned directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file of example `index`.
+    pub fn path(&self, index: usize) -> &Path {
+        &self.items[index].0
+    }
+}
+
+impl ImageDataset for FolderDataset {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    fn label(&self, index: usize) -> usize {
+        self.items[index].1
+    }
+
+    fn image(&self, index: usize) -> Result<RgbImage> {
+        let path = &self.items[index].0;
+        let decode = |reason: String| DataError::Decode {
+            path: path.clone(),
+            reason,
+        };
+        let reader = image::ImageReader::open(path)
+            .map_err(DataError::io(path))?
+            .with_guessed_format()
+            .map_err(DataError::io(path))?;
+        Ok(reader
+            .decode()
+            .map_err(|e| decode(e.to_string()))?
+            .into_rgb8())
+    }
+
+    fn image_size(&self) -> Option<(usize, usize)> {
+        self.image_size
+    }
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(DataError::io(dir))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(DataError::io(dir))?;
+    entries.sort();
+    Ok(entries)
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// Median `(height, width)` over up to 64 images spread through the dataset, from their
+/// headers only.
+fn typical_size(items: &[(PathBuf, usize)]) -> Option<(usize, usize)> {
+    let step = items.len().div_ceil(64).max(1);
+    let mut sizes: Vec<(usize, usize)> = items
+        .iter()
+        .step_by(step)
+        .filter_map(|(p, _)| {
+            let (w, h) = image::ImageReader::open(p)
+                .ok()?
+                .with_guessed_format()
+                .ok()?
+                .into_dimensions()
+                .ok()?;
+            Some((h as usize, w as usize))
+        })
+        .collect();
+    sizes.sort_by_key(|&(h, w)| h * w);
+    sizes.get(sizes.len() / 2).copied()
+}

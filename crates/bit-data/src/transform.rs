@@ -1,0 +1,175 @@
+//! BiT's preprocessing (`bit_pytorch/train.py`): training resizes to the pre-crop square,
+//! takes a random crop and flips horizontally with probability 0.5; evaluation resizes
+//! straight to the crop square. Both scale pixels to `[-1, 1]` (`x / 127.5 - 1`) and write
+//! CHW planes. Resizing is bilinear as Pillow (and so torchvision) does it.
+
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+use rand::RngExt;
+use rand::rngs::Xoshiro256PlusPlus;
+
+use crate::error::{DataError, Result};
+
+/// Which preprocessing to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preprocess {
+    /// Resize to `precrop`, random `crop` x `crop` crop, random horizontal flip.
+    Train {
+        /// Square size before cropping (160 or 512 under the HyperRule).
+        precrop: usize,
+        /// Crop size (128 or 480).
+        crop: usize,
+    },
+    /// Resize to `crop` x `crop`.
+    Eval {
+        /// Output size.
+        crop: usize,
+    },
+}
+
+impl Preprocess {
+    /// The side of the output square.
+    pub fn output_size(self) -> usize {
+        match self {
+            Self::Train { crop, .. } | Self::Eval { crop } => crop,
+        }
+    }
+
+    /// Checks the sizes make sense.
+    pub fn validate(self) -> Result<()> {
+        match self {
+            Self::Train { precrop, crop } if crop == 0 || crop > precrop => {
+                Err(DataError::InvalidArgument(format!(
+                    "crop {crop} must be between 1 and the pre-crop size {precrop}"
+                )))
+            }
+            Self::Eval { crop: 0 } => Err(DataError::InvalidArgument(
+                "crop size must be at least 1".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes the processed image as CHW floats in `[-1, 1]` into `out`
+    /// (`3 * output_size()^2` values); `rng` drives the crop and flip.
+    pub fn apply(
+        self,
+        image: &RgbImage,
+        rng: &mut Xoshiro256PlusPlus,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let size = self.output_size();
+        assert_eq!(out.len(), 3 * size * size, "output buffer size");
+        let (resized, x0, y0, flip) = match self {
+            Self::Train { precrop, crop } => {
+                let resized = resize(image, precrop)?;
+                let x0 = rng.random_range(0..=precrop - crop);
+                let y0 = rng.random_range(0..=precrop - crop);
+                (resized, x0, y0, rng.random_bool(0.5))
+            }
+            Self::Eval { crop } => (resize(image, crop)?, 0, 0, false),
+        };
+        let plane = size * size;
+        let stride = resized.width() as usize * 3;
+        let raw = resized.as_raw();
+        for y in 0..size {
+            let row = &raw[(y0 + y) * stride..];
+            for x in 0..size {
+                let sx = x0 + if flip { size - 1 - x } else { x };
+                for c in 0..3 {
+                    out[c * plane + y * size + x] = f32::from(row[sx * 3 + c]) / 127.5 - 1.0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bilinear resize to a `side` x `side` square (aspect ratio not kept, as in the reference).
+fn resize(image: &RgbImage, side: usize) -> Result<RgbImage> {
+    if image.width() as usize == side && image.height() as usize == side {
+        return Ok(image.clone());
+    }
+    let mut dst = RgbImage::new(side as u32, side as u32);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new()
+        .resize(image, &mut dst, &options)
+        .map_err(|e| {
+            DataError::InvalidArgument(format!(
+                "cannot resize a {}x{} image: {e}",
+                image.width(),
+                image.height()
+            ))
+        })?;
+    Ok(dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 255 / (w - 1)) as u8, (y * 255 / (h - 1)) as u8, 128])
+        })
+    }
+
+    #[test]
+    fn eval_is_a_plain_resize_scaled_to_unit_range() {
+        let img = RgbImage::from_pixel(32, 32, image::Rgb([0, 255, 51]));
+        let mut out = vec![0.0; 3 * 16 * 16];
+        Preprocess::Eval { crop: 16 }
+            .apply(&img, &mut Xoshiro256PlusPlus::seed_from_u64(0), &mut out)
+            .unwrap();
+        assert!(out[..256].iter().all(|&v| v == -1.0));
+        assert!(out[256..512].iter().all(|&v| v == 1.0));
+        assert!(
+            out[512..]
+                .iter()
+                .all(|&v| (v - (51.0 / 127.5 - 1.0)).abs() < 1e-6)
+        );
+    }
+
+    #[test]
+    fn train_crops_and_flips_about_half_the_time() {
+        let img = gradient(40, 40);
+        let pre = Preprocess::Train {
+            precrop: 40,
+            crop: 32,
+        };
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+        let mut flips = 0;
+        for _ in 0..400 {
+            let mut out = vec![0.0; 3 * 32 * 32];
+            pre.apply(&img, &mut rng, &mut out).unwrap();
+            // Red grows with x: a flipped crop has it decreasing along a row.
+            if out[0] > out[31] {
+                flips += 1;
+            }
+            assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));
+        }
+        assert!((150..250).contains(&flips), "{flips} flips of 400");
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected() {
+        assert!(
+            Preprocess::Train {
+                precrop: 100,
+                crop: 128
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(Preprocess::Eval { crop: 0 }.validate().is_err());
+        assert!(
+            Preprocess::Train {
+                precrop: 160,
+                crop: 128
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+}

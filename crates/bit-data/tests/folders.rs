@@ -1,0 +1,111 @@
+//! Class-folder datasets on generated PNG and JPEG files, and their bad inputs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bit_data::{
+    BatchStream, DataError, DatasetName, FolderDataset, ImageDataset, LoaderConfig, NonImagePolicy,
+    load_train_valid,
+};
+use image::{Rgb, RgbImage};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bit-data-folders-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `root/<class>/<i>.{png,jpg}` with a solid colour per class.
+fn make_split(root: &Path, classes: &[&str], per_class: usize) {
+    for (c, class) in classes.iter().enumerate() {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            let img = RgbImage::from_pixel(40 + i as u32, 30, Rgb([(c * 80) as u8, 20, 200]));
+            let ext = if i % 2 == 0 { "png" } else { "jpg" };
+            img.save(dir.join(format!("{i:03}.{ext}"))).unwrap();
+        }
+    }
+}
+
+#[test]
+fn imagenet_layout_loads_sorted_classes_from_png_and_jpeg() {
+    let root = scratch("imagenet");
+    make_split(&root.join("train"), &["n02", "n01", "n03"], 4);
+    make_split(&root.join("val"), &["n03", "n01", "n02"], 2);
+    let splits = load_train_valid(DatasetName::Imagenet2012, &root, NonImagePolicy::Error).unwrap();
+    assert_eq!(splits.train.classes(), ["n01", "n02", "n03"]);
+    assert_eq!((splits.train.len(), splits.valid.len()), (12, 6));
+    assert_eq!(splits.train.label(4), 1);
+    assert_eq!(splits.train.image(5).unwrap().dimensions(), (41, 30));
+    // Class n03 is red 160 whatever the codec.
+    let px = splits.valid.image(5).unwrap().get_pixel(3, 3).0;
+    assert!(
+        px[0].abs_diff(160) <= 3 && px[2].abs_diff(200) <= 3,
+        "{px:?}"
+    );
+    assert_eq!(splits.train.image_size(), Some((30, 42)));
+}
+
+#[test]
+fn non_image_file_is_an_error_or_an_explicit_skip() {
+    let root = scratch("nonimage");
+    make_split(&root, &["a", "b"], 2);
+    std::fs::write(root.join("b").join("notes.txt"), "not a picture").unwrap();
+    match FolderDataset::open(&root, NonImagePolicy::Error).unwrap_err() {
+        DataError::NotAnImage { path } => assert!(path.ends_with("b/notes.txt")),
+        other => panic!("expected NotAnImage, got {other:?}"),
+    }
+    assert_eq!(
+        FolderDataset::open(&root, NonImagePolicy::SkipWithWarning)
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+#[test]
+fn unreadable_image_fails_the_batch_naming_the_file() {
+    let root = scratch("corrupt");
+    make_split(&root, &["a", "b"], 2);
+    std::fs::write(root.join("a").join("001.jpg"), b"\xff\xd8\xff garbage").unwrap();
+    let ds = Arc::new(FolderDataset::open(&root, NonImagePolicy::Error).unwrap());
+    let err = ds.image(1).unwrap_err();
+    assert!(
+        matches!(&err, DataError::Decode { path, .. } if path.ends_with("a/001.jpg")),
+        "{err:?}"
+    );
+    let mut stream = BatchStream::eval(ds, 16, LoaderConfig::new(4).with_workers(2)).unwrap();
+    let err = stream.next().unwrap().unwrap_err();
+    assert!(err.to_string().contains("001.jpg"), "{err}");
+    assert!(stream.next().is_none(), "the stream stops after an error");
+}
+
+#[test]
+fn empty_class_and_empty_root_are_reported() {
+    let root = scratch("empty");
+    assert!(matches!(
+        FolderDataset::open(&root, NonImagePolicy::Error),
+        Err(DataError::NoClasses { .. })
+    ));
+    make_split(&root, &["full"], 1);
+    std::fs::create_dir_all(root.join("hollow")).unwrap();
+    match FolderDataset::open(&root, NonImagePolicy::Error).unwrap_err() {
+        DataError::EmptyClass { class, .. } => assert_eq!(class, "hollow"),
+        other => panic!("expected EmptyClass, got {other:?}"),
+    }
+    let missing = FolderDataset::open(root.join("nope"), NonImagePolicy::Error).unwrap_err();
+    assert!(matches!(missing, DataError::Io { .. }), "{missing:?}");
+}
+
+#[test]
+fn validation_classes_must_match_training() {
+    let root = scratch("mismatch");
+    make_split(&root.join("train"), &["a", "b"], 1);
+    make_split(&root.join("test"), &["a", "c"], 1);
+    let err = load_train_valid(DatasetName::Folder, &root, NonImagePolicy::Error)
+        .err()
+        .unwrap();
+    assert!(matches!(err, DataError::ClassMismatch { .. }), "{err:?}");
+}
