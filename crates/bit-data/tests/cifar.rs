@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bit_data::{Cifar, DataError, ImageDataset, RemoteFile, Split, md5_file};
+use bit_data::{Cifar, DataError, ImageDataset, RemoteFile, Split};
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bit-data-cifar-{}-{name}", std::process::id()));
@@ -146,10 +146,11 @@ fn serve(name: &'static str, body: Vec<u8>, cut_first: bool) -> Server {
 }
 
 fn remote_for(base: &str, name: &str, body: &[u8]) -> RemoteFile {
-    let path = std::env::temp_dir().join(format!("bit-data-md5-{}-{name}", std::process::id()));
-    std::fs::write(&path, body).unwrap();
-    let md5 = md5_file(&path).unwrap();
-    std::fs::remove_file(&path).ok();
+    use md5::Digest;
+    let md5 = md5::Md5::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     RemoteFile {
         url: format!("{base}/{name}"),
         size: Some(body.len() as u64),
