@@ -63,6 +63,57 @@ fn gpu_kind(index: usize) -> burn::tensor::DeviceKind {
     burn::tensor::DeviceKind::DiscreteGpu(index)
 }
 
+/// The devices a spec names, for data-parallel training: a comma-separated list of
+/// [`device_from_name`] names, where a GPU backend without an index (`cuda`, `wgpu`, `vulkan`)
+/// means every device of that backend the machine has, as the reference uses all visible GPUs.
+/// Naming the CPU twice (`cpu,cpu`) gives two replicas on the CPU, which computes the same
+/// update as one.
+///
+/// ```
+/// use bit_model::backend::devices_from_spec;
+///
+/// assert_eq!(devices_from_spec("cpu").unwrap().len(), 1);
+/// assert_eq!(devices_from_spec("cpu,cpu").unwrap().len(), 2);
+/// assert!(devices_from_spec("").is_err());
+/// ```
+pub fn devices_from_spec(spec: &str) -> Result<Vec<Device>> {
+    let mut devices = Vec::new();
+    for name in spec.split(',').map(str::trim) {
+        match all_devices_of(name) {
+            Some(all) => devices.extend(all?),
+            None => devices.push(device_from_name(name)?),
+        }
+    }
+    Ok(devices)
+}
+
+/// Every device of a GPU backend named without an index; `None` for other names.
+fn all_devices_of(name: &str) -> Option<Result<Vec<Device>>> {
+    let device_type = gpu_backend(&name.to_ascii_lowercase())?;
+    let found: Vec<Device> = Device::enumerate(device_type).into_iter().collect();
+    Some(if found.is_empty() {
+        Err(Error::UnknownDevice {
+            name: name.to_string(),
+            available: "no such device on this machine".into(),
+        })
+    } else {
+        Ok(found)
+    })
+}
+
+/// The GPU backend of a name, among those compiled in.
+fn gpu_backend(name: &str) -> Option<burn::tensor::DeviceType> {
+    match name {
+        #[cfg(feature = "cuda")]
+        "cuda" => Some(burn::tensor::DeviceType::Cuda),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Some(burn::tensor::DeviceType::Wgpu),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Some(burn::tensor::DeviceType::Vulkan),
+        _ => None,
+    }
+}
+
 /// One device of every backend compiled in, named, for benchmarks and smoke tests.
 pub fn compiled_devices() -> Vec<(&'static str, Device)> {
     compiled_backends()

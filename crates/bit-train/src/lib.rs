@@ -1,1 +1,35 @@
-//! stub
+//! # bit-train
+//!
+//! BiT fine-tuning as the official `bit_pytorch/train.py` does it: a BiT checkpoint with a
+//! zero-initialised head sized to the dataset, SGD with momentum 0.9 and no weight decay, the
+//! BiT-HyperRule learning rate every step (linear warmup, ÷10 decays, stop after the last
+//! step), mixup from 20k examples, `--batch_split` micro-batching, data parallelism over
+//! several devices, evaluation (loss, top-1, top-5), the reference's log lines plus JSON
+//! metrics, and atomic, resumable checkpoints.
+//!
+//! ```no_run
+//! use bit_train::{TrainConfig, TrainOptions, train};
+//!
+//! let mut config = TrainConfig::new("cifar10_run", "BiT-M-R50x1", "cifar10", "/data/cifar", "/tmp/bit_logs");
+//! config.bit_pretrained_dir = "/models".into();
+//! config.examples_per_class = Some(5);
+//! let outcome = train(&config, &TrainOptions::default())?;
+//! println!("top-1 {:.2}% after {} steps", 100.0 * outcome.eval.top1, outcome.steps);
+//! # Ok::<(), bit_train::TrainError>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+mod config;
+mod error;
+mod eval;
+mod log;
+mod parallel;
+mod trainer;
+
+pub use config::{BIT_MODELS_URL, TrainConfig};
+pub use error::{Result, TrainError};
+pub use eval::{EvalResult, evaluate};
+pub use log::python_exp;
+pub use parallel::{DataParallel, Targets};
+pub use trainer::{TrainOptions, TrainOutcome, bit_optimizer, train};

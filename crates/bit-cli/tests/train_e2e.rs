@@ -1,0 +1,195 @@
+//! `bit train` end to end on the real Fashion-MNIST of Debian's `dataset-fashion-mnist`,
+//! starting from the golden tiny checkpoint: a run killed with SIGKILL after a checkpoint
+//! resumes at that step with the schedule's learning rate, finishes, and beats chance clearly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bit_hyperrule::HyperRule;
+
+fn golden_tiny() -> PathBuf {
+    let dir = std::env::var_os("BIT_GOLDEN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden")
+        });
+    let path = dir.join("tiny.weights.npz");
+    assert!(
+        path.is_file(),
+        "golden weights missing at {} (set BIT_GOLDEN_DIR)",
+        path.display()
+    );
+    path
+}
+
+const STEPS: usize = 40;
+const K: usize = 10;
+const BASE_LR: f64 = 0.003;
+
+fn bit_train(logdir: &Path) -> Command {
+    assert!(
+        Path::new(bit_data::DEBIAN_FASHION_MNIST_DIR).is_dir(),
+        "apt-get install dataset-fashion-mnist"
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bit"));
+    cmd.args(["train", "--name", "fm", "--model"])
+        .arg(golden_tiny())
+        .arg("--logdir")
+        .arg(logdir)
+        .args([
+            "--dataset",
+            "fashion_mnist",
+            "--examples_per_class",
+            &K.to_string(),
+            "--batch",
+            "32",
+        ])
+        .args([
+            "--steps",
+            &STEPS.to_string(),
+            "--resolution",
+            "40,32",
+            "--eval_every",
+            "5",
+        ])
+        .args([
+            "--max_eval_examples",
+            "1000",
+            "--workers",
+            "2",
+            "--base_lr",
+            &BASE_LR.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// The step of the checkpoint `checkpoint.json` points at.
+fn checkpoint_step(run: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(run.join("checkpoint.json")).ok()?;
+    text.split("step-").nth(1)?.get(..6)?.parse().ok()
+}
+
+#[test]
+fn killed_run_resumes_from_its_checkpoint_and_beats_chance() {
+    let logdir = std::env::temp_dir().join(format!("bit-cli-e2e-{}", std::process::id()));
+    std::fs::remove_dir_all(&logdir).ok();
+    let run = logdir.join("fm");
+
+    // First run: SIGKILL once a checkpoint past step 5 exists.
+    let mut child = bit_train(&logdir).spawn().unwrap();
+    let started = Instant::now();
+    while checkpoint_step(&run).is_none_or(|s| s < 10) {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint after 5 minutes"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    let saved = checkpoint_step(&run).unwrap();
+    assert!(
+        saved < STEPS && saved % 5 == 0,
+        "checkpoint at step {saved}"
+    );
+    let log_before = std::fs::read_to_string(run.join("train.log")).unwrap();
+
+    // Second run, same command: resumes and finishes.
+    let output = bit_train(&logdir).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    let resumed = &log[log_before.len()..];
+    assert!(
+        resumed.contains(&format!("Resumed at step {saved}")),
+        "{resumed}"
+    );
+    let rule = HyperRule::new((28, 28), K * 10)
+        .with_batch(32)
+        .with_base_lr(BASE_LR)
+        .with_total_steps(STEPS);
+    let lr = bit_train::python_exp(rule.lr(saved).unwrap());
+    let first_step = resumed.lines().find(|l| l.contains("]: loss=")).unwrap();
+    assert!(
+        first_step.contains(&format!("[step {saved}]: loss="))
+            && first_step.ends_with(&format!("(lr={lr})")),
+        "{first_step}"
+    );
+    assert!(
+        !resumed.contains(&format!("[step {}]", saved - 1)),
+        "steps before the checkpoint were redone"
+    );
+    assert!(resumed.contains(&format!("[step {}]: loss=", STEPS - 1)));
+
+    // The documented log lines and files.
+    for line in [
+        "bit_common: TrainConfig {",
+        "Using a training set with 100 images.",
+        "Using a validation set with 1000 images.",
+        "Fine-tuning from BiT",
+        "Starting training!",
+        "Validation@5 loss",
+        "Validation@end loss",
+        "Timings:",
+        "Throughput:",
+    ] {
+        assert!(log.contains(line), "train.log lacks `{line}`");
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .all(|l| l.starts_with('{') && l.ends_with('}'))
+    );
+    assert!(run.join("model.safetensors").is_file());
+    assert_eq!(checkpoint_step(&run), Some(STEPS));
+
+    // Ten balanced classes: chance is 10%; the stdout summary carries the final top-1.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let top1: f64 = stdout
+        .split("top-1 ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(top1 > 25.0, "top-1 {top1}% is not clearly above chance");
+    std::fs::remove_dir_all(&logdir).ok();
+}
+
+#[test]
+fn missing_checkpoint_names_the_official_url() {
+    let logdir = std::env::temp_dir().join(format!("bit-cli-missing-{}", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_bit"))
+        .args([
+            "train",
+            "--name",
+            "x",
+            "--model",
+            "BiT-M-R50x1",
+            "--bit_pretrained_dir",
+            "/nonexistent",
+            "--dataset",
+            "fashion_mnist",
+        ])
+        .arg("--logdir")
+        .arg(&logdir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&logdir).ok();
+}

@@ -1,0 +1,150 @@
+//! Settings of a fine-tuning run: the reference `train.py` flags, plus explicit overrides.
+
+use std::path::{Path, PathBuf};
+
+use bit_data::DatasetName;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+
+/// Where the official checkpoints are published.
+pub const BIT_MODELS_URL: &str = "https://storage.googleapis.com/bit_models";
+
+/// One fine-tuning run. Field names follow the reference flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Run name: logs and checkpoints go to `{logdir}/{name}/`; running the same name again
+    /// resumes.
+    pub name: String,
+    /// A BiT model name (`BiT-M-R50x1`, read from `{bit_pretrained_dir}/{model}.npz`) or a path
+    /// to any BiT-format `.npz`.
+    pub model: String,
+    /// Where runs are written.
+    pub logdir: PathBuf,
+    /// Where `{model}.npz` files are looked up.
+    pub bit_pretrained_dir: PathBuf,
+    /// Which dataset.
+    pub dataset: String,
+    /// Where the dataset is (or is downloaded to, for CIFAR).
+    pub datadir: PathBuf,
+    /// Few-shot: K training examples per class.
+    pub examples_per_class: Option<usize>,
+    /// Seed of the few-shot draw.
+    pub examples_per_class_seed: u64,
+    /// Global batch size.
+    pub batch: usize,
+    /// Micro-batches per update (the batch is processed in `batch / batch_split` pieces).
+    pub batch_split: usize,
+    /// Peak learning rate.
+    pub base_lr: f64,
+    /// Evaluate (and checkpoint) every this many steps; always at the end.
+    pub eval_every: Option<usize>,
+    /// Loader threads.
+    pub workers: usize,
+    /// Write checkpoints.
+    pub save: bool,
+    /// Devices, e.g. `cpu`, `cuda` (all GPUs), `cuda:0,cuda:1`.
+    pub device: String,
+    /// Seed of shuffling, augmentation and mixup.
+    pub seed: u64,
+    /// Override of the HyperRule's number of steps (the schedule keeps its proportions).
+    pub steps: Option<usize>,
+    /// Override of the HyperRule's `(pre-crop, crop)` resolution.
+    pub resolution: Option<(usize, usize)>,
+    /// Evaluate on at most this many validation examples (the first ones).
+    pub max_eval_examples: Option<usize>,
+    /// Skip non-image files in class folders (with a warning) instead of failing.
+    pub skip_non_images: bool,
+}
+
+impl TrainConfig {
+    /// The reference defaults: batch 512, no split, lr 0.003, 8 workers, saving on, CPU.
+    pub fn new(
+        name: impl Into<String>,
+        model: impl Into<String>,
+        dataset: impl Into<String>,
+        datadir: impl Into<PathBuf>,
+        logdir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            model: model.into(),
+            logdir: logdir.into(),
+            bit_pretrained_dir: PathBuf::from("."),
+            dataset: dataset.into(),
+            datadir: datadir.into(),
+            examples_per_class: None,
+            examples_per_class_seed: 0,
+            batch: bit_hyperrule::BASE_BATCH,
+            batch_split: 1,
+            base_lr: bit_hyperrule::BASE_LR,
+            eval_every: None,
+            workers: 8,
+            save: true,
+            device: "cpu".into(),
+            seed: 0,
+            steps: None,
+            resolution: None,
+            max_eval_examples: None,
+            skip_non_images: false,
+        }
+    }
+
+    /// The run directory, `{logdir}/{name}`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.logdir.join(&self.name)
+    }
+
+    /// Checks the settings that can be checked without touching data.
+    pub fn validate(&self) -> Result<DatasetName> {
+        let bad = |m: String| Err(TrainError::InvalidConfig(m));
+        if self.name.is_empty()
+            || self.name.contains(['/', '\\'])
+            || self.name == "."
+            || self.name == ".."
+        {
+            return bad(format!(
+                "--name `{}` must be a plain directory name",
+                self.name
+            ));
+        }
+        if self.batch == 0 || self.batch_split == 0 || self.batch % self.batch_split != 0 {
+            return bad(format!(
+                "--batch {} must be a positive multiple of --batch_split {}",
+                self.batch, self.batch_split
+            ));
+        }
+        if !(self.base_lr.is_finite() && self.base_lr > 0.0) {
+            return bad(format!("--base_lr {} must be positive", self.base_lr));
+        }
+        if self.eval_every == Some(0) || self.steps == Some(0) || self.examples_per_class == Some(0)
+        {
+            return bad("--eval_every, --steps and --examples_per_class must be at least 1".into());
+        }
+        if let Some((pre, crop)) = self.resolution {
+            if crop == 0 || crop > pre {
+                return bad(format!(
+                    "resolution {pre}/{crop}: the crop must be between 1 and the pre-crop size"
+                ));
+            }
+        }
+        Ok(self.dataset.parse()?)
+    }
+
+    /// The `.npz` to start from: `--model` itself if it is a file, else
+    /// `{bit_pretrained_dir}/{model}.npz`; a missing file names its official URL.
+    pub fn checkpoint_path(&self) -> Result<PathBuf> {
+        let direct = Path::new(&self.model);
+        if direct.is_file() {
+            return Ok(direct.to_path_buf());
+        }
+        let path = self.bit_pretrained_dir.join(format!("{}.npz", self.model));
+        if path.is_file() {
+            return Ok(path);
+        }
+        Err(TrainError::MissingCheckpoint {
+            path,
+            url: format!("{BIT_MODELS_URL}/{}.npz", self.model),
+        })
+    }
+}

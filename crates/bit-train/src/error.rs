@@ -1,0 +1,77 @@
+//! The one error type of `bit-train`.
+
+use std::path::PathBuf;
+
+/// Why a fine-tuning run could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The pre-trained checkpoint is not where it was looked for.
+    #[error(
+        "no checkpoint at {path}; download it from {url} into --bit_pretrained_dir, or pass \
+         --model a path to any BiT-format .npz"
+    )]
+    MissingCheckpoint {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// The official download location.
+        url: String,
+    },
+
+    /// The model or a checkpoint could not be loaded or saved.
+    #[error(transparent)]
+    Model(#[from] bit_model::Error),
+
+    /// The dataset could not be read or sampled.
+    #[error(transparent)]
+    Data(#[from] bit_data::DataError),
+
+    /// A run directory, log or checkpoint could not be written or read.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+
+    /// The saved run in the log directory belongs to a different setup.
+    #[error(
+        "{path} holds a run with {detail}; use another --name to start a new run, or delete the \
+         directory"
+    )]
+    ResumeMismatch {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What differs.
+        detail: String,
+    },
+
+    /// The loss became NaN or infinite.
+    #[error(
+        "the loss became {loss} at step {step}: training diverged; lower --base_lr or check the \
+         data (the last checkpoint is kept)"
+    )]
+    NonFiniteLoss {
+        /// The optimizer step.
+        step: usize,
+        /// The value.
+        loss: f32,
+    },
+
+    /// A setting out of range.
+    #[error("invalid setting: {0}")]
+    InvalidConfig(String),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |e| Self::Io {
+            path,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// `Result` with [`TrainError`].
+pub type Result<T> = std::result::Result<T, TrainError>;

@@ -1,0 +1,59 @@
+//! Evaluation: mean cross-entropy, top-1 and top-5 accuracy over a validation stream.
+
+use bit_data::BatchStream;
+use bit_model::ResNetV2;
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::error::Result;
+
+/// What an evaluation measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EvalResult {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Fraction of examples whose label has the highest logit.
+    pub top1: f64,
+    /// Fraction whose label is among the five highest logits.
+    pub top5: f64,
+    /// Examples evaluated.
+    pub examples: usize,
+}
+
+/// Runs `model` (without autodiff) over every batch of `stream`. Loss and ranks are computed
+/// per example on the host from the logits, like the reference's `reduction='none'`.
+pub fn evaluate(model: &ResNetV2, stream: BatchStream, device: &Device) -> Result<EvalResult> {
+    let (mut loss, mut top1, mut top5, mut examples) = (0.0f64, 0usize, 0usize, 0usize);
+    for batch in stream {
+        let batch = batch?;
+        let (x, _) = batch.to_tensors(device);
+        let logits: Vec<f32> = model
+            .forward(x)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap_or_default();
+        let classes = logits.len() / batch.len().max(1);
+        for (row, &label) in logits.chunks_exact(classes).zip(&batch.labels) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let log_sum = row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+                + max;
+            loss += log_sum - row[label] as f64;
+            let rank = row.iter().filter(|&&v| v > row[label]).count();
+            top1 += usize::from(rank == 0);
+            top5 += usize::from(rank < 5);
+            examples += 1;
+        }
+    }
+    let n = examples.max(1) as f64;
+    Ok(EvalResult {
+        loss: loss / n,
+        top1: top1 as f64 / n,
+        top5: top5 as f64 / n,
+        examples,
+    })
+}

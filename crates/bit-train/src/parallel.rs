@@ -1,0 +1,139 @@
+//! Data parallelism over every device of the run: each micro-batch is split into one shard per
+//! device, each device computes the gradients of its shard on a replica of the model, and the
+//! gradients are summed on the main device. Shard losses are weighted by their share of the
+//! micro-batch, so the sum is exactly the gradient of the micro-batch mean, whatever the number
+//! of devices (as `torch.nn.DataParallel`). GroupNorm has no batch statistics, so nothing else
+//! needs synchronising.
+
+use bit_model::ResNetV2;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::error::{Result, TrainError};
+
+/// The labels a micro-batch is trained on: plain, or mixed with partners (mixup).
+#[derive(Debug, Clone)]
+pub struct Targets {
+    /// The examples' own labels.
+    pub labels: Tensor<1, Int>,
+    /// With mixup: the partners' labels and the weight `λ` of the own labels.
+    pub mixed: Option<(Tensor<1, Int>, f32)>,
+}
+
+/// The devices a run trains on; the first holds the model and the optimizer.
+#[derive(Debug, Clone)]
+pub struct DataParallel {
+    devices: Vec<Device>,
+}
+
+impl DataParallel {
+    /// Trains on `devices` (made autodiff devices here).
+    pub fn new(devices: Vec<Device>) -> Result<Self> {
+        if devices.is_empty() {
+            return Err(TrainError::InvalidConfig("no device to train on".into()));
+        }
+        Ok(Self {
+            devices: devices.into_iter().map(Device::autodiff).collect(),
+        })
+    }
+
+    /// The device of the model, the optimizer and the accumulated gradients.
+    pub fn main(&self) -> &Device {
+        &self.devices[0]
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Whether there are no devices (never true for a built value).
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// Gradients of `scale * loss(micro-batch)` with respect to `model`'s parameters, on the
+    /// main device, and the unscaled mean loss. `images` and `targets` live on the main device.
+    pub fn gradients(
+        &self,
+        model: &ResNetV2,
+        images: Tensor<4>,
+        targets: &Targets,
+        scale: f32,
+    ) -> (GradientsParams, f32) {
+        let n = images.dims()[0];
+        let shards = self.devices.len().min(n);
+        let bounds: Vec<(usize, usize)> = (0..shards)
+            .map(|i| (i * n / shards, (i + 1) * n / shards))
+            .collect();
+        let shard = |i: usize| {
+            let (a, b) = bounds[i];
+            let device = &self.devices[i];
+            let replica = if i == 0 {
+                model.clone()
+            } else {
+                model.clone().fork(device)
+            };
+            let x = images.clone().slice([a..b]).to_device(device);
+            let own = targets.labels.clone().slice([a..b]).to_device(device);
+            let partner = targets
+                .mixed
+                .as_ref()
+                .map(|(p, lambda)| (p.clone().slice([a..b]).to_device(device), *lambda));
+            let loss = mixup_loss(replica.forward(x), own, partner, device);
+            let weight = (b - a) as f32 / n as f32;
+            let value = loss.clone().into_scalar_f32() * weight;
+            let grads = GradientsParams::from_grads((loss * (weight * scale)).backward(), &replica);
+            (grads.to_device(self.main(), model), value)
+        };
+        let results: Vec<(GradientsParams, f32)> = if shards == 1 {
+            vec![shard(0)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..shards).map(|i| s.spawn(move || shard(i))).collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a device thread panicked"))
+                    .collect()
+            })
+        };
+        let mut sum = GradientsAccumulator::<ResNetV2>::new();
+        let mut loss = 0.0;
+        for (grads, value) in results {
+            sum.accumulate(model, grads);
+            loss += value;
+        }
+        (sum.grads(), loss)
+    }
+}
+
+/// `λ CE(logits, y) + (1 - λ) CE(logits, y_partner)`, or plain `CE(logits, y)`.
+fn mixup_loss(
+    logits: Tensor<2>,
+    labels: Tensor<1, Int>,
+    partner: Option<(Tensor<1, Int>, f32)>,
+    device: &Device,
+) -> Tensor<1> {
+    let ce = CrossEntropyLossConfig::new().init(device);
+    match partner {
+        Some((other, lambda)) => {
+            ce.forward(logits.clone(), labels) * lambda + ce.forward(logits, other) * (1.0 - lambda)
+        }
+        None => ce.forward(logits, labels),
+    }
+}
+
+trait ScalarF32 {
+    fn into_scalar_f32(self) -> f32;
+}
+
+impl ScalarF32 for Tensor<1> {
+    fn into_scalar_f32(self) -> f32 {
+        self.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_or(f32::NAN, |v| v[0])
+    }
+}

@@ -1,0 +1,353 @@
+//! The fine-tuning loop of `bit_pytorch/train.py`, with the fixes the spec lists: checkpoints
+//! also without `--eval_every`, seeded few-shot draws, a flip with probability 0.5.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bit_data::{
+    BatchStream, ImageDataset, LoaderConfig, Mixup, NonImagePolicy, Preprocess, Subset, few_shot,
+    load_train_valid,
+};
+use bit_hyperrule::HyperRule;
+use bit_model::ResNetV2;
+use bit_model::backend::devices_from_spec;
+use burn::module::Module;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsAccumulator, ModuleOptimizer, SgdConfig};
+use serde_json::json;
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::eval::{EvalResult, evaluate};
+use crate::log::{RunLog, python_exp};
+use crate::parallel::{DataParallel, Targets};
+
+/// How a run is driven from outside.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Set it (e.g. from a Ctrl-C handler) to stop after the current step: the run then
+    /// evaluates, checkpoints and returns normally.
+    pub stop: Arc<AtomicBool>,
+    /// No terminal output (the log files are still written).
+    pub quiet: bool,
+}
+
+/// What a finished (or stopped) run produced.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// Optimizer steps done in total (including before a resume).
+    pub steps: usize,
+    /// The final evaluation.
+    pub eval: EvalResult,
+    /// Whether the run was stopped before the end of its schedule.
+    pub interrupted: bool,
+    /// `{logdir}/{name}`.
+    pub run_dir: PathBuf,
+    /// The fine-tuned model, without autodiff.
+    pub model: ResNetV2,
+}
+
+/// The optimizer of the reference: `torch.optim.SGD(momentum=0.9)`, no dampening, no weight
+/// decay.
+pub fn bit_optimizer() -> ModuleOptimizer {
+    SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
+        ))
+        .init()
+}
+
+/// Fine-tunes a BiT checkpoint on a dataset with the BiT-HyperRule, resuming the run's last
+/// checkpoint if there is one.
+pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcome> {
+    let dataset = config.validate()?;
+    let run_dir = config.run_dir();
+    std::fs::create_dir_all(&run_dir).map_err(TrainError::io(&run_dir))?;
+    let mut log = RunLog::open(&run_dir, options.quiet)?;
+    log.info(&format!("{config:?}"));
+
+    let devices = DataParallel::new(devices_from_spec(&config.device)?)?;
+    log.info(&format!(
+        "Going to train on {} device(s): {}",
+        devices.len(),
+        config.device
+    ));
+
+    let policy = if config.skip_non_images {
+        NonImagePolicy::SkipWithWarning
+    } else {
+        NonImagePolicy::Error
+    };
+    let data = load_train_valid(dataset, &config.datadir, policy)?;
+    let train: Arc<dyn ImageDataset> = match config.examples_per_class {
+        Some(k) => Arc::new(few_shot(data.train, k, config.examples_per_class_seed)?),
+        None => data.train,
+    };
+    let valid: Arc<dyn ImageDataset> = match config.max_eval_examples {
+        Some(n) if n < data.valid.len() => {
+            Arc::new(Subset::new(data.valid.clone(), (0..n).collect()))
+        }
+        _ => data.valid,
+    };
+    log.info(&format!(
+        "Using a training set with {} images.",
+        train.len()
+    ));
+    log.info(&format!(
+        "Using a validation set with {} images.",
+        valid.len()
+    ));
+
+    let image_size = train.image_size().unwrap_or((224, 224));
+    let mut rule = HyperRule::new(image_size, train.len())
+        .with_batch(config.batch)
+        .with_base_lr(config.base_lr);
+    if let Some(steps) = config.steps {
+        rule = rule.with_total_steps(steps);
+    }
+    if let Some((precrop, crop)) = config.resolution {
+        (rule.precrop, rule.crop) = (precrop, crop);
+    }
+    log.info(&rule.to_string());
+
+    let classes: Vec<String> = train.classes().to_vec();
+    let main = devices.main().clone();
+    let mut optim = bit_optimizer();
+    let (mut model, mut step, mut next_batch) = match checkpoint::find(&run_dir)? {
+        Some(saved) => {
+            check_resumable(&saved, config, &classes, train.len())?;
+            log.info(&format!(
+                "Found saved model to resume from at '{}'",
+                saved.dir.display()
+            ));
+            let model = saved.model(&main)?;
+            optim = saved.optimizer(optim)?;
+            log.info(&format!("Resumed at step {}", saved.state.step));
+            (model, saved.state.step, saved.state.next_batch)
+        }
+        None => {
+            let path = config.checkpoint_path()?;
+            log.info(&format!("Loading model from {}", path.display()));
+            log.info("Fine-tuning from BiT");
+            (
+                ResNetV2::from_npz_with_zero_head(&path, classes.len(), &main)?,
+                0,
+                0,
+            )
+        }
+    };
+    if config.save {
+        log.info(&format!(
+            "Model will be saved in '{}'",
+            run_dir.join("checkpoints").display()
+        ));
+    }
+
+    let micro = config.batch / config.batch_split;
+    let loader = LoaderConfig {
+        batch_size: micro,
+        workers: config.workers,
+        seed: config.seed,
+        prefetch: 2,
+    };
+    let preprocess = Preprocess::Train {
+        precrop: rule.precrop,
+        crop: rule.crop,
+    };
+    let mut batches = BatchStream::train(train.clone(), preprocess, loader, next_batch)?;
+    let mixup = Mixup::new(rule.mixup_alpha, config.seed)?;
+    let eval_loader = LoaderConfig {
+        batch_size: micro,
+        ..loader
+    };
+    let mut timings = Timings::default();
+    let run_eval = |model: &ResNetV2,
+                    step: String,
+                    log: &mut RunLog,
+                    timings: &mut Timings|
+     -> Result<EvalResult> {
+        let start = Instant::now();
+        let stream = BatchStream::eval(valid.clone(), rule.crop, eval_loader)?;
+        let result = evaluate(
+            &model.clone().valid(),
+            stream,
+            &main.clone().without_autodiff(),
+        )?;
+        timings.add("eval", start);
+        log.info(&format!(
+            "Validation@{step} loss {:.5}, top1 {:.2}%, top5 {:.2}%",
+            result.loss,
+            100.0 * result.top1,
+            100.0 * result.top5
+        ));
+        log.metric(json!({"event": "eval", "step": step, "loss": result.loss, "top1": result.top1, "top5": result.top5, "examples": result.examples}));
+        Ok(result)
+    };
+    let state = |step: usize, next_batch: u64, model: &ResNetV2| TrainState {
+        step,
+        next_batch,
+        seed: config.seed,
+        model: model.config(),
+        classes: classes.clone(),
+        train_examples: train.len(),
+        batch: config.batch,
+    };
+
+    log.info("Starting training!");
+    log.start_progress(step, rule.total_steps());
+    let started = Instant::now();
+    let (mut images_seen, mut interrupted) = (0usize, false);
+    while let Some(lr) = rule.lr(step) {
+        if options.stop.load(Ordering::SeqCst) {
+            log.warn(&format!("Stop requested: finishing at step {step}"));
+            interrupted = true;
+            break;
+        }
+        let mut mix = mixup.step(step as u64);
+        let mut grads = GradientsAccumulator::<ResNetV2>::new();
+        for accum in 1..=config.batch_split {
+            let start = Instant::now();
+            let batch = batches
+                .next()
+                .ok_or_else(|| TrainError::InvalidConfig("the training stream ended".into()))??;
+            next_batch += 1;
+            images_seen += batch.len();
+            let (x, y) = batch.to_tensors(&main);
+            let (x, targets) = if mixup.enabled() {
+                let (x, partners) = mix.mix(x, y.clone());
+                (
+                    x,
+                    Targets {
+                        labels: y,
+                        mixed: Some((partners, mix.lambda)),
+                    },
+                )
+            } else {
+                (
+                    x,
+                    Targets {
+                        labels: y,
+                        mixed: None,
+                    },
+                )
+            };
+            timings.add("load", start);
+            let start = Instant::now();
+            let (g, loss) = devices.gradients(&model, x, &targets, 1.0 / config.batch_split as f32);
+            timings.add("fprop+grads", start);
+            if !loss.is_finite() {
+                log.warn(&format!("[step {step}]: loss={loss}: stopping"));
+                log.finish_progress();
+                return Err(TrainError::NonFiniteLoss { step, loss });
+            }
+            grads.accumulate(&model, g);
+            let accstep = if config.batch_split > 1 {
+                format!(" ({accum}/{})", config.batch_split)
+            } else {
+                String::new()
+            };
+            log.info(&format!(
+                "[step {step}{accstep}]: loss={loss:.5} (lr={})",
+                python_exp(lr)
+            ));
+            log.metric(json!({"event": "train", "step": step, "micro_batch": accum, "loss": loss, "lr": lr}));
+            log.progress(step, format!("loss {loss:.4} lr {}", python_exp(lr)));
+        }
+        let start = Instant::now();
+        model = optim.step(lr, model, grads.grads());
+        timings.add("update", start);
+        step += 1;
+        log.progress(step, String::new());
+        if config.eval_every.is_some_and(|every| step % every == 0) && rule.lr(step).is_some() {
+            run_eval(&model, step.to_string(), &mut log, &mut timings)?;
+            if config.save {
+                checkpoint::save(&run_dir, &model, &optim, &state(step, next_batch, &model))?;
+            }
+        }
+    }
+    let train_secs = started.elapsed().as_secs_f64();
+    log.finish_progress();
+    let eval = run_eval(&model, "end".into(), &mut log, &mut timings)?;
+    if config.save {
+        checkpoint::save(&run_dir, &model, &optim, &state(step, next_batch, &model))?;
+        let export = run_dir.join("model.safetensors");
+        model.clone().valid().save_safetensors(&export)?;
+        log.info(&format!(
+            "Saved the fine-tuned model to '{}'",
+            export.display()
+        ));
+    }
+    if images_seen > 0 {
+        log.info(&format!("Throughput: {:.2} img/s over {images_seen} training images (loader, model and evaluations included)", images_seen as f64 / train_secs));
+    }
+    log.info(&format!("Timings:\n{}", timings.report()));
+    Ok(TrainOutcome {
+        steps: step,
+        eval,
+        interrupted,
+        run_dir,
+        model: model.valid(),
+    })
+}
+
+/// Refuses to continue a saved run with different data or batch settings.
+fn check_resumable(
+    saved: &checkpoint::Saved,
+    config: &TrainConfig,
+    classes: &[String],
+    train_examples: usize,
+) -> Result<()> {
+    let s = &saved.state;
+    let detail = if s.classes != classes {
+        Some(format!("classes {:?}, this one {:?}", s.classes, classes))
+    } else if s.train_examples != train_examples {
+        Some(format!(
+            "{} training examples, this one {train_examples}",
+            s.train_examples
+        ))
+    } else if s.batch != config.batch || s.seed != config.seed {
+        Some(format!(
+            "batch {} and seed {}, this one batch {} and seed {}",
+            s.batch, s.seed, config.batch, config.seed
+        ))
+    } else {
+        None
+    };
+    match detail {
+        Some(detail) => Err(TrainError::ResumeMismatch {
+            path: saved.dir.clone(),
+            detail,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Mean seconds per phase, like the reference's `chrono` report.
+#[derive(Default)]
+struct Timings(BTreeMap<&'static str, (f64, usize)>);
+
+impl Timings {
+    fn add(&mut self, name: &'static str, start: Instant) {
+        let entry = self.0.entry(name).or_default();
+        entry.0 += start.elapsed().as_secs_f64();
+        entry.1 += 1;
+    }
+
+    fn report(&self) -> String {
+        let mut means: Vec<(&str, f64)> = self
+            .0
+            .iter()
+            .map(|(k, (t, n))| (*k, t / *n as f64))
+            .collect();
+        means.sort_by(|a, b| b.1.total_cmp(&a.1));
+        means
+            .iter()
+            .map(|(k, t)| format!("{k}: {t:.5}s"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
