@@ -30,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let n = 2048;
     let pixels: Vec<u8> = (0..n * 32 * 32 * 3)
-        .map(|i| (i * 2654435761usize >> 13) as u8)
+        .map(|i| ((i * 2654435761usize) >> 13) as u8)
         .collect();
     let cifar: Arc<dyn ImageDataset> = Arc::new(InMemoryDataset::new(
         vec!["a".into(), "b".into()],

@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example throughput -- --arch R50x1 --size 128 --batch 32 --mode train
 //! cargo run --release --example throughput -- --arch tiny --size 64 --batch 32 --mode infer
+//! cargo run --release --example throughput -- --arch R50x1 --batch 64 --batch-split 4
 //! ```
 //!
 //! Weights are random (timing does not depend on them); `--device` picks the backend.
@@ -13,9 +14,8 @@ use std::time::Instant;
 
 use bit_model::backend::device_from_name;
 use bit_model::{ResNetV2, ResNetV2Config};
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, SgdConfig};
+use bit_train::{DataParallel, Targets, bit_optimizer};
+use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use clap::{Parser, ValueEnum};
 
@@ -39,6 +39,9 @@ struct Args {
     warmup: usize,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Training: process each batch in this many micro-batches (bit-train's accumulation path).
+    #[arg(long, default_value_t = 1)]
+    batch_split: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -62,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     println!(
-        "{} @{} {} batch {} on {}: {:.2} img/s (median {:.3} s/iter over {}; min {:.3}, max {:.3}), peak RSS {} MiB",
+        "{} @{} {} batch {}{} on {}: {:.2} img/s (median {:.3} s/iter over {}; min {:.3}, max {:.3}), peak RSS {} MiB",
         args.arch,
         args.size,
         if args.mode == Mode::Train {
@@ -71,6 +74,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "inference"
         },
         args.batch,
+        if args.batch_split > 1 {
+            format!(" (split {})", args.batch_split)
+        } else {
+            String::new()
+        },
         args.device,
         args.batch as f64 / median,
         median,
@@ -106,22 +114,32 @@ fn time_inference(config: &ResNetV2Config, device: &Device, args: &Args) -> Vec<
 }
 
 fn time_training(config: &ResNetV2Config, device: &Device, args: &Args) -> Vec<f64> {
+    let devices = DataParallel::new(vec![device.clone()]).expect("one device");
     let mut model: ResNetV2 = config.init(device);
-    let mut sgd = SgdConfig::new()
-        .with_momentum(Some(
-            MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
-        ))
-        .init();
-    let ce = CrossEntropyLossConfig::new().init(device);
+    let mut sgd = bit_optimizer();
+    let micro = args.batch / args.batch_split.max(1);
     let mut times = Vec::new();
     for i in 0..args.warmup + args.iters {
         let x = images(args, device);
         let y = Tensor::<1, Int>::random([args.batch], Distribution::Uniform(0.0, 10.0), device);
         device.sync().ok();
         let start = Instant::now();
-        let loss = ce.forward(model.forward(x), y);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = sgd.step(0.003, model, grads);
+        let mut grads = GradientsAccumulator::<ResNetV2>::new();
+        for m in 0..args.batch_split.max(1) {
+            let at = m * micro;
+            let targets = Targets {
+                labels: y.clone().narrow(0, at, micro),
+                mixed: None,
+            };
+            let (g, _) = devices.gradients(
+                &model,
+                x.clone().narrow(0, at, micro),
+                &targets,
+                1.0 / args.batch_split.max(1) as f32,
+            );
+            grads.accumulate(&model, g);
+        }
+        model = sgd.step(0.003, model, grads.grads());
         // Reading a parameter back waits for the update on asynchronous backends.
         let _ = model.head.fc.bias.as_ref().map(|b| b.val().into_data());
         if i >= args.warmup {

@@ -9,18 +9,7 @@ use std::time::{Duration, Instant};
 use bit_hyperrule::HyperRule;
 
 fn golden_tiny() -> PathBuf {
-    let dir = std::env::var_os("BIT_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden")
-        });
-    let path = dir.join("tiny.weights.npz");
-    assert!(
-        path.is_file(),
-        "golden weights missing at {} (set BIT_GOLDEN_DIR)",
-        path.display()
-    );
-    path
+    bit_testkit::golden_file("tiny.weights.npz")
 }
 
 const STEPS: usize = 40;
@@ -96,7 +85,7 @@ fn killed_run_resumes_from_its_checkpoint_and_beats_chance() {
     child.wait().unwrap();
     let saved = checkpoint_step(&run).unwrap();
     assert!(
-        saved < STEPS && saved % 5 == 0,
+        saved < STEPS && saved.is_multiple_of(5),
         "checkpoint at step {saved}"
     );
     let log_before = std::fs::read_to_string(run.join("train.log")).unwrap();

@@ -13,8 +13,8 @@ use rand_distr::{Beta, Distribution};
 use crate::error::{DataError, Result};
 use crate::rng_for;
 
-/// Stream id of mixup randomness, distinct from the loader's.
-const MIXUP_STREAM: u64 = 0x6d69_7875_70;
+/// Stream id of mixup randomness, distinct from the loader's (1-3).
+const MIXUP_STREAM: u64 = 4;
 
 /// Mixup with `Beta(α, α)`.
 ///

@@ -56,35 +56,31 @@ fn rewrite(
         let npy = src.by_name(&key).unwrap().unwrap();
         let shape = npy.shape().to_vec();
         for (key, shape, array) in edit(&key, &shape, npy.into_vec().unwrap()) {
-            let options = Default::default();
             match array {
-                Array::F32(v) => {
-                    let mut w = out
-                        .array::<f32>(&key, options)
-                        .unwrap()
-                        .default_dtype()
-                        .shape(&shape)
-                        .begin_nd()
-                        .unwrap();
-                    w.extend(v).unwrap();
-                    w.finish().unwrap();
-                }
-                Array::F64(v) => {
-                    let mut w = out
-                        .array::<f64>(&key, options)
-                        .unwrap()
-                        .default_dtype()
-                        .shape(&shape)
-                        .begin_nd()
-                        .unwrap();
-                    w.extend(v).unwrap();
-                    w.finish().unwrap();
-                }
+                Array::F32(v) => write_array(&mut out, &key, &shape, v),
+                Array::F64(v) => write_array(&mut out, &key, &shape, v),
             }
         }
     }
     out.zip_writer().finish().unwrap();
     dst
+}
+
+fn write_array<T: npyz::AutoSerialize>(
+    out: &mut NpzWriter<std::io::BufWriter<std::fs::File>>,
+    key: &str,
+    shape: &[u64],
+    values: Vec<T>,
+) {
+    let mut w = out
+        .array::<T>(key, Default::default())
+        .unwrap()
+        .default_dtype()
+        .shape(shape)
+        .begin_nd()
+        .unwrap();
+    w.extend(values).unwrap();
+    w.finish().unwrap();
 }
 
 fn keep(key: &str, shape: &[u64], v: Vec<f32>) -> Vec<(String, Vec<u64>, Array)> {

@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+use bit_testkit::golden_dir;
+
 use bit_model::ResNetV2;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -14,21 +16,6 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use npyz::npz::NpzArchive;
-
-/// `shared/golden`: `$BIT_GOLDEN_DIR`, else `../shared/golden` beside the checkout.
-fn golden_dir() -> PathBuf {
-    let dir = std::env::var_os("BIT_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden")
-        });
-    assert!(
-        dir.join("README.md").is_file(),
-        "golden vectors not found at {} (set BIT_GOLDEN_DIR); parity tests must not be skipped",
-        dir.display()
-    );
-    dir
-}
 
 struct Case {
     weights: PathBuf,

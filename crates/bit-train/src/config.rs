@@ -108,7 +108,8 @@ impl TrainConfig {
                 self.name
             ));
         }
-        if self.batch == 0 || self.batch_split == 0 || self.batch % self.batch_split != 0 {
+        if self.batch == 0 || self.batch_split == 0 || !self.batch.is_multiple_of(self.batch_split)
+        {
             return bad(format!(
                 "--batch {} must be a positive multiple of --batch_split {}",
                 self.batch, self.batch_split
@@ -121,12 +122,12 @@ impl TrainConfig {
         {
             return bad("--eval_every, --steps and --examples_per_class must be at least 1".into());
         }
-        if let Some((pre, crop)) = self.resolution {
-            if crop == 0 || crop > pre {
-                return bad(format!(
-                    "resolution {pre}/{crop}: the crop must be between 1 and the pre-crop size"
-                ));
-            }
+        if let Some((pre, crop)) = self.resolution
+            && (crop == 0 || crop > pre)
+        {
+            return bad(format!(
+                "resolution {pre}/{crop}: the crop must be between 1 and the pre-crop size"
+            ));
         }
         Ok(self.dataset.parse()?)
     }

@@ -76,12 +76,12 @@ impl DataParallel {
             } else {
                 model.clone().fork(device)
             };
-            let x = images.clone().slice([a..b]).to_device(device);
-            let own = targets.labels.clone().slice([a..b]).to_device(device);
+            let x = images.clone().narrow(0, a, b - a).to_device(device);
+            let own = targets.labels.clone().narrow(0, a, b - a).to_device(device);
             let partner = targets
                 .mixed
                 .as_ref()
-                .map(|(p, lambda)| (p.clone().slice([a..b]).to_device(device), *lambda));
+                .map(|(p, lambda)| (p.clone().narrow(0, a, b - a).to_device(device), *lambda));
             let loss = mixup_loss(replica.forward(x), own, partner, device);
             let weight = (b - a) as f32 / n as f32;
             let value = loss.clone().into_scalar_f32() * weight;

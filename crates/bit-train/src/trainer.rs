@@ -262,14 +262,19 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         timings.add("update", start);
         step += 1;
         log.progress(step, String::new());
-        if config.eval_every.is_some_and(|every| step % every == 0) && rule.lr(step).is_some() {
+        if config
+            .eval_every
+            .is_some_and(|every| step.is_multiple_of(every))
+            && rule.lr(step).is_some()
+        {
             run_eval(&model, step.to_string(), &mut log, &mut timings)?;
             if config.save {
                 checkpoint::save(&run_dir, &model, &optim, &state(step, next_batch, &model))?;
             }
         }
     }
-    let train_secs = started.elapsed().as_secs_f64();
+    // Training time proper: evaluations inside the loop are not training.
+    let train_secs = started.elapsed().as_secs_f64() - timings.total("eval");
     log.finish_progress();
     let eval = run_eval(&model, "end".into(), &mut log, &mut timings)?;
     if config.save {
@@ -282,7 +287,7 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         ));
     }
     if images_seen > 0 {
-        log.info(&format!("Throughput: {:.2} img/s over {images_seen} training images (loader, model and evaluations included)", images_seen as f64 / train_secs));
+        log.info(&format!("Throughput: {:.2} img/s over {images_seen} training images (loader, model and optimizer; evaluations excluded)", images_seen as f64 / train_secs));
     }
     log.info(&format!("Timings:\n{}", timings.report()));
     Ok(TrainOutcome {
@@ -335,6 +340,10 @@ impl Timings {
         let entry = self.0.entry(name).or_default();
         entry.0 += start.elapsed().as_secs_f64();
         entry.1 += 1;
+    }
+
+    fn total(&self, name: &str) -> f64 {
+        self.0.get(name).map_or(0.0, |(t, _)| *t)
     }
 
     fn report(&self) -> String {

@@ -11,18 +11,7 @@ use burn::optim::{GradientsAccumulator, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 fn tiny_weights() -> PathBuf {
-    let dir = std::env::var_os("BIT_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden")
-        });
-    let path = dir.join("tiny.weights.npz");
-    assert!(
-        path.is_file(),
-        "golden weights missing at {} (set BIT_GOLDEN_DIR)",
-        path.display()
-    );
-    path
+    bit_testkit::golden_file("tiny.weights.npz")
 }
 
 fn batch(device: &Device, n: usize) -> (Tensor<4>, Tensor<1, Int>) {
@@ -35,37 +24,15 @@ fn batch(device: &Device, n: usize) -> (Tensor<4>, Tensor<1, Int>) {
     (x, y)
 }
 
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec().unwrap()
+}
+
+/// The root kernel, one 3x3 kernel of block 4 and the head: every depth of the model.
 fn params(model: &ResNetV2) -> Vec<f32> {
-    let mut all: Vec<f32> = model
-        .root
-        .conv
-        .weight
-        .val()
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .unwrap();
-    all.extend(
-        model.body[3].units[0]
-            .conv2
-            .weight
-            .val()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap(),
-    );
-    all.extend(
-        model
-            .head
-            .fc
-            .weight
-            .val()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap(),
-    );
+    let mut all = values(model.root.conv.weight.val());
+    all.extend(values(model.body[3].units[0].conv2.weight.val()));
+    all.extend(values(model.head.fc.weight.val()));
     all
 }
 
@@ -95,13 +62,17 @@ fn one_step(devices: &DataParallel, split: usize, lambda: Option<f32>) -> Vec<f3
     let mut acc = GradientsAccumulator::<ResNetV2>::new();
     let micro = 8 / split;
     for m in 0..split {
-        let r = m * micro..(m + 1) * micro;
+        let at = m * micro;
         let targets = Targets {
-            labels: y.clone().slice([r.clone()]),
-            mixed: lambda.map(|l| (partners.clone().slice([r.clone()]), l)),
+            labels: y.clone().narrow(0, at, micro),
+            mixed: lambda.map(|l| (partners.clone().narrow(0, at, micro), l)),
         };
-        let (grads, loss) =
-            devices.gradients(&model, x.clone().slice([r]), &targets, 1.0 / split as f32);
+        let (grads, loss) = devices.gradients(
+            &model,
+            x.clone().narrow(0, at, micro),
+            &targets,
+            1.0 / split as f32,
+        );
         assert!(loss.is_finite());
         acc.accumulate(&model, grads);
     }

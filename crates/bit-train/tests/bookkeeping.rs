@@ -1,0 +1,122 @@
+//! Step and learning-rate bookkeeping of `train()` with micro-batching, on real Fashion-MNIST
+//! (Debian's `dataset-fashion-mnist`) from the golden tiny checkpoint.
+
+use std::sync::atomic::Ordering;
+
+use bit_hyperrule::HyperRule;
+use bit_train::{TrainConfig, TrainError, TrainOptions, python_exp, train};
+
+fn config(name: &str) -> TrainConfig {
+    let logdir = std::env::temp_dir().join(format!("bit-train-bookkeeping-{}", std::process::id()));
+    let mut c = TrainConfig::new(
+        name,
+        bit_testkit::golden_file("tiny.weights.npz").to_string_lossy(),
+        "fashion_mnist",
+        bit_data::DEBIAN_FASHION_MNIST_DIR,
+        logdir,
+    );
+    c.examples_per_class = Some(2);
+    c.batch = 8;
+    c.batch_split = 2;
+    c.steps = Some(10);
+    c.resolution = Some((36, 32));
+    c.max_eval_examples = Some(64);
+    c.workers = 1;
+    c
+}
+
+#[test]
+fn batch_split_logs_every_micro_batch_with_the_step_learning_rate() {
+    let config = config("split");
+    std::fs::remove_dir_all(config.run_dir()).ok();
+    let outcome = train(
+        &config,
+        &TrainOptions {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((outcome.steps, outcome.interrupted), (10, false));
+    let log = std::fs::read_to_string(config.run_dir().join("train.log")).unwrap();
+    let rule = HyperRule::new((28, 28), 20)
+        .with_batch(8)
+        .with_total_steps(10);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("]: loss=")).collect();
+    assert_eq!(lines.len(), 20, "two micro-batches for each of 10 steps");
+    for (i, line) in lines.iter().enumerate() {
+        let (step, accum) = (i / 2, i % 2 + 1);
+        let want = format!("[step {step} ({accum}/2)]: loss=");
+        assert!(line.contains(&want), "line {i}: {line}");
+        assert!(
+            line.ends_with(&format!("(lr={})", python_exp(rule.lr(step).unwrap()))),
+            "{line}"
+        );
+    }
+    // The schedule: warmup from 0, then the rule's decays.
+    assert!(lines[0].ends_with("(lr=0.0e+00)"));
+    assert!(log.contains("Validation@end"));
+
+    // Running the finished run again resumes at its end: nothing more to train.
+    let again = train(
+        &config,
+        &TrainOptions {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(again.steps, 10);
+    let log = std::fs::read_to_string(config.run_dir().join("train.log")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("]: loss=")).count(), 20);
+    assert!(log.contains("Resumed at step 10"));
+
+    // Resuming with other data is refused, not silently mixed.
+    let mut other = config.clone();
+    other.examples_per_class = Some(3);
+    assert!(matches!(
+        train(
+            &other,
+            &TrainOptions {
+                quiet: true,
+                ..Default::default()
+            }
+        ),
+        Err(TrainError::ResumeMismatch { .. })
+    ));
+    std::fs::remove_dir_all(config.run_dir()).ok();
+}
+
+#[test]
+fn a_stop_request_ends_with_evaluation_and_checkpoint() {
+    let mut config = config("stopped");
+    config.batch_split = 1;
+    std::fs::remove_dir_all(config.run_dir()).ok();
+    let options = TrainOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    options.stop.store(true, Ordering::SeqCst);
+    let outcome = train(&config, &options).unwrap();
+    assert!(outcome.interrupted);
+    assert_eq!(outcome.steps, 0);
+    assert!(config.run_dir().join("checkpoint.json").is_file());
+    std::fs::remove_dir_all(config.run_dir()).ok();
+}
+
+#[test]
+fn bad_settings_are_refused_before_any_work() {
+    let mut c = config("bad");
+    c.batch = 10;
+    c.batch_split = 4;
+    assert!(matches!(
+        train(&c, &TrainOptions::default()),
+        Err(TrainError::InvalidConfig(_))
+    ));
+    let mut c = config("bad");
+    c.dataset = "svhn".into();
+    assert!(matches!(
+        train(&c, &TrainOptions::default()),
+        Err(TrainError::Data(bit_data::DataError::UnknownDataset(_)))
+    ));
+}
