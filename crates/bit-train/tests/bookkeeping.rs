@@ -120,3 +120,33 @@ fn bad_settings_are_refused_before_any_work() {
         Err(TrainError::Data(bit_data::DataError::UnknownDataset(_)))
     ));
 }
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
+    let mut config = config("diverging");
+    config.batch_split = 1;
+    config.eval_every = Some(1);
+    // Step 0 trains at lr 0 (warmup) and is checkpointed; lr 1e30 then blows the head up.
+    config.base_lr = 1e30;
+    std::fs::remove_dir_all(config.run_dir()).ok();
+    let err = train(
+        &config,
+        &TrainOptions {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    match &err {
+        TrainError::NonFiniteLoss { step, loss } => {
+            assert!(*step >= 1 && !loss.is_finite(), "{err}")
+        }
+        other => panic!("expected NonFiniteLoss, got {other:?}"),
+    }
+    assert!(err.to_string().contains("--base_lr"), "{err}");
+    assert!(
+        config.run_dir().join("checkpoint.json").is_file(),
+        "the last good checkpoint stays"
+    );
+    std::fs::remove_dir_all(config.run_dir()).ok();
+}
