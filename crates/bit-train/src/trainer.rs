@@ -77,6 +77,13 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         config.device
     ));
 
+    // Fail fast on a missing checkpoint, before any dataset download: a saved run needs none,
+    // a new one needs its .npz.
+    let start = match checkpoint::find(&run_dir)? {
+        Some(saved) => Start::Resume(saved),
+        None => Start::Fresh(config.checkpoint_path()?),
+    };
+
     let policy = if config.skip_non_images {
         NonImagePolicy::SkipWithWarning
     } else {
@@ -117,8 +124,8 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
     let classes: Vec<String> = train.classes().to_vec();
     let main = devices.main().clone();
     let mut optim = bit_optimizer();
-    let (mut model, mut step, mut next_batch) = match checkpoint::find(&run_dir)? {
-        Some(saved) => {
+    let (mut model, mut step, mut next_batch) = match start {
+        Start::Resume(saved) => {
             check_resumable(&saved, config, &classes, train.len())?;
             log.info(&format!(
                 "Found saved model to resume from at '{}'",
@@ -129,8 +136,7 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
             log.info(&format!("Resumed at step {}", saved.state.step));
             (model, saved.state.step, saved.state.next_batch)
         }
-        None => {
-            let path = config.checkpoint_path()?;
+        Start::Fresh(path) => {
             log.info(&format!("Loading model from {}", path.display()));
             log.info("Fine-tuning from BiT");
             (
@@ -297,6 +303,14 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         run_dir,
         model: model.valid(),
     })
+}
+
+/// Where a run starts from.
+enum Start {
+    /// The run's own last checkpoint.
+    Resume(checkpoint::Saved),
+    /// A pre-trained BiT checkpoint.
+    Fresh(PathBuf),
 }
 
 /// Refuses to continue a saved run with different data or batch settings.
