@@ -84,7 +84,7 @@ impl DataParallel {
                 .map(|(p, lambda)| (p.clone().narrow(0, a, b - a).to_device(device), *lambda));
             let loss = mixup_loss(replica.forward(x), own, partner, device);
             let weight = (b - a) as f32 / n as f32;
-            let value = loss.clone().into_scalar_f32() * weight;
+            let value = scalar(loss.clone()) * weight;
             let grads = GradientsParams::from_grads((loss * (weight * scale)).backward(), &replica);
             (grads.to_device(self.main(), model), value)
         };
@@ -125,15 +125,10 @@ fn mixup_loss(
     }
 }
 
-trait ScalarF32 {
-    fn into_scalar_f32(self) -> f32;
-}
-
-impl ScalarF32 for Tensor<1> {
-    fn into_scalar_f32(self) -> f32 {
-        self.into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_or(f32::NAN, |v| v[0])
-    }
+/// The value of a one-element tensor (NaN if it cannot be read, which the caller reports).
+fn scalar(t: Tensor<1>) -> f32 {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_or(f32::NAN, |v| v[0])
 }

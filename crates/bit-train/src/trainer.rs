@@ -166,10 +166,6 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
     };
     let mut batches = BatchStream::train(train.clone(), preprocess, loader, next_batch)?;
     let mixup = Mixup::new(rule.mixup_alpha, config.seed)?;
-    let eval_loader = LoaderConfig {
-        batch_size: micro,
-        ..loader
-    };
     let mut timings = Timings::default();
     let run_eval = |model: &ResNetV2,
                     step: String,
@@ -177,7 +173,7 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
                     timings: &mut Timings|
      -> Result<EvalResult> {
         let start = Instant::now();
-        let stream = BatchStream::eval(valid.clone(), rule.crop, eval_loader)?;
+        let stream = BatchStream::eval(valid.clone(), rule.crop, loader)?;
         let result = evaluate(
             &model.clone().valid(),
             stream,
