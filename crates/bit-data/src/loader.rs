@@ -160,7 +160,8 @@ impl BatchStream {
                 DataError::InvalidArgument(format!("cannot start {} workers: {e}", config.workers))
             })?;
         let n = dataset.len();
-        let batches = matches!(plan, Plan::Eval).then(|| n.div_ceil(config.batch_size) as u64);
+        let eval_batches = n.div_ceil(config.batch_size) as u64;
+        let batches = matches!(plan, Plan::Eval).then_some(eval_batches);
         let (sender, receiver) = bounded(config.prefetch.max(1));
         let producer = std::thread::Builder::new()
             .name("bit-data-loader".into())
@@ -172,7 +173,7 @@ impl BatchStream {
                 };
                 let numbers: Box<dyn Iterator<Item = u64>> = match plan {
                     Plan::Train { first } => Box::new(first..),
-                    Plan::Eval => Box::new(0..n.div_ceil(config.batch_size) as u64),
+                    Plan::Eval => Box::new(0..eval_batches),
                 };
                 for b in numbers {
                     let indices = match plan {

@@ -72,10 +72,15 @@ pub fn get_resolution(original_resolution: (usize, usize)) -> (usize, usize) {
 
 /// [`get_resolution`] for a dataset of [`KNOWN_DATASET_SIZES`].
 pub fn get_resolution_from_dataset(dataset: &str) -> Result<(usize, usize), UnknownDataset> {
+    known_dataset_size(dataset).map(get_resolution)
+}
+
+/// The `(height, width)` of a dataset of [`KNOWN_DATASET_SIZES`].
+fn known_dataset_size(dataset: &str) -> Result<(usize, usize), UnknownDataset> {
     KNOWN_DATASET_SIZES
         .iter()
         .find(|(name, _)| *name == dataset)
-        .map(|(_, size)| get_resolution(*size))
+        .map(|(_, size)| *size)
         .ok_or_else(|| UnknownDataset(dataset.to_string()))
 }
 
@@ -169,11 +174,7 @@ impl HyperRule {
 
     /// The rule for a dataset of [`KNOWN_DATASET_SIZES`].
     pub fn for_dataset(dataset: &str, dataset_size: usize) -> Result<Self, UnknownDataset> {
-        let (_, size) = KNOWN_DATASET_SIZES
-            .iter()
-            .find(|(name, _)| *name == dataset)
-            .ok_or_else(|| UnknownDataset(dataset.to_string()))?;
-        Ok(Self::new(*size, dataset_size))
+        Ok(Self::new(known_dataset_size(dataset)?, dataset_size))
     }
 
     /// Overrides the global batch size (the learning rate is *not* rescaled, like the
