@@ -268,13 +268,14 @@ fn wrong_checksum_is_an_integrity_error_and_the_file_is_discarded() {
 }
 
 #[test]
-fn official_sizes_reject_a_foreign_file_at_the_override_url() {
+fn official_sizes_reject_a_foreign_file_at_a_mirror() {
     let body = cifar_archive(Cifar::Cifar10, 2, None);
     let server = serve("cifar-10-binary.tar.gz", body, false);
     let dir = scratch("official");
-    // SAFETY: this test is the only one in this binary that reads or writes the variable.
-    unsafe { std::env::set_var(bit_data::CIFAR_BASE_URL_ENV, &server.base) };
-    let err = Cifar::Cifar10.load(&dir, Split::Train).unwrap_err();
+    let official = Cifar::Cifar10.remote(&server.base);
+    let err = Cifar::Cifar10
+        .load_from(&dir, Split::Train, &official)
+        .unwrap_err();
     assert!(
         matches!(err, DataError::Integrity { what: "size", .. }),
         "{err:?}"
