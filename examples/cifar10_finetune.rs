@@ -17,7 +17,7 @@ use clap::Parser;
 
 #[derive(Parser)]
 struct Args {
-    /// Where BiT-M-R50x1.npz is.
+    /// Where BiT-M-R50x1.npz is (downloaded into the cache, $BIT_HOME, if it is not there).
     #[arg(long, default_value = ".")]
     bit_pretrained_dir: PathBuf,
     /// Where CIFAR-10 is, or is downloaded to.

@@ -8,6 +8,8 @@ use bit_model::NpzCheckpoint;
 use bit_train::{TrainConfig, TrainOptions};
 use clap::{Args, Parser, Subcommand};
 
+mod infer;
+
 /// Big Transfer (BiT) in pure Rust.
 #[derive(Parser)]
 #[command(version, about)]
@@ -25,6 +27,28 @@ enum Command {
         /// The checkpoint, e.g. `BiT-M-R50x1.npz`.
         checkpoint: PathBuf,
     },
+    /// List the released models (filter: words that must all appear, e.g. `vtab R50x1 dtd`).
+    Models {
+        /// Filter words.
+        filter: Vec<String>,
+        /// Also print each model's URL.
+        #[arg(long)]
+        urls: bool,
+    },
+    /// Download released models into the cache ($BIT_HOME) and verify them.
+    Download {
+        /// Model names, e.g. BiT-M-R50x1 vtab/BiT-M-R50x1-run0-dtd distill/R50x1_224.
+        #[arg(required = true)]
+        models: Vec<String>,
+    },
+    /// Top-k classes of images, with probabilities and class names.
+    Predict(infer::PredictArgs),
+    /// Pooled pre-logit features of images or a dataset, to a .npy file.
+    Embed(Box<infer::EmbedArgs>),
+    /// Top-1/top-5 of a model on a labelled dataset (classes matched to the head by name).
+    Eval(Box<infer::EvalArgs>),
+    /// Convert a model between .npz (official layout) and .safetensors.
+    Export(infer::ExportArgs),
 }
 
 /// The reference's flags, spelled as in `bit_pytorch/train.py`, plus a few explicit extras.
@@ -35,7 +59,8 @@ struct TrainArgs {
     #[arg(long)]
     name: String,
     /// A BiT model name (BiT-M-R50x1, BiT-S-R101x3, BiT-M-R152x2-ILSVRC2012, ...), read from
-    /// {bit_pretrained_dir}/{model}.npz, or a path to any BiT-format .npz.
+    /// {bit_pretrained_dir}/{model}.npz if it is there, else downloaded into the cache
+    /// ($BIT_HOME); or a path to any BiT-format .npz.
     #[arg(long)]
     model: String,
     /// Where to write the run's logs, metrics and checkpoints.
@@ -113,9 +138,22 @@ fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match Cli::parse().command {
         Command::Inspect { checkpoint } => inspect(&checkpoint).map_err(Into::into),
         Command::Train(args) => train(*args),
+        Command::Models { filter, urls } => infer::models(&filter, urls),
+        Command::Download { models } => infer::download(&models),
+        Command::Predict(args) => infer::predict(args),
+        Command::Embed(args) => infer::embed(*args),
+        Command::Eval(args) => infer::eval(*args),
+        Command::Export(args) => infer::export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`bit models | head`): nothing left to say.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

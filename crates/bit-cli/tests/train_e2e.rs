@@ -156,7 +156,7 @@ fn killed_run_resumes_from_its_checkpoint_and_beats_chance() {
 }
 
 #[test]
-fn missing_checkpoint_names_the_official_url() {
+fn an_unavailable_release_names_its_url_and_the_manual_route() {
     let logdir = std::env::temp_dir().join(format!("bit-cli-missing-{}", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_bit"))
         .args([
@@ -172,13 +172,18 @@ fn missing_checkpoint_names_the_official_url() {
         ])
         .arg("--logdir")
         .arg(&logdir)
+        // Offline: nothing listens on port 9.
+        .env("BIT_MODELS_URL", "http://127.0.0.1:9/bit_models")
+        .env("BIT_HOME", logdir.join("cache"))
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz"),
-        "{stderr}"
-    );
+    for part in [
+        "http://127.0.0.1:9/bit_models/BiT-M-R50x1.npz",
+        "--bit_pretrained_dir (/nonexistent)",
+    ] {
+        assert!(stderr.contains(part), "`{part}` not in {stderr}");
+    }
     std::fs::remove_dir_all(&logdir).ok();
 }

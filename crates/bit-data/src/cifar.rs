@@ -4,8 +4,8 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::Split;
 use crate::dataset::InMemoryDataset;
-use crate::download::RemoteFile;
 use crate::error::{DataError, Result};
+use bit_hub::RemoteFile;
 
 /// Where the official archives are published.
 pub const CIFAR_BASE_URL: &str = "https://www.cs.toronto.edu/~kriz";

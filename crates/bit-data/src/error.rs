@@ -15,34 +15,9 @@ pub enum DataError {
         source: std::io::Error,
     },
 
-    /// A download failed (offline, HTTP error, interrupted transfer).
-    #[error(
-        "download of {url} failed: {reason}. Without network access, place the file at {dest} \
-         by hand (or point --datadir at a folder that has it)"
-    )]
-    Download {
-        /// What was fetched.
-        url: String,
-        /// Where it was going.
-        dest: PathBuf,
-        /// Why it failed.
-        reason: String,
-    },
-
-    /// A file's size or checksum is not the published one.
-    #[error(
-        "{path} is damaged: {what} is {found}, expected {expected}; delete it to fetch it again"
-    )]
-    Integrity {
-        /// The file.
-        path: PathBuf,
-        /// `size` or `MD5`.
-        what: &'static str,
-        /// The published value.
-        expected: String,
-        /// The value of the file.
-        found: String,
-    },
+    /// A download failed or a downloaded file is damaged.
+    #[error(transparent)]
+    Fetch(#[from] bit_hub::FetchError),
 
     /// An archive could not be unpacked.
     #[error("{path} is not a valid archive: {reason}")]

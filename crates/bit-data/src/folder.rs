@@ -119,24 +119,88 @@ impl ImageDataset for FolderDataset {
     }
 
     fn image(&self, index: usize) -> Result<RgbImage> {
-        let path = &self.items[index].0;
-        let decode = |reason: String| DataError::Decode {
-            path: path.clone(),
-            reason,
-        };
-        let reader = image::ImageReader::open(path)
-            .map_err(DataError::io(path))?
-            .with_guessed_format()
-            .map_err(DataError::io(path))?;
-        Ok(reader
-            .decode()
-            .map_err(|e| decode(e.to_string()))?
-            .into_rgb8())
+        decode_rgb(&self.items[index].0)
     }
 
     fn image_size(&self) -> Option<(usize, usize)> {
         self.image_size
     }
+}
+
+/// A list of image files without labels (every label is 0, of one class `unlabelled`), in
+/// the given order: the input of prediction and feature extraction.
+///
+/// ```
+/// use bit_data::{ImageDataset, ImageFiles};
+///
+/// let path = std::env::temp_dir().join("bit_data_doc_image_files.png");
+/// image::RgbImage::new(8, 6).save(&path)?;
+/// let files = ImageFiles::new(vec![path.clone()])?;
+/// assert_eq!(files.image(0)?.dimensions(), (8, 6));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ImageFiles {
+    paths: Vec<PathBuf>,
+    classes: Vec<String>,
+    image_size: Option<(usize, usize)>,
+}
+
+impl ImageFiles {
+    /// The files `paths`, which must exist (they are decoded when read).
+    pub fn new(paths: Vec<PathBuf>) -> Result<Self> {
+        for path in &paths {
+            std::fs::metadata(path).map_err(DataError::io(path))?;
+        }
+        let items: Vec<(PathBuf, usize)> = paths.iter().map(|p| (p.clone(), 0)).collect();
+        Ok(Self {
+            image_size: typical_size(&items),
+            paths,
+            classes: vec!["unlabelled".into()],
+        })
+    }
+
+    /// The file of example `index`.
+    pub fn path(&self, index: usize) -> &Path {
+        &self.paths[index]
+    }
+}
+
+impl ImageDataset for ImageFiles {
+    fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    fn classes(&self) -> &[String] {
+        &self.classes
+    }
+
+    fn label(&self, _index: usize) -> usize {
+        0
+    }
+
+    fn image(&self, index: usize) -> Result<RgbImage> {
+        decode_rgb(&self.paths[index])
+    }
+
+    fn image_size(&self) -> Option<(usize, usize)> {
+        self.image_size
+    }
+}
+
+/// Decodes any supported image file (format guessed from its bytes) to 8-bit RGB.
+fn decode_rgb(path: &Path) -> Result<RgbImage> {
+    let reader = image::ImageReader::open(path)
+        .map_err(DataError::io(path))?
+        .with_guessed_format()
+        .map_err(DataError::io(path))?;
+    Ok(reader
+        .decode()
+        .map_err(|e| DataError::Decode {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .into_rgb8())
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {

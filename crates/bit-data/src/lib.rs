@@ -27,7 +27,6 @@
 
 mod cifar;
 mod dataset;
-mod download;
 mod error;
 mod fewshot;
 pub(crate) mod folder;
@@ -43,12 +42,12 @@ use std::sync::Arc;
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 
+pub use bit_hub::{FetchError, RemoteFile};
 pub use cifar::{CIFAR_BASE_URL, CIFAR_BASE_URL_ENV, Cifar, extract_tar_gz};
 pub use dataset::{ImageDataset, InMemoryDataset, Subset};
-pub use download::{RemoteFile, md5_file};
 pub use error::{DataError, Result};
 pub use fewshot::few_shot;
-pub use folder::{FolderDataset, IMAGE_EXTENSIONS, NonImagePolicy};
+pub use folder::{FolderDataset, IMAGE_EXTENSIONS, ImageFiles, NonImagePolicy};
 pub use idx::{DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, load_idx};
 pub use loader::{Batch, BatchStream, LoaderConfig};
 pub use mixup::{Mixup, MixupStep};

@@ -1,13 +1,11 @@
 //! CIFAR through the real download path: generated archives in the official binary format,
 //! served over HTTP on 127.0.0.1.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bit_data::{Cifar, DataError, ImageDataset, RemoteFile, Split};
+use bit_data::{Cifar, DataError, FetchError, ImageDataset, RemoteFile, Split};
+use bit_testkit::HttpServer;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bit-data-cifar-{}-{name}", std::process::id()));
@@ -85,64 +83,13 @@ fn cifar_archive(kind: Cifar, per_file: usize, extra: Option<(&str, &[u8])>) -> 
     tar.into_inner().unwrap().finish().unwrap()
 }
 
-/// Serves `body` at `/<name>` on 127.0.0.1 (HTTP/1.1, one request per connection, `Range:
-/// bytes=N-` honoured); when `cut_first` is set, the first response announces the full length
-/// but the connection is shut after half of it.
-struct Server {
-    base: String,
-    hits: Arc<AtomicUsize>,
-}
-
-fn serve(name: &'static str, body: Vec<u8>, cut_first: bool) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let n = counter.fetch_add(1, Ordering::SeqCst);
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            reader.read_line(&mut request_line).unwrap();
-            let mut from = None;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    from = v.trim().trim_end_matches('-').parse::<usize>().ok();
-                }
-            }
-            if !request_line.starts_with(&format!("GET /{name} ")) {
-                stream
-                    .write_all(
-                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    )
-                    .ok();
-                continue;
-            }
-            let (status, rest) = match from {
-                Some(s) => ("206 Partial Content", &body[s..]),
-                None => ("200 OK", &body[..]),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                rest.len()
-            );
-            stream.write_all(head.as_bytes()).unwrap();
-            let sent = if cut_first && n == 0 {
-                &rest[..rest.len() / 2]
-            } else {
-                rest
-            };
-            stream.write_all(sent).ok();
-            stream.flush().ok();
-            stream.shutdown(Shutdown::Both).ok();
-        }
-    });
-    Server { base, hits }
+fn serve(name: &str, body: Vec<u8>, cut_first: bool) -> HttpServer {
+    let server = HttpServer::start();
+    server.put(name, body);
+    if cut_first {
+        server.cut_next(1);
+    }
+    server
 }
 
 fn remote_for(base: &str, name: &str, body: &[u8]) -> RemoteFile {
@@ -179,7 +126,7 @@ fn downloads_verifies_extracts_and_parses_cifar10() {
     let body = cifar_archive(Cifar::Cifar10, 7, None);
     let server = serve("cifar-10-binary.tar.gz", body.clone(), false);
     let dir = scratch("download");
-    let remote = remote_for(&server.base, "cifar-10-binary.tar.gz", &body);
+    let remote = remote_for(server.base_url(), "cifar-10-binary.tar.gz", &body);
     let train = Cifar::Cifar10
         .load_from(&dir, Split::Train, &remote)
         .unwrap();
@@ -188,11 +135,7 @@ fn downloads_verifies_extracts_and_parses_cifar10() {
         .load_from(&dir, Split::Test, &remote)
         .unwrap();
     assert_eq!(test.len(), 7);
-    assert_eq!(
-        server.hits.load(Ordering::SeqCst),
-        1,
-        "the archive is downloaded once"
-    );
+    assert_eq!(server.hits(), 1, "the archive is downloaded once");
     assert!(dir.join("cifar-10-binary.tar.gz").is_file());
     // Offline afterwards: the extracted folder is enough.
     let offline = RemoteFile {
@@ -214,11 +157,14 @@ fn interrupted_download_resumes_with_a_range_request() {
     let body = cifar_archive(Cifar::Cifar10, 5, None);
     let server = serve("cifar-10-binary.tar.gz", body.clone(), true);
     let dir = scratch("resume");
-    let remote = remote_for(&server.base, "cifar-10-binary.tar.gz", &body);
+    let remote = remote_for(server.base_url(), "cifar-10-binary.tar.gz", &body);
     let first = Cifar::Cifar10
         .load_from(&dir, Split::Train, &remote)
         .unwrap_err();
-    assert!(matches!(first, DataError::Download { .. }), "{first:?}");
+    assert!(
+        matches!(first, DataError::Fetch(FetchError::Download { .. })),
+        "{first:?}"
+    );
     assert!(first.to_string().contains("resume"), "{first}");
     let part = dir.join("cifar-10-binary.tar.gz.part");
     assert_eq!(
@@ -232,7 +178,7 @@ fn interrupted_download_resumes_with_a_range_request() {
         5,
         5,
     );
-    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+    assert_eq!(server.hits(), 2);
     assert!(!part.exists());
 }
 
@@ -254,13 +200,13 @@ fn wrong_checksum_is_an_integrity_error_and_the_file_is_discarded() {
     let body = cifar_archive(Cifar::Cifar10, 2, None);
     let server = serve("cifar-10-binary.tar.gz", body.clone(), false);
     let dir = scratch("md5");
-    let mut remote = remote_for(&server.base, "cifar-10-binary.tar.gz", &body);
+    let mut remote = remote_for(server.base_url(), "cifar-10-binary.tar.gz", &body);
     remote.md5 = Some("0".repeat(32));
     match Cifar::Cifar10
         .load_from(&dir, Split::Train, &remote)
         .unwrap_err()
     {
-        DataError::Integrity { what, .. } => assert_eq!(what, "MD5"),
+        DataError::Fetch(FetchError::Integrity { what, .. }) => assert_eq!(what, "MD5"),
         other => panic!("expected Integrity, got {other:?}"),
     }
     assert!(!dir.join("cifar-10-binary.tar.gz").exists());
@@ -272,15 +218,18 @@ fn official_sizes_reject_a_foreign_file_at_a_mirror() {
     let body = cifar_archive(Cifar::Cifar10, 2, None);
     let server = serve("cifar-10-binary.tar.gz", body, false);
     let dir = scratch("official");
-    let official = Cifar::Cifar10.remote(&server.base);
+    let official = Cifar::Cifar10.remote(server.base_url());
     let err = Cifar::Cifar10
         .load_from(&dir, Split::Train, &official)
         .unwrap_err();
     assert!(
-        matches!(err, DataError::Integrity { what: "size", .. }),
+        matches!(
+            err,
+            DataError::Fetch(FetchError::Integrity { what: "size", .. })
+        ),
         "{err:?}"
     );
-    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(server.hits(), 1);
 }
 
 #[test]
@@ -338,7 +287,10 @@ fn offline_error_names_url_and_destination() {
         .load_from(&dir, Split::Train, &remote)
         .unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, DataError::Download { .. }), "{err:?}");
+    assert!(
+        matches!(err, DataError::Fetch(FetchError::Download { .. })),
+        "{err:?}"
+    );
     assert!(
         text.contains("127.0.0.1:9") && text.contains("cifar-10-binary.tar.gz"),
         "{text}"

@@ -2,7 +2,7 @@
 //! environment variable while other threads read the environment (HTTP clients look up proxy
 //! variables) is a data race.
 
-use bit_data::{CIFAR_BASE_URL_ENV, Cifar, DataError, Split};
+use bit_data::{CIFAR_BASE_URL_ENV, Cifar, DataError, FetchError, Split};
 
 #[test]
 fn base_url_comes_from_the_environment() {
@@ -11,7 +11,7 @@ fn base_url_comes_from_the_environment() {
     // SAFETY: the only test of this binary; no other thread reads the environment yet.
     unsafe { std::env::set_var(CIFAR_BASE_URL_ENV, "http://127.0.0.1:9/mirror") };
     match Cifar::Cifar100.load(&dir, Split::Test).unwrap_err() {
-        DataError::Download { url, .. } => {
+        DataError::Fetch(FetchError::Download { url, .. }) => {
             assert_eq!(url, "http://127.0.0.1:9/mirror/cifar-100-binary.tar.gz")
         }
         other => panic!("expected a Download error from the mirror, got {other:?}"),

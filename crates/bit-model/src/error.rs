@@ -97,10 +97,10 @@ pub enum Error {
     #[error("invalid ResNetV2 configuration: {0}")]
     InvalidConfig(String),
 
-    /// A name that is not one of BiT's released architectures or models.
+    /// A name that is not one of BiT's released models.
     #[error(
-        "unknown BiT model `{0}`; expected e.g. `BiT-M-R50x1`, `BiT-S-R101x3` or an architecture \
-         such as `R152x2`"
+        "unknown BiT model `{0}`: not a file and not a released model (`bit models` lists them, \
+         e.g. `BiT-M-R50x1`, `BiT-S-R101x3`, `vtab/BiT-M-R50x1-run0-dtd`, `distill/R50x1_224`)"
     )]
     UnknownModel(String),
 
@@ -111,6 +111,15 @@ pub enum Error {
         name: String,
         /// The names this build understands.
         available: String,
+    },
+
+    /// A released file could not be downloaded or is damaged.
+    #[error("cannot get {what}: {source}")]
+    Fetch {
+        /// The model or file, in words.
+        what: String,
+        /// What went wrong.
+        source: bit_hub::FetchError,
     },
 
     /// Writing a native checkpoint failed (disk full, permissions, ...); the previous file, if

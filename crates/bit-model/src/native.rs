@@ -1,6 +1,7 @@
 //! The native checkpoint format: safetensors with the architecture in its metadata, so a
 //! fine-tuned model reloads without the `.npz` it came from.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use burn::config::Config;
@@ -32,10 +33,38 @@ impl ResNetV2 {
     /// # Ok::<(), bit_model::Error>(())
     /// ```
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.save_safetensors_with_metadata(path, &[])
+    }
+
+    /// [`save_safetensors`](Self::save_safetensors) with extra string metadata (class names,
+    /// resolution, provenance), returned again by
+    /// [`from_safetensors_with_metadata`](Self::from_safetensors_with_metadata).
+    ///
+    /// ```
+    /// use bit_model::{ResNetV2, ResNetV2Config};
+    /// use burn::tensor::Device;
+    ///
+    /// let device = Device::default();
+    /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 2).init(&device);
+    /// let path = std::env::temp_dir().join("bit_model_doc_meta.safetensors");
+    /// model.save_safetensors_with_metadata(&path, &[("my.resolution", "128".into())])?;
+    /// let (_, meta) = ResNetV2::from_safetensors_with_metadata(&path, &device)?;
+    /// assert_eq!(meta["my.resolution"], "128");
+    /// # std::fs::remove_file(&path).ok();
+    /// # Ok::<(), bit_model::Error>(())
+    /// ```
+    pub fn save_safetensors_with_metadata(
+        &self,
+        path: impl AsRef<Path>,
+        metadata: &[(&str, String)],
+    ) -> Result<()> {
         let path = path.as_ref();
         let mut store = SafetensorsStore::from_file(path)
             .overwrite(true)
             .metadata(CONFIG_METADATA_KEY, self.config().to_string());
+        for (key, value) in metadata {
+            store = store.metadata(*key, value.clone());
+        }
         self.save_into(&mut store).map_err(|e| Error::Save {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -44,6 +73,14 @@ impl ResNetV2 {
 
     /// Loads a file written by [`save_safetensors`](Self::save_safetensors).
     pub fn from_safetensors(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Self::from_safetensors_with_metadata(path, device).map(|(model, _)| model)
+    }
+
+    /// [`from_safetensors`](Self::from_safetensors), also returning the file's metadata.
+    pub fn from_safetensors_with_metadata(
+        path: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<(Self, HashMap<String, String>)> {
         let path = path.as_ref();
         let corrupt = |reason: String| Error::Corrupt {
             path: path.to_path_buf(),
@@ -55,15 +92,12 @@ impl ResNetV2 {
         })?;
         let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| corrupt(format!("not a safetensors file: {e}")))?;
-        let config = metadata
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(CONFIG_METADATA_KEY))
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "no `{CONFIG_METADATA_KEY}` metadata; not saved by bit-model"
-                ))
-            })?;
+        let metadata = metadata.metadata().clone().unwrap_or_default();
+        let config = metadata.get(CONFIG_METADATA_KEY).ok_or_else(|| {
+            corrupt(format!(
+                "no `{CONFIG_METADATA_KEY}` metadata; not saved by bit-model"
+            ))
+        })?;
         let config = ResNetV2Config::load_binary(config.as_bytes())
             .map_err(|e| corrupt(format!("bad `{CONFIG_METADATA_KEY}` metadata: {e}")))?;
         let mut model = config.try_init(device)?;
@@ -71,6 +105,6 @@ impl ResNetV2 {
         model
             .load_from(&mut store)
             .map_err(|e| corrupt(e.to_string()))?;
-        Ok(model)
+        Ok((model, metadata))
     }
 }

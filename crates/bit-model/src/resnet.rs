@@ -144,27 +144,11 @@ pub struct ResNetV2Config {
 }
 
 impl ResNetV2Config {
-    /// The configuration of a released model by name: `BiT-M-R50x1` (head 21843),
-    /// `BiT-S-R101x3` (head 1000), `BiT-M-R152x2-ILSVRC2012` (head 1000).
+    /// The configuration of a released model by name (any name of the
+    /// [`zoo`](crate::zoo)): `BiT-M-R50x1` (head 21843), `BiT-S-R101x3` (head 1000),
+    /// `BiT-M-R152x2-ILSVRC2012` (head 1000), `vtab/BiT-M-R50x1-run0-dtd` (head 47), ...
     pub fn from_model_name(name: &str) -> Result<Self, Error> {
-        let unknown = || Error::UnknownModel(name.to_string());
-        let (family, rest) = name.split_once('-').ok_or_else(unknown)?;
-        let rest = match family {
-            "BiT" => rest,
-            _ => return Err(unknown()),
-        };
-        let (kind, arch) = rest.split_once('-').ok_or_else(unknown)?;
-        let (arch, ilsvrc) = match arch.strip_suffix("-ILSVRC2012") {
-            Some(arch) => (arch, true),
-            None => (arch, false),
-        };
-        let arch: Architecture = arch.parse().map_err(|_| unknown())?;
-        let head_size = match (kind, ilsvrc) {
-            ("M", false) => BIT_M_HEAD_SIZE,
-            ("M", true) | ("S", false) => BIT_S_HEAD_SIZE,
-            _ => return Err(unknown()),
-        };
-        Ok(arch.config(head_size))
+        crate::zoo::find(name).map(|m| m.config())
     }
 
     /// Width of the pooled features, `2048 * width_factor`.

@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+mod http;
+
+pub use http::HttpServer;
+
 /// The reference vectors (`shared/golden`): `$BIT_GOLDEN_DIR`, else `../shared/golden` beside
 /// the checkout. Panics when they are absent, so numerical tests fail instead of skipping.
 pub fn golden_dir() -> PathBuf {
@@ -23,4 +27,35 @@ pub fn golden_file(name: &str) -> PathBuf {
     let path = golden_dir().join(name);
     assert!(path.is_file(), "missing golden file {}", path.display());
     path
+}
+
+/// Array `key` of the golden `.npz` file `name`, as `(shape, float32 values)`.
+pub fn golden_array(name: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
+    let path = golden_file(name);
+    let mut npz =
+        npyz::npz::NpzArchive::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let npy = npz
+        .by_name(key)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .unwrap_or_else(|| panic!("{} has no `{key}`", path.display()));
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    (shape, npy.into_vec().unwrap())
+}
+
+/// Asserts `|a - b| <= atol + rtol * |b|` element-wise, naming the worst element.
+pub fn assert_close(what: &str, a: &[f32], b: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    let worst = a
+        .iter()
+        .zip(b)
+        .enumerate()
+        .map(|(i, (x, y))| (i, (x - y).abs() - rtol * y.abs()))
+        .fold((0, f32::NEG_INFINITY), |w, e| if e.1 > w.1 { e } else { w });
+    assert!(
+        worst.1 <= atol,
+        "{what}: element {} is {} vs {} (tolerance {atol} + {rtol}·|ref|)",
+        worst.0,
+        a[worst.0],
+        b[worst.0]
+    );
 }

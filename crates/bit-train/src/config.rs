@@ -3,12 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use bit_data::DatasetName;
+use bit_model::zoo::{self, ModelHub};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-
-/// Where the official checkpoints are published.
-pub const BIT_MODELS_URL: &str = "https://storage.googleapis.com/bit_models";
 
 /// One fine-tuning run. Field names follow the reference flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,12 +14,13 @@ pub struct TrainConfig {
     /// Run name: logs and checkpoints go to `{logdir}/{name}/`; running the same name again
     /// resumes.
     pub name: String,
-    /// A BiT model name (`BiT-M-R50x1`, read from `{bit_pretrained_dir}/{model}.npz`) or a path
+    /// A released BiT model name (`BiT-M-R50x1`: read from `{bit_pretrained_dir}/{model}.npz`
+    /// if it is there, else fetched into the verified cache, see `bit_model::zoo`) or a path
     /// to any BiT-format `.npz`.
     pub model: String,
     /// Where runs are written.
     pub logdir: PathBuf,
-    /// Where `{model}.npz` files are looked up.
+    /// Where `{model}.npz` files are looked up first.
     pub bit_pretrained_dir: PathBuf,
     /// Which dataset.
     pub dataset: String,
@@ -133,7 +132,8 @@ impl TrainConfig {
     }
 
     /// The `.npz` to start from: `--model` itself if it is a file, else
-    /// `{bit_pretrained_dir}/{model}.npz`; a missing file names its official URL.
+    /// `{bit_pretrained_dir}/{model}.npz`, else the released model of that name from the cache
+    /// (`$BIT_HOME`), downloaded and verified if needed.
     pub fn checkpoint_path(&self) -> Result<PathBuf> {
         let direct = Path::new(&self.model);
         if direct.is_file() {
@@ -143,9 +143,19 @@ impl TrainConfig {
         if path.is_file() {
             return Ok(path);
         }
-        Err(TrainError::MissingCheckpoint {
-            path,
-            url: format!("{BIT_MODELS_URL}/{}.npz", self.model),
-        })
+        let Ok(entry) = zoo::find(&self.model) else {
+            return Err(TrainError::MissingCheckpoint {
+                path,
+                model: self.model.clone(),
+            });
+        };
+        let download = |source| TrainError::Download {
+            model: entry.name.clone(),
+            dir: self.bit_pretrained_dir.clone(),
+            source: Box::new(source),
+        };
+        ModelHub::from_env()
+            .and_then(|hub| hub.fetch(&entry))
+            .map_err(download)
     }
 }

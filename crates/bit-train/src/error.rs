@@ -7,19 +7,34 @@ use std::path::PathBuf;
 pub enum TrainError {
     /// The pre-trained checkpoint is not where it was looked for.
     #[error(
-        "no checkpoint at {path}; download it from {url} into --bit_pretrained_dir, or pass \
-         --model a path to any BiT-format .npz"
+        "no checkpoint at {path}, and `{model}` is not a released BiT model (`bit models` lists \
+         them); pass --model a released name or a path to any BiT-format .npz"
     )]
     MissingCheckpoint {
         /// Where it was looked for.
         path: PathBuf,
-        /// The official download location.
-        url: String,
+        /// The `--model` given.
+        model: String,
+    },
+
+    /// A released checkpoint could not be downloaded into the cache.
+    #[error("{source}; or place {model}.npz in --bit_pretrained_dir ({dir}) by hand")]
+    Download {
+        /// The model name.
+        model: String,
+        /// The `--bit_pretrained_dir` searched first.
+        dir: PathBuf,
+        /// Why the download failed.
+        source: Box<bit_model::Error>,
     },
 
     /// The model or a checkpoint could not be loaded or saved.
     #[error(transparent)]
     Model(#[from] bit_model::Error),
+
+    /// Evaluation failed.
+    #[error(transparent)]
+    Eval(#[from] bit_infer::InferError),
 
     /// The dataset could not be read or sampled.
     #[error(transparent)]

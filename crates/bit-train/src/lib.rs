@@ -22,14 +22,13 @@
 pub mod checkpoint;
 mod config;
 mod error;
-mod eval;
 mod log;
 mod parallel;
 mod trainer;
 
-pub use config::{BIT_MODELS_URL, TrainConfig};
+pub use bit_infer::{EvalResult, evaluate};
+pub use config::TrainConfig;
 pub use error::{Result, TrainError};
-pub use eval::{EvalResult, evaluate};
 pub use log::python_exp;
 pub use parallel::{DataParallel, Targets};
 pub use trainer::{TrainOptions, TrainOutcome, bit_optimizer, train};

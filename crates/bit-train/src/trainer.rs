@@ -12,6 +12,7 @@ use bit_data::{
     load_train_valid,
 };
 use bit_hyperrule::HyperRule;
+use bit_infer::{EvalResult, evaluate};
 use bit_model::ResNetV2;
 use bit_model::backend::devices_from_spec;
 use burn::module::Module;
@@ -22,7 +23,6 @@ use serde_json::json;
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
-use crate::eval::{EvalResult, evaluate};
 use crate::log::{RunLog, python_exp};
 use crate::parallel::{DataParallel, Targets};
 
@@ -282,7 +282,11 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
     if config.save {
         checkpoint::save(&run_dir, &model, &optim, &state(step, next_batch, &model))?;
         let export = run_dir.join("model.safetensors");
-        model.clone().valid().save_safetensors(&export)?;
+        // With its classes and resolution, so `bit predict`/`bit eval` need nothing else.
+        model.clone().valid().save_safetensors_with_metadata(
+            &export,
+            &bit_infer::metadata(rule.crop, Some(&classes)),
+        )?;
         log.info(&format!(
             "Saved the fine-tuned model to '{}'",
             export.display()

@@ -1,11 +1,12 @@
 //! Evaluation: mean cross-entropy, top-1 and top-5 accuracy over a validation stream.
 
-use bit_data::BatchStream;
+use bit_data::Batch;
 use bit_model::ResNetV2;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{InferError, Result};
+use crate::run::logits_of;
 
 /// What an evaluation measured.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -20,21 +21,26 @@ pub struct EvalResult {
     pub examples: usize,
 }
 
-/// Runs `model` (without autodiff) over every batch of `stream`. Loss and ranks are computed
-/// per example on the host from the logits, like the reference's `reduction='none'`.
-pub fn evaluate(model: &ResNetV2, stream: BatchStream, device: &Device) -> Result<EvalResult> {
+/// Runs `model` (without autodiff) over every batch of `stream` (a
+/// [`BatchStream::eval`](bit_data::BatchStream::eval)). Labels index the model's head. Loss
+/// and ranks are computed per example on the host from the logits, like the reference's
+/// `reduction='none'`.
+pub fn evaluate(
+    model: &ResNetV2,
+    stream: impl IntoIterator<Item = bit_data::Result<Batch>>,
+    device: &Device,
+) -> Result<EvalResult> {
     let (mut loss, mut top1, mut top5, mut examples) = (0.0f64, 0usize, 0usize, 0usize);
+    let classes = model.config().head_size;
     for batch in stream {
         let batch = batch?;
-        let (x, _) = batch.to_tensors(device);
-        let logits: Vec<f32> = model
-            .forward(x)
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .unwrap_or_default();
-        let classes = logits.len() / batch.len().max(1);
+        let logits = logits_of(model, &batch, device);
         for (row, &label) in logits.chunks_exact(classes).zip(&batch.labels) {
+            if label >= classes {
+                return Err(InferError::ClassMapping(format!(
+                    "label {label} for a {classes}-way head"
+                )));
+            }
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let log_sum = row
                 .iter()

@@ -1,5 +1,5 @@
-//! Downloading files once into a cache, with a progress bar, resume of an interrupted
-//! transfer, integrity checks and an atomic rename: a file at its final path is always whole.
+//! Downloading a file once, with a progress bar, resume of an interrupted transfer, integrity
+//! checks and an atomic rename: a file at its final path is always whole.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -9,23 +9,40 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use md5::{Digest, Md5};
 
-use crate::error::{DataError, Result};
+use crate::error::{FetchError, Result};
 
 /// A file published at a URL, with what is known of it.
+///
+/// ```no_run
+/// use bit_hub::RemoteFile;
+///
+/// let labels = RemoteFile::new("https://storage.googleapis.com/bit_models/ilsvrc2012_wordnet_lemmas.txt");
+/// labels.fetch("labels/ilsvrc2012_wordnet_lemmas.txt".as_ref())?;
+/// # Ok::<(), bit_hub::FetchError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteFile {
     /// Where to get it.
     pub url: String,
-    /// Its published size in bytes, if known.
+    /// Its published size in bytes, if known (the server's length is always checked).
     pub size: Option<u64>,
     /// Its published MD5, lowercase hex, if known.
     pub md5: Option<String>,
 }
 
 impl RemoteFile {
+    /// A file of unknown size and checksum: only the server's length is checked.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            size: None,
+            md5: None,
+        }
+    }
+
     /// Checks a local copy against the published size and MD5.
     pub fn verify(&self, path: &Path) -> Result<()> {
-        let len = std::fs::metadata(path).map_err(DataError::io(path))?.len();
+        let len = std::fs::metadata(path).map_err(FetchError::io(path))?.len();
         if let Some(size) = self.size.filter(|&s| s != len) {
             return Err(integrity(path, "size", size.to_string(), len.to_string()));
         }
@@ -44,8 +61,17 @@ impl RemoteFile {
         if dest.is_file() {
             return self.verify(dest);
         }
+        self.download_to(dest, &|_| Ok(()))
+    }
+
+    /// Downloads the file to `dest` whether or not a copy is there: the transfer goes to
+    /// `dest.part` (resumed if an earlier one was cut), is verified with [`verify`](Self::verify)
+    /// and then `check` (a format check, e.g. [`verify_npz`](crate::verify_npz)), and only then
+    /// renamed over `dest`. A transfer that fails a check is deleted, so the next attempt
+    /// starts afresh instead of resuming garbage.
+    pub fn download_to(&self, dest: &Path, check: &dyn Fn(&Path) -> Result<()>) -> Result<()> {
         if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(DataError::io(dir))?;
+            std::fs::create_dir_all(dir).map_err(FetchError::io(dir))?;
         }
         let part = part_path(dest);
         // A transfer that completed before its verification or rename was cut short.
@@ -53,23 +79,22 @@ impl RemoteFile {
             .size
             .is_some_and(|s| std::fs::metadata(&part).is_ok_and(|m| m.len() == s));
         if !complete {
-            download(&self.url, &part, dest).map_err(|reason| DataError::Download {
+            download(&self.url, &part, dest).map_err(|reason| FetchError::Download {
                 url: self.url.clone(),
                 dest: dest.to_path_buf(),
                 reason,
             })?;
         }
-        if let Err(e) = self.verify(&part) {
-            // A bad transfer must not be resumed from: start over next time.
+        if let Err(e) = self.verify(&part).and_then(|()| check(&part)) {
             std::fs::remove_file(&part).ok();
             return Err(e);
         }
-        std::fs::rename(&part, dest).map_err(DataError::io(dest))
+        std::fs::rename(&part, dest).map_err(FetchError::io(dest))
     }
 }
 
-fn integrity(path: &Path, what: &'static str, expected: String, found: String) -> DataError {
-    DataError::Integrity {
+fn integrity(path: &Path, what: &'static str, expected: String, found: String) -> FetchError {
+    FetchError::Integrity {
         path: path.to_path_buf(),
         what,
         expected,
@@ -77,20 +102,20 @@ fn integrity(path: &Path, what: &'static str, expected: String, found: String) -
     }
 }
 
-/// `file.tar.gz` -> `file.tar.gz.part`.
-fn part_path(dest: &Path) -> PathBuf {
+/// `file.npz` -> `file.npz.part`.
+pub(crate) fn part_path(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
     name.push(".part");
     dest.with_file_name(name)
 }
 
 /// Streams `url` into `part`, appending to what an earlier attempt left there when the server
-/// honours a range request. Errors are returned as text for [`DataError::Download`].
+/// honours a range request. Errors are returned as text for [`FetchError::Download`].
 fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), String> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     // Generous limits for slow links, but a dead server must not hang a training run forever.
     let agent = ureq::Agent::config_builder()
-        .http_status_as_error(true)
+        .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
         .build()
@@ -100,11 +125,35 @@ fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), Stri
         request = request.header("Range", format!("bytes={have}-"));
     }
     let mut response = request.call().map_err(|e| e.to_string())?;
-    let resumed = have > 0 && response.status() == 206;
-    let remaining: Option<u64> = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let status = response.status().as_u16();
+    if status == 416 {
+        // The partial file is not a prefix of what the server has now (it changed, or the part
+        // is already longer): start over next time.
+        std::fs::remove_file(part).ok();
+        return Err("the server refused to resume the partial file; run again to restart".into());
+    }
+    if !(200..300).contains(&status) {
+        return Err(format!("HTTP status {status}"));
+    }
+    let resumed = have > 0 && status == 206;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let remaining: Option<u64> = header("content-length").and_then(|v| v.parse().ok());
+    // `Content-Range: bytes 100-199/200`: the resumed part must start where ours ends.
+    if resumed
+        && let Some(range) = header("content-range")
+        && !range.starts_with(&format!("bytes {have}-"))
+    {
+        std::fs::remove_file(part).ok();
+        return Err(format!(
+            "the server resumed at `{range}` instead of byte {have}; run again to restart"
+        ));
+    }
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)
@@ -153,7 +202,9 @@ fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), Stri
     bar.finish_and_clear();
     match remaining {
         Some(r) if r != received => Err(format!(
-            "connection closed after {received} of {r} bytes; run again to resume"
+            "connection closed after {} of {} bytes; run again to resume",
+            start + received,
+            start + r
         )),
         _ => Ok(()),
     }
@@ -161,9 +212,9 @@ fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), Stri
 
 /// Lowercase hex MD5 of a file.
 pub fn md5_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).map_err(DataError::io(path))?;
+    let mut file = File::open(path).map_err(FetchError::io(path))?;
     let mut hasher = Md5::new();
-    io::copy(&mut file, &mut hasher).map_err(DataError::io(path))?;
+    io::copy(&mut file, &mut hasher).map_err(FetchError::io(path))?;
     Ok(hasher
         .finalize()
         .iter()

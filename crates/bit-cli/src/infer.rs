@@ -1,0 +1,328 @@
+//! `bit predict`, `bit embed`, `bit eval` and `bit export`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bit_data::{
+    DatasetName, FolderDataset, ImageDataset, ImageFiles, LoaderConfig, NonImagePolicy,
+    load_train_valid,
+};
+use bit_infer::{InferenceModel, LoadOptions, Relabelled};
+use bit_model::backend::device_from_name;
+use bit_model::zoo::ModelHub;
+use burn::tensor::Device;
+use clap::{Args, ValueEnum};
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Which model, where, and how to feed it.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// A released model name (`bit models` lists them), an official-format .npz or a
+    /// .safetensors written by `bit train`/`bit export`.
+    #[arg(long)]
+    model: String,
+    /// Input resolution (default: the model's own, from its file or the catalog).
+    #[arg(long)]
+    resolution: Option<usize>,
+    /// A label file, one class name per line in head order (default: the model's own names or
+    /// the release's ImageNet label files).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Device: cpu, or with a GPU build wgpu[:i] / vulkan[:i] / cuda[:i].
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Threads decoding and resizing images.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<(InferenceModel, Device, LoaderConfig), Box<dyn std::error::Error>> {
+        let device = device_from_name(&self.device)?;
+        let options = LoadOptions {
+            resolution: self.resolution,
+            labels: self.labels.clone(),
+        };
+        let model = InferenceModel::load(&ModelHub::from_env()?, &self.model, &options, &device)?;
+        let loader = LoaderConfig::new(self.batch).with_workers(self.workers);
+        Ok((model, device, loader))
+    }
+}
+
+/// Arguments of `bit predict`.
+#[derive(Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Classes to show per image.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Print one JSON object per image instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The images.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+pub fn predict(args: PredictArgs) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    let (m, device, loader) = args.model.load()?;
+    let images = ImageFiles::new(args.images.clone())?;
+    let top = bit_infer::predict(
+        &m.model,
+        Arc::new(images),
+        m.resolution,
+        args.top,
+        loader,
+        &device,
+        args.images.len() > loader.batch_size,
+    )?;
+    for (path, top) in args.images.iter().zip(top) {
+        if args.json {
+            let classes: Vec<_> = top
+                .iter()
+                .map(|&(c, p)| serde_json::json!({"class": c, "name": m.class_name(c), "probability": p}))
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"image": path.display().to_string(), "top": classes})
+            )?;
+        } else {
+            writeln!(out, "{}", path.display())?;
+            for (class, p) in top {
+                let name = m.class_name(class);
+                if name == class.to_string() {
+                    writeln!(out, "  {:7.3}%  {class:>5}", 100.0 * p)?;
+                } else {
+                    writeln!(out, "  {:7.3}%  {class:>5}  {name}", 100.0 * p)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Valid,
+}
+
+/// A labelled dataset on disk.
+#[derive(Args)]
+pub struct DataArgs {
+    /// `folder` ({datadir} holds one sub-directory per class), or a dataset `bit train` knows
+    /// (cifar10, cifar100, imagenet2012, fashion_mnist, mnist; with --split).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Where the dataset is.
+    #[arg(long)]
+    datadir: Option<PathBuf>,
+    /// Which split of a named dataset.
+    #[arg(long, value_enum)]
+    split: Option<SplitArg>,
+    /// Skip (with a warning) files in class folders that are not images, instead of failing.
+    #[arg(long = "skip_non_images")]
+    skip_non_images: bool,
+}
+
+impl DataArgs {
+    fn open(
+        &self,
+        default_split: SplitArg,
+    ) -> Result<Arc<dyn ImageDataset>, Box<dyn std::error::Error>> {
+        let name = self.dataset.as_deref().ok_or("--dataset is required")?;
+        let policy = if self.skip_non_images {
+            NonImagePolicy::SkipWithWarning
+        } else {
+            NonImagePolicy::Error
+        };
+        let datadir = match (&self.datadir, name) {
+            (Some(dir), _) => dir.clone(),
+            (None, "fashion_mnist") => PathBuf::from(bit_data::DEBIAN_FASHION_MNIST_DIR),
+            (None, _) => return Err("--datadir is required for this dataset".into()),
+        };
+        if name == "folder" {
+            return Ok(Arc::new(FolderDataset::open(&datadir, policy)?));
+        }
+        let data = load_train_valid(name.parse::<DatasetName>()?, &datadir, policy)?;
+        Ok(match self.split.unwrap_or(default_split) {
+            SplitArg::Train => data.train,
+            SplitArg::Valid => data.valid,
+        })
+    }
+}
+
+/// Arguments of `bit embed`.
+#[derive(Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Image files to embed instead of a dataset.
+    #[arg(long, num_args = 1.., conflicts_with = "dataset")]
+    images: Vec<PathBuf>,
+    /// Where to write the float32 features, shape [images, 2048 * width].
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to write the int64 labels of a dataset (default: beside --out, `.labels.npy`).
+    #[arg(long = "labels_out")]
+    labels_out: Option<PathBuf>,
+}
+
+pub fn embed(args: EmbedArgs) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    let (m, device, loader) = args.model.load()?;
+    let dataset: Arc<dyn ImageDataset> = if args.images.is_empty() {
+        args.data.open(SplitArg::Train)?
+    } else {
+        Arc::new(ImageFiles::new(args.images.clone())?)
+    };
+    let emb = bit_infer::embed(&m.model, dataset, m.resolution, loader, &device, true)?;
+    emb.save_features(&args.out)?;
+    writeln!(
+        out,
+        "wrote {} features of {} dims to {}",
+        emb.len(),
+        emb.dim,
+        args.out.display()
+    )?;
+    if args.images.is_empty() {
+        let labels = args
+            .labels_out
+            .unwrap_or_else(|| args.out.with_extension("labels.npy"));
+        emb.save_labels(&labels)?;
+        writeln!(out, "wrote their labels to {}", labels.display())?;
+    }
+    Ok(())
+}
+
+/// Arguments of `bit eval`.
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// A class map, `<dataset class> <head index>` per line, instead of matching the dataset's
+    /// class names to the model's.
+    #[arg(long = "class_map")]
+    class_map: Option<PathBuf>,
+}
+
+pub fn eval(args: EvalArgs) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    let (m, device, loader) = args.model.load()?;
+    let dataset = args.data.open(SplitArg::Valid)?;
+    let head = m.model.config().head_size;
+    let class_map = args
+        .class_map
+        .as_deref()
+        .map(bit_infer::read_class_map)
+        .transpose()?;
+    let map = bit_infer::map_classes(
+        dataset.classes(),
+        head,
+        m.class_names.as_deref(),
+        class_map.as_ref(),
+    )?;
+    let names = (0..head).map(|c| m.class_name(c)).collect();
+    let relabelled = Arc::new(Relabelled::new(dataset, map, names));
+    let result =
+        bit_infer::evaluate_dataset(&m.model, relabelled, m.resolution, loader, &device, true)?;
+    writeln!(
+        out,
+        "{}: top-1 {:.2}%, top-5 {:.2}%, loss {:.5} on {} images at {} px",
+        m.path.display(),
+        100.0 * result.top1,
+        100.0 * result.top5,
+        result.loss,
+        result.examples,
+        m.resolution
+    )?;
+    Ok(())
+}
+
+/// Arguments of `bit export`.
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The output: `.npz` (the official layout) or `.safetensors` (with resolution and class
+    /// names in its metadata).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn export(args: ExportArgs) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    let (m, _, _) = args.model.load()?;
+    m.export(&args.out)?;
+    writeln!(out, "wrote {}", args.out.display())?;
+    Ok(())
+}
+
+/// `bit models`: the catalog, filtered.
+pub fn models(filter: &[String], urls: bool) -> CliResult {
+    // Written with `?`, not println!, so a closed pipe (`bit models | head`) ends quietly.
+    let mut out = std::io::stdout().lock();
+    let hub = ModelHub::from_env()?;
+    let found = bit_model::zoo::search(&filter.join(" "));
+    if found.is_empty() {
+        return Err(format!("no released model matches `{}`", filter.join(" ")).into());
+    }
+    writeln!(
+        out,
+        "{:<44} {:<11} {:<7} {:>6} {:>5}  CACHED",
+        "NAME", "FAMILY", "ARCH", "HEAD", "RES"
+    )?;
+    for m in &found {
+        let derived = match m.provenance {
+            bit_model::zoo::Provenance::Release => "",
+            bit_model::zoo::Provenance::Derived => "*",
+        };
+        let cached = if hub.is_cached(m) { "yes" } else { "" };
+        writeln!(
+            out,
+            "{:<44} {:<11} {:<7} {:>6} {:>5}  {cached}",
+            m.name,
+            m.family.to_string(),
+            m.architecture.to_string(),
+            format!("{}{derived}", m.head_size),
+            format!("{}{derived}", m.resolution),
+        )?;
+        if urls {
+            writeln!(out, "    {}", m.url(hub.base_url()))?;
+        }
+    }
+    writeln!(
+        out,
+        "{} models; * = derived from the dataset, not stated by the release. Cache: {}",
+        found.len(),
+        hub.cache().root().display()
+    )?;
+    Ok(())
+}
+
+/// `bit download`: fetch and verify released models (and their label files).
+pub fn download(names: &[String]) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    let hub = ModelHub::from_env()?;
+    for name in names {
+        let entry = bit_model::zoo::find(name)?;
+        let path = hub.fetch(&entry)?;
+        writeln!(out, "{}: {}", entry.name, path.display())?;
+        if let Some(labels) = entry.labels {
+            hub.class_names(labels)?;
+        }
+    }
+    Ok(())
+}

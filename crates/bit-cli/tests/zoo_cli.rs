@@ -1,0 +1,315 @@
+//! `bit models`, `download`, `predict`, `embed`, `eval`, `export` and `train`'s download, as a
+//! user runs them: the cache and base URL come from `$BIT_HOME` and `$BIT_MODELS_URL`, which
+//! point at a scratch directory and a local server serving the golden checkpoints under
+//! released names.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use bit_testkit::{HttpServer, golden_file};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bit-cli-zoo-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn bit(home: &Path, base: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bit"))
+        .args(args)
+        .env("BIT_HOME", home)
+        .env("BIT_MODELS_URL", base)
+        .output()
+        .unwrap()
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn failed(output: Output) -> String {
+    assert!(!output.status.success());
+    String::from_utf8(output.stderr).unwrap()
+}
+
+/// `root/<class>/img<i>.png`, 48x40 gradients that differ per image.
+fn images(root: &Path, classes: &[&str], per_class: u32) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    for (c, class) in classes.iter().enumerate() {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..per_class {
+            let k = c as u32 * 7 + i;
+            let img = image::RgbImage::from_fn(48, 40, |x, y| {
+                image::Rgb([
+                    (x * 5 + k * 30) as u8,
+                    (y * 6) as u8,
+                    ((x ^ y) * 3 + k) as u8,
+                ])
+            });
+            let path = root.join(class).join(format!("img{i}.png"));
+            img.save(&path).unwrap();
+            paths.push(path);
+        }
+    }
+    paths
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn models_lists_and_filters_the_catalog() {
+    let home = scratch("models");
+    let out = ok(bit(
+        &home,
+        "https://mirror.example/bit",
+        &["models", "vtab", "R50x1", "dtd", "--urls"],
+    ));
+    assert_eq!(out.matches("vtab/BiT-M-R50x1-run").count(), 6, "{out}"); // 3 names + 3 URLs
+    assert!(
+        out.contains("https://mirror.example/bit/vtab/BiT-M-R50x1-run2-dtd.npz"),
+        "{out}"
+    );
+    assert!(out.contains("3 models"), "{out}");
+    let all = ok(bit(&home, "x", &["models"]));
+    assert!(all.contains("312 models"), "{all}");
+    assert!(failed(bit(&home, "x", &["models", "BiT-L"])).contains("no released model"));
+}
+
+#[test]
+fn download_then_predict_by_name_with_a_verified_cache() {
+    let home = scratch("predict");
+    let server = HttpServer::serving_golden("BiT-M-R50x1-CIFAR10.npz", "r50x1.weights.npz");
+    let out = ok(bit(
+        &home,
+        server.base_url(),
+        &["download", "BiT-M-R50x1-CIFAR10"],
+    ));
+    let cached = home.join("models/BiT-M-R50x1-CIFAR10.npz");
+    assert!(out.contains(s(&cached)), "{out}");
+    let listed = ok(bit(&home, server.base_url(), &["models", "CIFAR10"]));
+    assert!(listed.contains("yes"), "shown as cached: {listed}");
+
+    let imgs = images(&scratch("predict-images"), &["x"], 2);
+    let out = ok(bit(
+        &home,
+        server.base_url(),
+        &[
+            "predict",
+            "--model",
+            "BiT-M-R50x1-CIFAR10",
+            "--json",
+            s(&imgs[0]),
+            s(&imgs[1]),
+        ],
+    ));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (line, img) in lines.iter().zip(&imgs) {
+        assert_eq!(line["image"], s(img));
+        let p: Vec<f64> = line["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["probability"].as_f64().unwrap())
+            .collect();
+        assert_eq!(p.len(), 5);
+        assert!(
+            p.windows(2).all(|w| w[0] >= w[1])
+                && p[0] <= 1.0
+                && p.iter().sum::<f64>() <= 1.0 + 1e-6,
+            "{p:?}"
+        );
+    }
+    assert_eq!(server.hits(), 1, "predict used the cached download");
+}
+
+#[test]
+fn embed_eval_and_export_on_a_class_folder() {
+    let home = scratch("embed");
+    let dir = scratch("embed-data");
+    let root = dir.join("folder");
+    images(&root, &["cats", "dogs"], 3);
+    let tiny = golden_file("tiny.weights.npz");
+    let base = "http://127.0.0.1:9";
+
+    let feats = dir.join("features.npy");
+    let out = ok(bit(
+        &home,
+        base,
+        &[
+            "embed",
+            "--model",
+            s(&tiny),
+            "--dataset",
+            "folder",
+            "--datadir",
+            s(&root),
+            "--out",
+            s(&feats),
+            "--resolution",
+            "64",
+            "--batch",
+            "4",
+        ],
+    ));
+    assert!(out.contains("wrote 6 features of 2048 dims"), "{out}");
+    let npy = npyz::NpyFile::new(std::fs::File::open(&feats).unwrap()).unwrap();
+    assert_eq!(npy.shape(), &[6, 2048]);
+    let labels =
+        npyz::NpyFile::new(std::fs::File::open(dir.join("features.labels.npy")).unwrap()).unwrap();
+    assert_eq!(labels.into_vec::<i64>().unwrap(), vec![0, 0, 0, 1, 1, 1]);
+
+    // The tiny head has 10 unnamed classes: folders need a class map.
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            s(&tiny),
+            "--dataset",
+            "folder",
+            "--datadir",
+            s(&root),
+            "--resolution",
+            "64",
+        ];
+        args.extend_from_slice(extra);
+        bit(&home, base, &args)
+    };
+    assert!(failed(eval(&[])).contains("class map"));
+    let map = dir.join("map.txt");
+    std::fs::write(&map, "cats 3\ndogs 8\n").unwrap();
+    let out = ok(eval(&["--class_map", s(&map)]));
+    assert!(
+        out.contains("on 6 images at 64 px") && out.contains("top-1"),
+        "{out}"
+    );
+
+    // Export keeps the function and the resolution (64 px from the metadata, not 224).
+    let exported = dir.join("tiny.safetensors");
+    ok(bit(
+        &home,
+        base,
+        &[
+            "export",
+            "--model",
+            s(&tiny),
+            "--resolution",
+            "64",
+            "--out",
+            s(&exported),
+        ],
+    ));
+    let img = s(&root.join("cats/img0.png")).to_string();
+    let from_npz = ok(bit(
+        &home,
+        base,
+        &[
+            "predict",
+            "--model",
+            s(&tiny),
+            "--resolution",
+            "64",
+            "--json",
+            &img,
+        ],
+    ));
+    let from_st = ok(bit(
+        &home,
+        base,
+        &["predict", "--model", s(&exported), "--json", &img],
+    ));
+    let top = |out: &str| -> Vec<(u64, f64)> {
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["class"].as_u64().unwrap(),
+                    t["probability"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    for ((c1, p1), (c2, p2)) in top(&from_npz).into_iter().zip(top(&from_st)) {
+        assert_eq!(c1, c2);
+        assert!((p1 - p2).abs() < 1e-6);
+    }
+    // And back to the official layout.
+    let npz = dir.join("again.npz");
+    ok(bit(
+        &home,
+        base,
+        &["export", "--model", s(&exported), "--out", s(&npz)],
+    ));
+    assert!(ok(bit(&home, base, &["inspect", s(&npz)])).contains("head:          10 classes"));
+}
+
+#[test]
+fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
+    assert!(
+        Path::new(bit_data::DEBIAN_FASHION_MNIST_DIR).is_dir(),
+        "apt-get install dataset-fashion-mnist"
+    );
+    let home = scratch("train");
+    let logdir = scratch("train-logs");
+    // Served under a released name; the trainer reads the architecture from the file.
+    let server = HttpServer::serving_golden("BiT-M-R50x1-CIFAR10.npz", "tiny.weights.npz");
+    let out = ok(bit(
+        &home,
+        server.base_url(),
+        &[
+            "train",
+            "--name",
+            "dl",
+            "--model",
+            "BiT-M-R50x1-CIFAR10",
+            "--bit_pretrained_dir",
+            s(&logdir),
+            "--logdir",
+            s(&logdir),
+            "--dataset",
+            "fashion_mnist",
+            "--examples_per_class",
+            "2",
+            "--batch",
+            "8",
+            "--steps",
+            "2",
+            "--resolution",
+            "40,32",
+            "--max_eval_examples",
+            "16",
+            "--workers",
+            "2",
+        ],
+    ));
+    assert!(out.contains("done after 2 steps"), "{out}");
+    assert!(home.join("models/BiT-M-R50x1-CIFAR10.npz").is_file());
+    assert_eq!(server.hits(), 1);
+
+    // The fine-tuned model knows its classes and resolution.
+    let img = images(&scratch("train-img"), &["x"], 1).remove(0);
+    let model = logdir.join("dl/model.safetensors");
+    let out = ok(bit(
+        &home,
+        server.base_url(),
+        &["predict", "--model", s(&model), "--top", "10", s(&img)],
+    ));
+    for class in ["T-shirt/top", "Ankle boot", "Sneaker"] {
+        assert!(out.contains(class), "{class} missing from {out}");
+    }
+}

@@ -1,0 +1,29 @@
+//! # bit-hub
+//!
+//! Getting BiT's published files (checkpoints, label lists, datasets) onto the machine once and
+//! intact: a [`RemoteFile`] downloads with a progress bar into `<file>.part`, resumes an
+//! interrupted transfer with an HTTP range request, checks the server's length, the published
+//! size and MD5 and a format check (a full CRC read of an `.npz`: [`verify_npz`]), and only
+//! then renames the file into place. A [`Cache`] (`$BIT_HOME`) keeps verified files and
+//! fetches a damaged one again.
+//!
+//! ```no_run
+//! use bit_hub::{Cache, RemoteFile, verify_npz};
+//!
+//! let cache = Cache::from_env()?;
+//! let remote = RemoteFile::new("https://storage.googleapis.com/bit_models/BiT-S-R50x1.npz");
+//! let path = cache.fetch(&remote, "models/BiT-S-R50x1.npz", &verify_npz)?;
+//! println!("{}", path.display());
+//! # Ok::<(), bit_hub::FetchError>(())
+//! ```
+#![warn(missing_docs)]
+
+mod cache;
+mod check;
+mod download;
+mod error;
+
+pub use cache::{BIT_HOME_ENV, Cache};
+pub use check::{verify_lines, verify_npz};
+pub use download::{RemoteFile, md5_file};
+pub use error::{FetchError, Result};

@@ -1,0 +1,69 @@
+//! # bit-infer
+//!
+//! Running BiT models the way timm users expect: [`InferenceModel::load`] takes a released
+//! name (fetched and verified by the [`zoo`](bit_model::zoo)), an official `.npz` or a
+//! fine-tuned `.safetensors`, with its resolution and class names (ImageNet-1k lemmas,
+//! ImageNet-21k WordNet ids, or the fine-tuning run's classes); then [`predict`] (top-k
+//! probabilities), [`embed`] (pooled pre-logits for linear probes and retrieval, saved as
+//! `.npy`) and [`evaluate`] (loss, top-1, top-5 on labelled data, whose classes
+//! [`map_classes`] matches to the head by name or a class map). Preprocessing is the
+//! reference's evaluation path: resize to the resolution, scale to `[-1, 1]`.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use bit_data::{ImageFiles, LoaderConfig};
+//! use bit_infer::{InferenceModel, LoadOptions, predict};
+//! use bit_model::zoo::ModelHub;
+//! use burn::tensor::Device;
+//!
+//! let device = Device::default();
+//! let m = InferenceModel::load(&ModelHub::from_env()?, "BiT-M-R50x1-ILSVRC2012", &LoadOptions::default(), &device)?;
+//! let images = ImageFiles::new(vec!["cat.jpg".into()])?;
+//! let top5 = predict(&m.model, Arc::new(images), m.resolution, 5, LoaderConfig::new(8), &device, true)?;
+//! for (class, p) in &top5[0] {
+//!     println!("{:6.2}% {}", 100.0 * p, m.class_name(*class));
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+mod eval;
+mod labels;
+mod model;
+mod run;
+
+use std::sync::Arc;
+
+use bit_data::{ImageDataset, LoaderConfig};
+use bit_model::ResNetV2;
+use burn::tensor::Device;
+
+pub use error::{InferError, Result};
+pub use eval::{EvalResult, evaluate};
+pub use labels::{Relabelled, map_classes, read_class_map, read_label_file};
+pub use model::{
+    CLASSES_METADATA_KEY, DEFAULT_RESOLUTION, InferenceModel, LoadOptions, RESOLUTION_METADATA_KEY,
+    metadata,
+};
+pub use run::{Embeddings, embed, predict};
+
+/// [`evaluate`] over every example of `dataset` (labels already index the head) at
+/// `resolution`, with a progress bar when `progress`.
+pub fn evaluate_dataset(
+    model: &ResNetV2,
+    dataset: Arc<dyn ImageDataset>,
+    resolution: usize,
+    loader: LoaderConfig,
+    device: &Device,
+    progress: bool,
+) -> Result<EvalResult> {
+    let bar = run::image_bar(dataset.len(), "eval", progress);
+    let result = evaluate(
+        model,
+        run::batches(dataset, resolution, loader, bar.clone())?,
+        device,
+    )?;
+    bar.finish_and_clear();
+    Ok(result)
+}

@@ -1,0 +1,182 @@
+//! A model ready for inference: weights, the resolution it expects and its class names, from
+//! a released name, an `.npz` or a fine-tuned `.safetensors`.
+
+use std::path::{Path, PathBuf};
+
+use bit_model::ResNetV2;
+use bit_model::zoo::{LabelSet, ModelHub, PretrainedModel};
+use burn::tensor::Device;
+
+use crate::error::{InferError, Result};
+use crate::labels::read_label_file;
+
+/// Safetensors metadata key holding the class names (a JSON array, in head order).
+pub const CLASSES_METADATA_KEY: &str = "bit.classes";
+/// Safetensors metadata key holding the input resolution the model was fine-tuned at.
+pub const RESOLUTION_METADATA_KEY: &str = "bit.resolution";
+/// The resolution used when neither the caller, the file nor the catalog gives one (the
+/// upstream BiT pre-training resolution).
+pub const DEFAULT_RESOLUTION: usize = 224;
+
+/// Overrides for [`InferenceModel::load`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Input resolution, instead of the file's or the catalog's.
+    pub resolution: Option<usize>,
+    /// A label file (one class name per line), instead of the file's or the release's names.
+    pub labels: Option<PathBuf>,
+}
+
+/// A model with what inference needs to know about it.
+#[derive(Debug)]
+pub struct InferenceModel {
+    /// The network.
+    pub model: ResNetV2,
+    /// Side of the square input.
+    pub resolution: usize,
+    /// One name per head output, when known.
+    pub class_names: Option<Vec<String>>,
+    /// The file the weights came from.
+    pub path: PathBuf,
+    /// The release's catalog entry, for a released model.
+    pub entry: Option<PretrainedModel>,
+}
+
+impl InferenceModel {
+    /// Loads `model`: a path to an `.npz` or `.safetensors`, or a released name (fetched into
+    /// `hub`'s cache if needed).
+    ///
+    /// The resolution is, in order: `options`, the file's metadata (fine-tuned models saved by
+    /// `bit train`), the catalog, [`DEFAULT_RESOLUTION`]. Class names: `options.labels`, the
+    /// file's metadata, the release's ImageNet label files for ImageNet heads (a 1000- or
+    /// 21843-way head of a file that is not in the catalog counts as one); without them,
+    /// classes are numbers. Label files that cannot be fetched only cost the names (with a
+    /// warning), never the prediction.
+    pub fn load(
+        hub: &ModelHub,
+        model: &str,
+        options: &LoadOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        let (path, entry) = hub.locate(model)?;
+        let safetensors = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+        let (net, metadata) = if safetensors {
+            ResNetV2::from_safetensors_with_metadata(&path, device)?
+        } else {
+            (
+                hub.load_npz(&path, entry.as_ref(), device)?,
+                Default::default(),
+            )
+        };
+        let head_size = net.config().head_size;
+        let bad_metadata = |reason: String| InferError::Labels {
+            path: path.clone(),
+            reason,
+        };
+        let resolution = match (options.resolution, metadata.get(RESOLUTION_METADATA_KEY)) {
+            (Some(r), _) => r,
+            (None, Some(r)) => r.parse().map_err(|e| {
+                bad_metadata(format!(
+                    "bad `{RESOLUTION_METADATA_KEY}` metadata `{r}`: {e}"
+                ))
+            })?,
+            (None, None) => entry.as_ref().map_or_else(
+                || {
+                    tracing::info!(
+                        "{}: no resolution known, using {DEFAULT_RESOLUTION}",
+                        path.display()
+                    );
+                    DEFAULT_RESOLUTION
+                },
+                |e| e.resolution,
+            ),
+        };
+        if resolution == 0 {
+            return Err(InferError::InvalidArgument(
+                "the resolution must be at least 1".into(),
+            ));
+        }
+        let class_names = if let Some(file) = &options.labels {
+            Some(read_label_file(file, head_size)?)
+        } else if let Some(json) = metadata.get(CLASSES_METADATA_KEY) {
+            let names: Vec<String> = serde_json::from_str(json)
+                .map_err(|e| bad_metadata(format!("bad `{CLASSES_METADATA_KEY}` metadata: {e}")))?;
+            if names.len() != head_size {
+                return Err(bad_metadata(format!(
+                    "{} class names in its metadata for a {head_size}-way head",
+                    names.len()
+                )));
+            }
+            Some(names)
+        } else {
+            let labels = match &entry {
+                Some(e) => e.labels.filter(|l| l.len() == head_size),
+                None => LabelSet::for_head_size(head_size),
+            };
+            labels.and_then(|l| match hub.class_names(l) {
+                Ok(names) => Some(names),
+                Err(e) => {
+                    tracing::warn!("{e}; classes are shown as numbers");
+                    None
+                }
+            })
+        };
+        Ok(Self {
+            model: net,
+            resolution,
+            class_names,
+            path,
+            entry,
+        })
+    }
+
+    /// The name of head output `class`: its class name, or the number.
+    pub fn class_name(&self, class: usize) -> String {
+        self.class_names
+            .as_ref()
+            .and_then(|n| n.get(class).cloned())
+            .unwrap_or_else(|| class.to_string())
+    }
+
+    /// Metadata to store beside the weights so that the model reloads with its resolution and
+    /// class names: pass it to
+    /// [`ResNetV2::save_safetensors_with_metadata`].
+    pub fn metadata(&self) -> Vec<(&'static str, String)> {
+        metadata(self.resolution, self.class_names.as_deref())
+    }
+
+    /// Writes the model to `out`: `.npz` in the official layout (weights only), anything else
+    /// as safetensors with [`metadata`](Self::metadata).
+    pub fn export(&self, out: &Path) -> Result<()> {
+        let npz = out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+        if npz {
+            self.model.save_npz(out)?;
+        } else {
+            self.model
+                .save_safetensors_with_metadata(out, &self.metadata())?;
+        }
+        Ok(())
+    }
+}
+
+/// The metadata entries for a model of `resolution` with `classes`.
+///
+/// ```
+/// let meta = bit_infer::metadata(128, Some(&["cat".to_string(), "dog".into()]));
+/// assert_eq!(meta[0], ("bit.resolution", "128".to_string()));
+/// assert_eq!(meta[1].1, r#"["cat","dog"]"#);
+/// ```
+pub fn metadata(resolution: usize, classes: Option<&[String]>) -> Vec<(&'static str, String)> {
+    let mut meta = vec![(RESOLUTION_METADATA_KEY, resolution.to_string())];
+    if let Some(classes) = classes {
+        meta.push((
+            CLASSES_METADATA_KEY,
+            serde_json::to_string(classes).expect("strings serialise"),
+        ));
+    }
+    meta
+}

@@ -1,0 +1,224 @@
+//! Running a model over a dataset in batches: class probabilities and pooled features.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bit_data::{Batch, BatchStream, ImageDataset, LoaderConfig};
+use bit_model::ResNetV2;
+use burn::tensor::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use npyz::WriterBuilder;
+
+use crate::error::{InferError, Result};
+
+/// The logits of one batch, row-major `[batch, classes]`, on the host.
+pub(crate) fn logits_of(model: &ResNetV2, batch: &Batch, device: &Device) -> Vec<f32> {
+    let (x, _) = batch.to_tensors(device);
+    host(model.forward(x))
+}
+
+fn host(t: Tensor<2>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("converted to f32")
+}
+
+/// A progress bar over `len` images (hidden when `show` is false).
+pub(crate) fn image_bar(len: usize, what: &str, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images {per_sec} eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// The evaluation batches of `dataset` at `resolution`, advancing `bar`.
+pub(crate) fn batches(
+    dataset: Arc<dyn ImageDataset>,
+    resolution: usize,
+    config: LoaderConfig,
+    bar: ProgressBar,
+) -> Result<impl Iterator<Item = bit_data::Result<Batch>>> {
+    if resolution == 0 || config.batch_size == 0 {
+        return Err(InferError::InvalidArgument(
+            "the resolution and the batch size must be at least 1".into(),
+        ));
+    }
+    let stream = BatchStream::eval(dataset, resolution, config)?;
+    Ok(stream.inspect(move |b| {
+        if let Ok(b) = b {
+            bar.inc(b.len() as u64);
+        }
+    }))
+}
+
+/// The `k` most probable classes of each image, best first, as `(class, probability)` with the
+/// softmax over the whole head. Images are resized to `resolution` and scaled to `[-1, 1]`,
+/// as the reference's evaluation does.
+///
+/// ```
+/// use std::sync::Arc;
+/// use bit_data::{InMemoryDataset, LoaderConfig};
+/// use bit_model::ResNetV2Config;
+/// use burn::tensor::Device;
+///
+/// let device = Device::default();
+/// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 4).init(&device);
+/// let images = InMemoryDataset::new(vec!["a".into()], [8, 8, 3], vec![128; 2 * 8 * 8 * 3], vec![0, 0])?;
+/// let top = bit_infer::predict(&model, Arc::new(images), 32, 3, LoaderConfig::new(2), &device, false)?;
+/// assert_eq!(top.len(), 2);
+/// assert_eq!(top[0].len(), 3);
+/// assert!(top[0][0].1 >= top[0][1].1);
+/// # Ok::<(), bit_infer::InferError>(())
+/// ```
+pub fn predict(
+    model: &ResNetV2,
+    images: Arc<dyn ImageDataset>,
+    resolution: usize,
+    top_k: usize,
+    loader: LoaderConfig,
+    device: &Device,
+    progress: bool,
+) -> Result<Vec<Vec<(usize, f32)>>> {
+    if top_k == 0 {
+        return Err(InferError::InvalidArgument(
+            "top-k must be at least 1".into(),
+        ));
+    }
+    let classes = model.config().head_size;
+    let bar = image_bar(images.len(), "predict", progress);
+    let mut out = Vec::with_capacity(images.len());
+    for batch in batches(images, resolution, loader, bar.clone())? {
+        let logits = logits_of(model, &batch?, device);
+        out.extend(
+            logits
+                .chunks_exact(classes)
+                .map(|row| top_k_softmax(row, top_k)),
+        );
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// Softmax of `logits` (in f64, stable), then the `k` largest, best first.
+fn top_k_softmax(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exp: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| (i, (exp[i] / sum) as f32))
+        .collect()
+}
+
+/// Pooled pre-logit features of a dataset (the input of linear probes and retrieval), with
+/// the dataset's labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// Row-major `[len, dim]`.
+    pub features: Vec<f32>,
+    /// Width of a feature vector (`2048 * width_factor`).
+    pub dim: usize,
+    /// The label of each row.
+    pub labels: Vec<usize>,
+}
+
+impl Embeddings {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Writes the features as a float32 `.npy` of shape `[len, dim]` (atomically).
+    pub fn save_features(&self, path: &Path) -> Result<()> {
+        write_npy(path, &[self.len() as u64, self.dim as u64], &self.features)
+    }
+
+    /// Writes the labels as an int64 `.npy` of shape `[len]` (atomically).
+    pub fn save_labels(&self, path: &Path) -> Result<()> {
+        let labels: Vec<i64> = self.labels.iter().map(|&l| l as i64).collect();
+        write_npy(path, &[self.len() as u64], &labels)
+    }
+}
+
+/// The features of every image of `dataset`, in order, with a progress bar when `progress`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use bit_data::{InMemoryDataset, LoaderConfig};
+/// use bit_model::ResNetV2Config;
+/// use burn::tensor::Device;
+///
+/// let device = Device::default();
+/// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 4).init(&device);
+/// let data = InMemoryDataset::new(vec!["a".into(), "b".into()], [8, 8, 3], vec![9; 3 * 8 * 8 * 3], vec![0, 1, 1])?;
+/// let emb = bit_infer::embed(&model, Arc::new(data), 32, LoaderConfig::new(2), &device, false)?;
+/// assert_eq!((emb.len(), emb.dim, emb.labels.clone()), (3, 2048, vec![0, 1, 1]));
+/// # Ok::<(), bit_infer::InferError>(())
+/// ```
+pub fn embed(
+    model: &ResNetV2,
+    dataset: Arc<dyn ImageDataset>,
+    resolution: usize,
+    loader: LoaderConfig,
+    device: &Device,
+    progress: bool,
+) -> Result<Embeddings> {
+    let dim = model.config().feature_dim();
+    let bar = image_bar(dataset.len(), "embed", progress);
+    let mut features = Vec::with_capacity(dataset.len() * dim);
+    let mut labels = Vec::with_capacity(dataset.len());
+    for batch in batches(dataset, resolution, loader, bar.clone())? {
+        let batch = batch?;
+        let (x, _) = batch.to_tensors(device);
+        features.extend(host(model.features(x)));
+        labels.extend_from_slice(&batch.labels);
+    }
+    bar.finish_and_clear();
+    Ok(Embeddings {
+        features,
+        dim,
+        labels,
+    })
+}
+
+/// Writes a C-order `.npy` to a temporary sibling, then renames it over `path`.
+fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
+    path: &Path,
+    shape: &[u64],
+    data: &[T],
+) -> Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let written = (|| -> std::io::Result<()> {
+        let file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut writer = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(file)
+            .begin_nd()?;
+        writer.extend(data.iter().copied())?;
+        writer.finish()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        std::fs::remove_file(&tmp).ok();
+    }
+    written.map_err(InferError::io(path))
+}

@@ -1,0 +1,613 @@
+//! The model zoo: every file of the BiT release by name, with its URL, head and input
+//! resolution, fetched once into a verified cache.
+//!
+//! | family | names | head | resolution |
+//! |---|---|---|---|
+//! | BiT-S | `BiT-S-R50x1` … `BiT-S-R152x4` | 1000 | 224 |
+//! | BiT-M | `BiT-M-R50x1` … `BiT-M-R152x4` | 21843 | 224 |
+//! | ILSVRC-2012 | `BiT-M-<arch>-ILSVRC2012` | 1000 | 480 |
+//! | VTAB-1k | `vtab/BiT-M-{R50x1,R101x1,R50x3,R101x3,R152x4}-run{0,1,2}-<task>` | task classes | 128 or 480 |
+//! | distilled | `distill/R50x1_224`, `distill/R50x1_160` | 1000 | 224, 160 |
+//! | teacher | `distill/R152x2_T_224`, `_T_384`, `_T_{flowers,pet,food,sun}128` | 1000 / task | 224, 384, 128 |
+//! | colab | `BiT-M-R50x1-CIFAR10` | 10 | 128 |
+//!
+//! Heads and resolutions of the upstream, ILSVRC-2012, distilled and colab files are stated
+//! by the release (README, big_vision and timm configurations; the ILSVRC-2012 resolution is
+//! the HyperRule's 480 for ImageNet, where timm evaluates at 448). The VTAB class counts come
+//! from the TFDS metadata and their resolutions from the HyperRule's image-area rule (128 for
+//! the 32²/64² datasets, else 480), the per-dataset teachers' heads from their datasets: those
+//! are [`Provenance::Derived`]. Loading never trusts the table for shapes: the architecture and
+//! head are read from the file itself.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use bit_hub::{Cache, RemoteFile, verify_lines, verify_npz};
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+use crate::npz::NpzCheckpoint;
+use crate::resnet::{Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, ResNetV2, ResNetV2Config};
+
+/// The official bucket of the BiT release.
+pub const BIT_MODELS_URL: &str = "https://storage.googleapis.com/bit_models";
+/// Environment variable that replaces [`BIT_MODELS_URL`] (a mirror, or a test server).
+pub const BIT_MODELS_URL_ENV: &str = "BIT_MODELS_URL";
+
+/// Which part of the release a model belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// Pre-trained on ILSVRC-2012 (ImageNet-1k).
+    BitS,
+    /// Pre-trained on ImageNet-21k.
+    BitM,
+    /// BiT-M fine-tuned on ILSVRC-2012.
+    Ilsvrc2012,
+    /// BiT-M fine-tuned on one VTAB-1k task (1000 examples), three runs each.
+    Vtab,
+    /// R50x1 students distilled from a BiT-M R152x2 teacher on ImageNet-1k.
+    Distilled,
+    /// The BiT-M R152x2 teachers of the distillation paper.
+    Teacher,
+    /// BiT-M-R50x1 fine-tuned on CIFAR-10, from the official colabs.
+    Colab,
+}
+
+impl Family {
+    /// Every family, in catalog order.
+    pub const ALL: [Family; 7] = [
+        Self::BitS,
+        Self::BitM,
+        Self::Ilsvrc2012,
+        Self::Vtab,
+        Self::Distilled,
+        Self::Teacher,
+        Self::Colab,
+    ];
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::BitS => "BiT-S",
+            Self::BitM => "BiT-M",
+            Self::Ilsvrc2012 => "ILSVRC-2012",
+            Self::Vtab => "VTAB-1k",
+            Self::Distilled => "distilled",
+            Self::Teacher => "teacher",
+            Self::Colab => "colab",
+        })
+    }
+}
+
+/// Where a catalog entry's head size and resolution come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provenance {
+    /// Stated by the release (README, official configs).
+    Release,
+    /// Computed from the dataset (TFDS class counts, the HyperRule's resolution rule).
+    Derived,
+}
+
+/// The class names a head predicts, when they are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LabelSet {
+    /// ILSVRC-2012: 1000 WordNet lemma lines (`ilsvrc2012_wordnet_lemmas.txt`).
+    Ilsvrc2012,
+    /// ImageNet-21k: 21843 WordNet ids and lemmas (`imagenet21k_wordnet_{ids,lemmas}.txt`).
+    Imagenet21k,
+}
+
+impl LabelSet {
+    /// The label set of a head of this size, if it is an ImageNet head.
+    pub fn for_head_size(head_size: usize) -> Option<Self> {
+        match head_size {
+            BIT_S_HEAD_SIZE => Some(Self::Ilsvrc2012),
+            BIT_M_HEAD_SIZE => Some(Self::Imagenet21k),
+            _ => None,
+        }
+    }
+
+    /// Number of classes.
+    pub fn len(self) -> usize {
+        match self {
+            Self::Ilsvrc2012 => BIT_S_HEAD_SIZE,
+            Self::Imagenet21k => BIT_M_HEAD_SIZE,
+        }
+    }
+
+    /// Always false: a label set has classes.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    /// The release's files, in the order their lines are joined.
+    pub fn files(self) -> &'static [&'static str] {
+        match self {
+            Self::Ilsvrc2012 => &["ilsvrc2012_wordnet_lemmas.txt"],
+            Self::Imagenet21k => &[
+                "imagenet21k_wordnet_ids.txt",
+                "imagenet21k_wordnet_lemmas.txt",
+            ],
+        }
+    }
+}
+
+/// A released BiT checkpoint.
+///
+/// ```
+/// use bit_model::zoo::{self, Family};
+///
+/// let m = zoo::find("BiT-M-R50x1")?;
+/// assert_eq!((m.family, m.head_size, m.resolution), (Family::BitM, 21843, 224));
+/// assert_eq!(m.url("https://storage.googleapis.com/bit_models"),
+///            "https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz");
+/// let v = zoo::find("vtab/BiT-M-R101x3-run2-dtd")?;
+/// assert_eq!((v.head_size, v.resolution), (47, 480));
+/// # Ok::<(), bit_model::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PretrainedModel {
+    /// The name, which is also its path in the bucket without `.npz`
+    /// (`BiT-M-R50x1`, `vtab/BiT-M-R50x1-run0-dtd`, `distill/R50x1_224`).
+    pub name: String,
+    /// Part of the release.
+    pub family: Family,
+    /// Network shape.
+    pub architecture: Architecture,
+    /// Classes of the head.
+    pub head_size: usize,
+    /// Side of the square input the model was trained or fine-tuned at.
+    pub resolution: usize,
+    /// Where `head_size` and `resolution` come from.
+    pub provenance: Provenance,
+    /// The published class names of the head, if any.
+    pub labels: Option<LabelSet>,
+    /// What it was trained on, in words.
+    pub description: String,
+}
+
+impl PretrainedModel {
+    /// The file name in the bucket and in the cache, `<name>.npz`.
+    pub fn file(&self) -> String {
+        format!("{}.npz", self.name)
+    }
+
+    /// The download URL under `base` (normally [`BIT_MODELS_URL`]).
+    pub fn url(&self, base: &str) -> String {
+        format!("{}/{}", base.trim_end_matches('/'), self.file())
+    }
+
+    /// The model's configuration (as stated by the catalog).
+    pub fn config(&self) -> ResNetV2Config {
+        self.architecture.config(self.head_size)
+    }
+}
+
+/// A VTAB-1k task: BiT file suffix, classes, HyperRule resolution.
+const VTAB_TASKS: [(&str, usize, usize); 19] = [
+    ("caltech101", 102, 480),
+    ("cifar100", 100, 128),
+    ("dtd", 47, 480),
+    ("oxford_flowers102", 102, 480),
+    ("oxford_iiit_pet", 37, 480),
+    ("sun397", 397, 480),
+    ("svhn", 10, 128),
+    ("patch_camelyon", 2, 480),
+    ("eurosat", 10, 128),
+    ("resisc45", 45, 480),
+    ("diabetic_retinopathy", 5, 480),
+    ("clevr-count", 8, 480),
+    ("clevr-distance", 6, 480),
+    ("dmlab", 6, 480),
+    ("kitti-distance", 4, 480),
+    ("dsprites-xpos", 16, 128),
+    ("dsprites-orientation", 16, 128),
+    ("smallnorb-azimuth", 18, 480),
+    ("smallnorb-elevation", 9, 480),
+];
+
+/// The architectures with VTAB-1k fine-tunes (no R152x2).
+const VTAB_ARCHITECTURES: [Architecture; 5] = [
+    Architecture::R50x1,
+    Architecture::R101x1,
+    Architecture::R50x3,
+    Architecture::R101x3,
+    Architecture::R152x4,
+];
+
+/// Per-dataset 128 px teachers: name, classes, dataset.
+const DATASET_TEACHERS: [(&str, usize, &str); 4] = [
+    ("flowers", 102, "Oxford Flowers-102"),
+    ("pet", 37, "Oxford-IIIT Pet"),
+    ("food", 101, "Food-101"),
+    ("sun", 397, "SUN397"),
+];
+
+/// Every released checkpoint: 6 BiT-S, 6 BiT-M, 6 ILSVRC-2012, 285 VTAB-1k, 2 distilled
+/// students, 6 teachers and the colab's CIFAR-10 model.
+///
+/// ```
+/// let all = bit_model::zoo::catalog();
+/// assert_eq!(all.len(), 6 + 6 + 6 + 285 + 2 + 6 + 1);
+/// ```
+pub fn catalog() -> Vec<PretrainedModel> {
+    let entry = |name: String,
+                 family,
+                 architecture,
+                 head_size,
+                 resolution,
+                 provenance,
+                 labels,
+                 description: String| PretrainedModel {
+        name,
+        family,
+        architecture,
+        head_size,
+        resolution,
+        provenance,
+        labels,
+        description,
+    };
+    let mut all = Vec::new();
+    for (family, kind, head, labels, data) in [
+        (
+            Family::BitS,
+            "S",
+            BIT_S_HEAD_SIZE,
+            LabelSet::Ilsvrc2012,
+            "pre-trained on ILSVRC-2012",
+        ),
+        (
+            Family::BitM,
+            "M",
+            BIT_M_HEAD_SIZE,
+            LabelSet::Imagenet21k,
+            "pre-trained on ImageNet-21k",
+        ),
+    ] {
+        for arch in Architecture::ALL {
+            all.push(entry(
+                format!("BiT-{kind}-{arch}"),
+                family,
+                arch,
+                head,
+                224,
+                Provenance::Release,
+                Some(labels),
+                data.to_string(),
+            ));
+        }
+    }
+    for arch in Architecture::ALL {
+        all.push(entry(
+            format!("BiT-M-{arch}-ILSVRC2012"),
+            Family::Ilsvrc2012,
+            arch,
+            BIT_S_HEAD_SIZE,
+            480,
+            Provenance::Release,
+            Some(LabelSet::Ilsvrc2012),
+            "BiT-M fine-tuned on ILSVRC-2012".into(),
+        ));
+    }
+    for arch in VTAB_ARCHITECTURES {
+        for run in 0..3 {
+            for (task, classes, resolution) in VTAB_TASKS {
+                all.push(entry(
+                    format!("vtab/BiT-M-{arch}-run{run}-{task}"),
+                    Family::Vtab,
+                    arch,
+                    classes,
+                    resolution,
+                    Provenance::Derived,
+                    None,
+                    format!("BiT-M fine-tuned on VTAB-1k {task}, run {run}"),
+                ));
+            }
+        }
+    }
+    for (size, top1) in [(224, "82.8"), (160, "80.5")] {
+        all.push(entry(
+            format!("distill/R50x1_{size}"),
+            Family::Distilled,
+            Architecture::R50x1,
+            BIT_S_HEAD_SIZE,
+            size,
+            Provenance::Release,
+            Some(LabelSet::Ilsvrc2012),
+            format!("R50x1 distilled from BiT-M R152x2 on ILSVRC-2012 ({top1}% top-1)"),
+        ));
+    }
+    for (size, top1) in [(224, "83.0"), (384, "84.3")] {
+        all.push(entry(
+            format!("distill/R152x2_T_{size}"),
+            Family::Teacher,
+            Architecture::R152x2,
+            BIT_S_HEAD_SIZE,
+            size,
+            Provenance::Release,
+            Some(LabelSet::Ilsvrc2012),
+            format!("BiT-M R152x2 teacher on ILSVRC-2012 ({top1}% top-1)"),
+        ));
+    }
+    for (short, classes, data) in DATASET_TEACHERS {
+        all.push(entry(
+            format!("distill/R152x2_T_{short}128"),
+            Family::Teacher,
+            Architecture::R152x2,
+            classes,
+            128,
+            Provenance::Derived,
+            None,
+            format!("BiT-M R152x2 teacher on {data}"),
+        ));
+    }
+    all.push(entry(
+        "BiT-M-R50x1-CIFAR10".into(),
+        Family::Colab,
+        Architecture::R50x1,
+        10,
+        128,
+        Provenance::Release,
+        None,
+        "BiT-M fine-tuned on CIFAR-10 (the official colabs)".into(),
+    ));
+    all
+}
+
+/// The canonical spelling of a model name: no `.npz`, no bucket prefix or URL.
+fn canonical(name: &str) -> &str {
+    let name = name.trim();
+    let name = name.strip_suffix(".npz").unwrap_or(name);
+    let name = name
+        .find("bit_models/")
+        .map_or(name, |at| &name[at + "bit_models/".len()..]);
+    name.trim_start_matches('/')
+}
+
+/// The released model called `name` (case-insensitive; a trailing `.npz` and a
+/// `gs://bit_models/` or `https://…/bit_models/` prefix are accepted).
+///
+/// ```
+/// let m = bit_model::zoo::find("gs://bit_models/distill/r50x1_160.npz")?;
+/// assert_eq!((m.name.as_str(), m.resolution), ("distill/R50x1_160", 160));
+/// assert!(bit_model::zoo::find("BiT-L-R50x1").is_err());
+/// # Ok::<(), bit_model::Error>(())
+/// ```
+pub fn find(name: &str) -> Result<PretrainedModel> {
+    let wanted = canonical(name);
+    catalog()
+        .into_iter()
+        .find(|m| m.name.eq_ignore_ascii_case(wanted))
+        .ok_or_else(|| Error::UnknownModel(name.to_string()))
+}
+
+/// The models whose name or description contains every whitespace-separated word of
+/// `filter` (case-insensitive); all of them for an empty filter.
+///
+/// ```
+/// let dtd = bit_model::zoo::search("vtab R50x1 dtd");
+/// assert_eq!(dtd.len(), 3); // runs 0, 1, 2
+/// ```
+pub fn search(filter: &str) -> Vec<PretrainedModel> {
+    let words: Vec<String> = filter.split_whitespace().map(str::to_lowercase).collect();
+    catalog()
+        .into_iter()
+        .filter(|m| {
+            let text = format!("{} {} {}", m.name, m.family, m.description).to_lowercase();
+            words.iter().all(|w| text.contains(w))
+        })
+        .collect()
+}
+
+/// Where models come from and where they are kept: a base URL (the official bucket, a mirror)
+/// and a [`Cache`] directory. Files are kept at their bucket path (`models/vtab/…npz`), and
+/// only used once they passed a full CRC read; a damaged cached file is downloaded again.
+///
+/// ```no_run
+/// use bit_model::zoo::ModelHub;
+/// use burn::tensor::Device;
+///
+/// let hub = ModelHub::from_env()?; // $BIT_HOME and $BIT_MODELS_URL, else the defaults
+/// let path = hub.fetch(&bit_model::zoo::find("BiT-S-R50x1")?)?;
+/// let model = hub.load("BiT-S-R50x1", &Device::default())?;
+/// # Ok::<(), bit_model::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelHub {
+    cache: Cache,
+    base_url: String,
+}
+
+impl ModelHub {
+    /// A hub downloading from `base_url` into `cache`.
+    pub fn new(cache: Cache, base_url: impl Into<String>) -> Self {
+        Self {
+            cache,
+            base_url: base_url.into(),
+        }
+    }
+
+    /// The cache of `$BIT_HOME` (else the user cache directory) and the base URL of
+    /// `$BIT_MODELS_URL` (else [`BIT_MODELS_URL`]).
+    pub fn from_env() -> Result<Self> {
+        let base = std::env::var(BIT_MODELS_URL_ENV)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| BIT_MODELS_URL.to_string());
+        let cache = Cache::from_env().map_err(|source| Error::Fetch {
+            what: "the cache directory".into(),
+            source,
+        })?;
+        Ok(Self::new(cache, base))
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Where `model` is (or will be) cached.
+    pub fn path(&self, model: &PretrainedModel) -> PathBuf {
+        self.cache.path(&format!("models/{}", model.file()))
+    }
+
+    fn relative(model: &PretrainedModel) -> String {
+        format!("models/{}", model.file())
+    }
+
+    /// Whether `model` is cached and verified.
+    pub fn is_cached(&self, model: &PretrainedModel) -> bool {
+        self.cache.is_verified(&Self::relative(model))
+    }
+
+    /// The verified local copy of `model`, downloading it if needed.
+    pub fn fetch(&self, model: &PretrainedModel) -> Result<PathBuf> {
+        let remote = RemoteFile::new(model.url(&self.base_url));
+        self.cache
+            .fetch(&remote, &Self::relative(model), &verify_npz)
+            .map_err(|source| Error::Fetch {
+                what: format!("BiT model `{}`", model.name),
+                source,
+            })
+    }
+
+    /// The checkpoint file `model` names: an existing `.npz`/`.safetensors` path, else a
+    /// released model (fetched if needed). The catalog entry comes along when the name or the
+    /// file's stem is a released model, so a hand-placed `BiT-M-R50x1.npz` keeps its metadata.
+    pub fn locate(&self, model: &str) -> Result<(PathBuf, Option<PretrainedModel>)> {
+        let path = Path::new(model);
+        if path.is_file() {
+            let entry = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|stem| find(stem).ok());
+            return Ok((path.to_path_buf(), entry));
+        }
+        let entry = find(model)?;
+        Ok((self.fetch(&entry)?, Some(entry)))
+    }
+
+    /// Loads `model` (see [`locate`](Self::locate)) with the head stored in the file.
+    pub fn load(&self, model: &str, device: &Device) -> Result<ResNetV2> {
+        let (path, entry) = self.locate(model)?;
+        let is_safetensors = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+        if is_safetensors {
+            return ResNetV2::from_safetensors(&path, device);
+        }
+        self.load_npz(&path, entry.as_ref(), device)
+    }
+
+    /// Loads the `.npz` at `path`, the released `entry` if it is one. A cached release whose
+    /// weights turn out damaged when read (its CRC fails although its length and time are
+    /// those it was verified with) is downloaded again, once.
+    pub fn load_npz(
+        &self,
+        path: &Path,
+        entry: Option<&PretrainedModel>,
+        device: &Device,
+    ) -> Result<ResNetV2> {
+        let cached = entry.filter(|e| self.path(e) == path);
+        match (self.read_npz(path, entry, device), cached) {
+            (Err(Error::Corrupt { reason, .. }), Some(entry)) => {
+                tracing::warn!("{}: {reason}; downloading it again", path.display());
+                self.cache
+                    .invalidate(&Self::relative(entry))
+                    .map_err(|source| Error::Fetch {
+                        what: format!("BiT model `{}`", entry.name),
+                        source,
+                    })?;
+                let path = self.fetch(entry)?;
+                self.read_npz(&path, Some(entry), device)
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn read_npz(
+        &self,
+        path: &Path,
+        entry: Option<&PretrainedModel>,
+        device: &Device,
+    ) -> Result<ResNetV2> {
+        let ckpt = NpzCheckpoint::open(path)?;
+        if let Some(entry) = entry
+            && ckpt.head_size().is_some_and(|n| n != entry.head_size)
+        {
+            tracing::warn!(
+                "{} has a {}-way head; the catalog lists {} for {}",
+                path.display(),
+                ckpt.head_size().unwrap_or(0),
+                entry.head_size,
+                entry.name
+            );
+        }
+        ckpt.load(device)
+    }
+
+    /// The class names of `labels`, one per head output: the lemma line for ILSVRC-2012,
+    /// `"<wordnet id> <lemmas>"` for ImageNet-21k. The label files are fetched into the cache
+    /// like weights and checked to have one line per class.
+    pub fn class_names(&self, labels: LabelSet) -> Result<Vec<String>> {
+        let mut columns = Vec::new();
+        for file in labels.files() {
+            let remote = RemoteFile::new(format!("{}/{file}", self.base_url.trim_end_matches('/')));
+            let check = |p: &Path| verify_lines(p, labels.len());
+            let path = self
+                .cache
+                .fetch(&remote, &format!("labels/{file}"), &check)
+                .map_err(|source| Error::Fetch {
+                    what: format!("the label file {file}"),
+                    source,
+                })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            columns.push(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let mut names = columns.remove(0);
+        for column in columns {
+            for (name, more) in names.iter_mut().zip(column) {
+                name.push(' ');
+                name.push_str(&more);
+            }
+        }
+        Ok(names)
+    }
+}
+
+impl ResNetV2 {
+    /// A released BiT model by name (see [`zoo`](crate::zoo)), downloaded once into
+    /// `$BIT_HOME` and verified, with its own head: 21843 classes for BiT-M, 1000 for BiT-S.
+    ///
+    /// ```no_run
+    /// use bit_model::ResNetV2;
+    /// use burn::tensor::Device;
+    ///
+    /// let model = ResNetV2::pretrained("BiT-M-R50x1", &Device::default())?;
+    /// // For fine-tuning, swap the head for a zero-initialised one:
+    /// let model = model.with_zero_head(10);
+    /// # Ok::<(), bit_model::Error>(())
+    /// ```
+    pub fn pretrained(name: &str, device: &Device) -> Result<Self> {
+        let hub = ModelHub::from_env()?;
+        let entry = find(name)?;
+        let path = hub.fetch(&entry)?;
+        hub.load_npz(&path, Some(&entry), device)
+    }
+}
