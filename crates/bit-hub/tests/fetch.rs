@@ -78,6 +78,21 @@ fn an_interrupted_transfer_resumes_with_a_range_request() {
 }
 
 #[test]
+fn a_server_without_range_support_restarts_the_transfer() {
+    let body = tiny();
+    let server = serve("m.npz", body.clone());
+    server.cut_next(1);
+    let cache = Cache::new(scratch("norange"));
+    let remote = RemoteFile::new(format!("{}/m.npz", server.base_url()));
+    cache.fetch(&remote, "m.npz", &verify_npz).unwrap_err();
+    server.ignore_ranges();
+    // The 200 answer to the range request replaces the partial file instead of being appended.
+    let path = cache.fetch(&remote, "m.npz", &verify_npz).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), body);
+    assert_eq!(server.ranges(), vec![None, Some(body.len() as u64 / 2)]);
+}
+
+#[test]
 fn a_damaged_download_is_rejected_and_not_kept() {
     let server = serve("m.npz", flipped(tiny()));
     let cache = Cache::new(scratch("damaged"));

@@ -11,6 +11,14 @@ use crate::error::{InferError, Result};
 
 /// Reads a label file: one class name per line, in head order; it must have `head_size`
 /// non-empty lines.
+///
+/// ```
+/// let path = std::env::temp_dir().join("bit_infer_doc_labels.txt");
+/// std::fs::write(&path, "cat\ndog\n")?;
+/// assert_eq!(bit_infer::read_label_file(&path, 2)?, ["cat", "dog"]);
+/// assert!(bit_infer::read_label_file(&path, 3).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn read_label_file(path: &Path, head_size: usize) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(InferError::io(path))?;
     let names: Vec<String> = text
@@ -184,6 +192,18 @@ fn list(items: &[&str]) -> String {
 }
 
 /// A dataset whose labels are re-numbered into a model's head (see [`map_classes`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use bit_data::{ImageDataset, InMemoryDataset};
+/// use bit_infer::Relabelled;
+///
+/// let data = InMemoryDataset::new(vec!["dog".into(), "cat".into()], [1, 1, 3], vec![0; 6], vec![0, 1])?;
+/// let head: Vec<String> = ["cat", "x", "dog"].map(String::from).to_vec();
+/// let r = Relabelled::new(Arc::new(data), vec![2, 0], head);
+/// assert_eq!((r.label(0), r.label(1)), (2, 0));
+/// # Ok::<(), bit_data::DataError>(())
+/// ```
 pub struct Relabelled {
     inner: Arc<dyn ImageDataset>,
     map: Vec<usize>,

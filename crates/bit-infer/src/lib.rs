@@ -33,37 +33,11 @@ mod labels;
 mod model;
 mod run;
 
-use std::sync::Arc;
-
-use bit_data::{ImageDataset, LoaderConfig};
-use bit_model::ResNetV2;
-use burn::tensor::Device;
-
 pub use error::{InferError, Result};
-pub use eval::{EvalResult, evaluate};
+pub use eval::{EvalResult, evaluate, evaluate_dataset};
 pub use labels::{Relabelled, map_classes, read_class_map, read_label_file};
 pub use model::{
     CLASSES_METADATA_KEY, DEFAULT_RESOLUTION, InferenceModel, LoadOptions, RESOLUTION_METADATA_KEY,
     metadata,
 };
 pub use run::{Embeddings, embed, predict};
-
-/// [`evaluate`] over every example of `dataset` (labels already index the head) at
-/// `resolution`, with a progress bar when `progress`.
-pub fn evaluate_dataset(
-    model: &ResNetV2,
-    dataset: Arc<dyn ImageDataset>,
-    resolution: usize,
-    loader: LoaderConfig,
-    device: &Device,
-    progress: bool,
-) -> Result<EvalResult> {
-    let bar = run::image_bar(dataset.len(), "eval", progress);
-    let result = evaluate(
-        model,
-        run::batches(dataset, resolution, loader, bar.clone())?,
-        device,
-    )?;
-    bar.finish_and_clear();
-    Ok(result)
-}

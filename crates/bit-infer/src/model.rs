@@ -52,6 +52,18 @@ impl InferenceModel {
     /// 21843-way head of a file that is not in the catalog counts as one); without them,
     /// classes are numbers. Label files that cannot be fetched only cost the names (with a
     /// warning), never the prediction.
+    ///
+    /// ```no_run
+    /// use bit_infer::{InferenceModel, LoadOptions};
+    /// use bit_model::zoo::ModelHub;
+    /// use burn::tensor::Device;
+    ///
+    /// let hub = ModelHub::from_env()?;
+    /// let m = InferenceModel::load(&hub, "distill/R50x1_224", &LoadOptions::default(), &Device::default())?;
+    /// assert_eq!((m.resolution, m.model.config().head_size), (224, 1000));
+    /// println!("class 281 is {}", m.class_name(281));
+    /// # Ok::<(), bit_infer::InferError>(())
+    /// ```
     pub fn load(
         hub: &ModelHub,
         model: &str,

@@ -100,6 +100,14 @@ pub enum LabelSet {
 
 impl LabelSet {
     /// The label set of a head of this size, if it is an ImageNet head.
+    ///
+    /// ```
+    /// use bit_model::zoo::LabelSet;
+    ///
+    /// assert_eq!(LabelSet::for_head_size(21843), Some(LabelSet::Imagenet21k));
+    /// assert_eq!(LabelSet::for_head_size(1000).map(LabelSet::files), Some(&["ilsvrc2012_wordnet_lemmas.txt"][..]));
+    /// assert_eq!(LabelSet::for_head_size(10), None);
+    /// ```
     pub fn for_head_size(head_size: usize) -> Option<Self> {
         match head_size {
             BIT_S_HEAD_SIZE => Some(Self::Ilsvrc2012),

@@ -13,6 +13,8 @@ struct State {
     files: HashMap<String, Vec<u8>>,
     /// Responses still to cut after half their body.
     cut: usize,
+    /// Answer every request with the whole file, like a server without range support.
+    ignore_ranges: bool,
     /// Request lines and their `Range` header, in arrival order.
     requests: Vec<(String, Option<u64>)>,
 }
@@ -68,6 +70,12 @@ impl HttpServer {
         self.state.lock().unwrap().cut = n;
     }
 
+    /// From now on, answer `Range` requests with the whole file (200), as servers without
+    /// range support do.
+    pub fn ignore_ranges(&self) {
+        self.state.lock().unwrap().ignore_ranges = true;
+    }
+
     /// Connections served so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
@@ -109,6 +117,9 @@ fn respond(mut stream: TcpStream, state: &Mutex<State>) {
         let cut = body.is_some() && s.cut > 0;
         if cut {
             s.cut -= 1;
+        }
+        if s.ignore_ranges {
+            from = None;
         }
         (body, cut)
     };
