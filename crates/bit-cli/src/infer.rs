@@ -8,7 +8,7 @@ use bit_data::{
     DatasetName, FolderDataset, ImageDataset, ImageFiles, LoaderConfig, NonImagePolicy,
     load_train_valid,
 };
-use bit_infer::{InferenceModel, LoadOptions, Relabelled};
+use bit_infer::{Feed, InferenceModel, LoadOptions, Relabelled};
 use bit_model::backend::device_from_name;
 use bit_model::zoo::ModelHub;
 use burn::tensor::Device;
@@ -42,15 +42,22 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load(&self) -> Result<(InferenceModel, Device, LoaderConfig), Box<dyn std::error::Error>> {
+    /// The model, its device, and how to feed it (with a progress bar when `progress`).
+    fn load(
+        &self,
+        progress: bool,
+    ) -> Result<(InferenceModel, Device, Feed), Box<dyn std::error::Error>> {
         let device = device_from_name(&self.device)?;
         let options = LoadOptions {
             resolution: self.resolution,
             labels: self.labels.clone(),
         };
         let model = InferenceModel::load(&ModelHub::from_env()?, &self.model, &options, &device)?;
-        let loader = LoaderConfig::new(self.batch).with_workers(self.workers);
-        Ok((model, device, loader))
+        let feed = model
+            .feed()
+            .with_loader(LoaderConfig::new(self.batch).with_workers(self.workers))
+            .with_progress(progress);
+        Ok((model, device, feed))
     }
 }
 
@@ -72,17 +79,10 @@ pub struct PredictArgs {
 
 pub fn predict(args: PredictArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
-    let (m, device, loader) = args.model.load()?;
+    // A bar only when there is more than one batch to wait for.
+    let (m, device, feed) = args.model.load(args.images.len() > args.model.batch)?;
     let images = ImageFiles::new(args.images.clone())?;
-    let top = bit_infer::predict(
-        &m.model,
-        Arc::new(images),
-        m.resolution,
-        args.top,
-        loader,
-        &device,
-        args.images.len() > loader.batch_size,
-    )?;
+    let top = bit_infer::predict(&m.model, Arc::new(images), args.top, &feed, &device)?;
     for (path, top) in args.images.iter().zip(top) {
         if args.json {
             let classes: Vec<_> = top
@@ -180,13 +180,13 @@ pub struct EmbedArgs {
 
 pub fn embed(args: EmbedArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
-    let (m, device, loader) = args.model.load()?;
+    let (m, device, feed) = args.model.load(true)?;
     let dataset: Arc<dyn ImageDataset> = if args.images.is_empty() {
         args.data.open(SplitArg::Train)?
     } else {
         Arc::new(ImageFiles::new(args.images.clone())?)
     };
-    let emb = bit_infer::embed(&m.model, dataset, m.resolution, loader, &device, true)?;
+    let emb = bit_infer::embed(&m.model, dataset, &feed, &device)?;
     emb.save_features(&args.out)?;
     writeln!(
         out,
@@ -220,7 +220,7 @@ pub struct EvalArgs {
 
 pub fn eval(args: EvalArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
-    let (m, device, loader) = args.model.load()?;
+    let (m, device, feed) = args.model.load(true)?;
     let dataset = args.data.open(SplitArg::Valid)?;
     let head = m.model.config().head_size;
     let class_map = args
@@ -236,8 +236,7 @@ pub fn eval(args: EvalArgs) -> CliResult {
     )?;
     let names = (0..head).map(|c| m.class_name(c)).collect();
     let relabelled = Arc::new(Relabelled::new(dataset, map, names));
-    let result =
-        bit_infer::evaluate_dataset(&m.model, relabelled, m.resolution, loader, &device, true)?;
+    let result = bit_infer::evaluate_dataset(&m.model, relabelled, &feed, &device)?;
     writeln!(
         out,
         "{}: top-1 {:.2}%, top-5 {:.2}%, loss {:.5} on {} images at {} px",
@@ -264,7 +263,7 @@ pub struct ExportArgs {
 
 pub fn export(args: ExportArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
-    let (m, _, _) = args.model.load()?;
+    let (m, _, _) = args.model.load(false)?;
     m.export(&args.out)?;
     writeln!(out, "wrote {}", args.out.display())?;
     Ok(())

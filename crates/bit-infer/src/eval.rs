@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use bit_data::{Batch, ImageDataset, LoaderConfig};
+use bit_data::{Batch, ImageDataset};
 use bit_model::ResNetV2;
 use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::error::{InferError, Result};
-use crate::run::{self, logits_of};
+use crate::run::{Feed, logits_of};
 
 /// What an evaluation measured.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -66,12 +66,13 @@ pub fn evaluate(
     })
 }
 
-/// [`evaluate`] over every example of `dataset` (labels already index the head) at
-/// `resolution`, with a progress bar when `progress`.
+/// [`evaluate`] over every example of `dataset` (labels already index the head; see
+/// [`Relabelled`](crate::Relabelled) for datasets whose classes do not).
 ///
 /// ```
 /// use std::sync::Arc;
-/// use bit_data::{InMemoryDataset, LoaderConfig};
+/// use bit_data::InMemoryDataset;
+/// use bit_infer::Feed;
 /// use bit_model::ResNetV2Config;
 /// use burn::tensor::Device;
 ///
@@ -79,7 +80,7 @@ pub fn evaluate(
 /// // A zero head scores every class alike: all tie, so every label counts as top-1.
 /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 3).with_zero_head(true).init(&device);
 /// let data = InMemoryDataset::new(vec!["a".into(), "b".into(), "c".into()], [8, 8, 3], vec![7; 4 * 192], vec![0, 1, 2, 1])?;
-/// let r = bit_infer::evaluate_dataset(&model, Arc::new(data), 32, LoaderConfig::new(4), &device, false)?;
+/// let r = bit_infer::evaluate_dataset(&model, Arc::new(data), &Feed::new(32), &device)?;
 /// assert_eq!((r.examples, r.top1), (4, 1.0));
 /// assert!((r.loss - 3f64.ln()).abs() < 1e-6);
 /// # Ok::<(), bit_infer::InferError>(())
@@ -87,17 +88,11 @@ pub fn evaluate(
 pub fn evaluate_dataset(
     model: &ResNetV2,
     dataset: Arc<dyn ImageDataset>,
-    resolution: usize,
-    loader: LoaderConfig,
+    feed: &Feed,
     device: &Device,
-    progress: bool,
 ) -> Result<EvalResult> {
-    let bar = run::image_bar(dataset.len(), "eval", progress);
-    let result = evaluate(
-        model,
-        run::batches(dataset, resolution, loader, bar.clone())?,
-        device,
-    )?;
+    let (batches, bar) = feed.batches(dataset, "eval")?;
+    let result = evaluate(model, batches, device)?;
     bar.finish_and_clear();
     Ok(result)
 }

@@ -11,7 +11,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use bit_data::{ImageFiles, LoaderConfig};
+//! use bit_data::ImageFiles;
 //! use bit_infer::{InferenceModel, LoadOptions, predict};
 //! use bit_model::zoo::ModelHub;
 //! use burn::tensor::Device;
@@ -19,7 +19,7 @@
 //! let device = Device::default();
 //! let m = InferenceModel::load(&ModelHub::from_env()?, "BiT-M-R50x1-ILSVRC2012", &LoadOptions::default(), &device)?;
 //! let images = ImageFiles::new(vec!["cat.jpg".into()])?;
-//! let top5 = predict(&m.model, Arc::new(images), m.resolution, 5, LoaderConfig::new(8), &device, true)?;
+//! let top5 = predict(&m.model, Arc::new(images), 5, &m.feed(), &device)?;
 //! for (class, p) in &top5[0] {
 //!     println!("{:6.2}% {}", 100.0 * p, m.class_name(*class));
 //! }
@@ -40,4 +40,4 @@ pub use model::{
     CLASSES_METADATA_KEY, DEFAULT_RESOLUTION, InferenceModel, LoadOptions, RESOLUTION_METADATA_KEY,
     metadata,
 };
-pub use run::{Embeddings, embed, predict};
+pub use run::{Embeddings, Feed, embed, predict};

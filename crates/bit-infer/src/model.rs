@@ -9,6 +9,7 @@ use burn::tensor::Device;
 
 use crate::error::{InferError, Result};
 use crate::labels::read_label_file;
+use crate::run::Feed;
 
 /// Safetensors metadata key holding the class names (a JSON array, in head order).
 pub const CLASSES_METADATA_KEY: &str = "bit.classes";
@@ -142,6 +143,11 @@ impl InferenceModel {
             path,
             entry,
         })
+    }
+
+    /// How to feed this model: its resolution, the default loader, no progress bar.
+    pub fn feed(&self) -> Feed {
+        Feed::new(self.resolution)
     }
 
     /// The name of head output `class`: its class name, or the number.

@@ -24,55 +24,102 @@ fn host(t: Tensor<2>) -> Vec<f32> {
         .expect("converted to f32")
 }
 
-/// A progress bar over `len` images (hidden when `show` is false).
-pub(crate) fn image_bar(len: usize, what: &str, show: bool) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images {per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
+/// How images reach the model: the square resolution they are resized to (the reference's
+/// evaluation path: bilinear resize, RGB scaled to `[-1, 1]`), the loader's batch size and
+/// threads, and whether a progress bar is drawn (on stderr).
+///
+/// ```
+/// let feed = bit_infer::Feed::new(128).with_batch_size(16).with_progress(true);
+/// assert_eq!((feed.resolution, feed.loader.batch_size, feed.progress), (128, 16, true));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Feed {
+    /// Side of the square input.
+    pub resolution: usize,
+    /// Batching and decoding threads.
+    pub loader: LoaderConfig,
+    /// Draw a progress bar.
+    pub progress: bool,
 }
 
-/// The evaluation batches of `dataset` at `resolution`, advancing `bar`.
-pub(crate) fn batches(
-    dataset: Arc<dyn ImageDataset>,
-    resolution: usize,
-    config: LoaderConfig,
-    bar: ProgressBar,
-) -> Result<impl Iterator<Item = bit_data::Result<Batch>>> {
-    if resolution == 0 || config.batch_size == 0 {
-        return Err(InferError::InvalidArgument(
-            "the resolution and the batch size must be at least 1".into(),
-        ));
-    }
-    let stream = BatchStream::eval(dataset, resolution, config)?;
-    Ok(stream.inspect(move |b| {
-        if let Ok(b) = b {
-            bar.inc(b.len() as u64);
+impl Feed {
+    /// `resolution` px, batches of 32 decoded by 4 threads, no progress bar.
+    pub fn new(resolution: usize) -> Self {
+        Self {
+            resolution,
+            loader: LoaderConfig::new(32),
+            progress: false,
         }
-    }))
+    }
+
+    /// Sets the loader (batch size, threads).
+    pub fn with_loader(mut self, loader: LoaderConfig) -> Self {
+        self.loader = loader;
+        self
+    }
+
+    /// Sets the batch size.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.loader.batch_size = batch_size;
+        self
+    }
+
+    /// Sets whether a progress bar is drawn.
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// The batches of `dataset`, in order, with a progress bar named `what`.
+    pub(crate) fn batches(
+        &self,
+        dataset: Arc<dyn ImageDataset>,
+        what: &str,
+    ) -> Result<(impl Iterator<Item = bit_data::Result<Batch>>, ProgressBar)> {
+        if self.resolution == 0 || self.loader.batch_size == 0 {
+            return Err(InferError::InvalidArgument(
+                "the resolution and the batch size must be at least 1".into(),
+            ));
+        }
+        let bar = if self.progress {
+            let bar = ProgressBar::new(dataset.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} images {per_sec} eta {eta}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            bar.set_message(what.to_string());
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let stream = BatchStream::eval(dataset, self.resolution, self.loader)?;
+        let counter = bar.clone();
+        let batches = stream.inspect(move |b| {
+            if let Ok(b) = b {
+                counter.inc(b.len() as u64);
+            }
+        });
+        Ok((batches, bar))
+    }
 }
 
 /// The `k` most probable classes of each image, best first, as `(class, probability)` with the
-/// softmax over the whole head. Images are resized to `resolution` and scaled to `[-1, 1]`,
-/// as the reference's evaluation does.
+/// softmax over the whole head.
 ///
 /// ```
 /// use std::sync::Arc;
-/// use bit_data::{InMemoryDataset, LoaderConfig};
+/// use bit_data::InMemoryDataset;
+/// use bit_infer::Feed;
 /// use bit_model::ResNetV2Config;
 /// use burn::tensor::Device;
 ///
 /// let device = Device::default();
 /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 4).init(&device);
 /// let images = InMemoryDataset::new(vec!["a".into()], [8, 8, 3], vec![128; 2 * 8 * 8 * 3], vec![0, 0])?;
-/// let top = bit_infer::predict(&model, Arc::new(images), 32, 3, LoaderConfig::new(2), &device, false)?;
+/// let top = bit_infer::predict(&model, Arc::new(images), 3, &Feed::new(32), &device)?;
 /// assert_eq!(top.len(), 2);
 /// assert_eq!(top[0].len(), 3);
 /// assert!(top[0][0].1 >= top[0][1].1);
@@ -81,11 +128,9 @@ pub(crate) fn batches(
 pub fn predict(
     model: &ResNetV2,
     images: Arc<dyn ImageDataset>,
-    resolution: usize,
     top_k: usize,
-    loader: LoaderConfig,
+    feed: &Feed,
     device: &Device,
-    progress: bool,
 ) -> Result<Vec<Vec<(usize, f32)>>> {
     if top_k == 0 {
         return Err(InferError::InvalidArgument(
@@ -93,9 +138,9 @@ pub fn predict(
         ));
     }
     let classes = model.config().head_size;
-    let bar = image_bar(images.len(), "predict", progress);
     let mut out = Vec::with_capacity(images.len());
-    for batch in batches(images, resolution, loader, bar.clone())? {
+    let (batches, bar) = feed.batches(images, "predict")?;
+    for batch in batches {
         let logits = logits_of(model, &batch?, device);
         out.extend(
             logits
@@ -156,34 +201,33 @@ impl Embeddings {
     }
 }
 
-/// The features of every image of `dataset`, in order, with a progress bar when `progress`.
+/// The features of every image of `dataset`, in order.
 ///
 /// ```
 /// use std::sync::Arc;
-/// use bit_data::{InMemoryDataset, LoaderConfig};
+/// use bit_data::InMemoryDataset;
+/// use bit_infer::Feed;
 /// use bit_model::ResNetV2Config;
 /// use burn::tensor::Device;
 ///
 /// let device = Device::default();
 /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 4).init(&device);
 /// let data = InMemoryDataset::new(vec!["a".into(), "b".into()], [8, 8, 3], vec![9; 3 * 8 * 8 * 3], vec![0, 1, 1])?;
-/// let emb = bit_infer::embed(&model, Arc::new(data), 32, LoaderConfig::new(2), &device, false)?;
+/// let emb = bit_infer::embed(&model, Arc::new(data), &Feed::new(32).with_batch_size(2), &device)?;
 /// assert_eq!((emb.len(), emb.dim, emb.labels.clone()), (3, 2048, vec![0, 1, 1]));
 /// # Ok::<(), bit_infer::InferError>(())
 /// ```
 pub fn embed(
     model: &ResNetV2,
     dataset: Arc<dyn ImageDataset>,
-    resolution: usize,
-    loader: LoaderConfig,
+    feed: &Feed,
     device: &Device,
-    progress: bool,
 ) -> Result<Embeddings> {
     let dim = model.config().feature_dim();
-    let bar = image_bar(dataset.len(), "embed", progress);
     let mut features = Vec::with_capacity(dataset.len() * dim);
     let mut labels = Vec::with_capacity(dataset.len());
-    for batch in batches(dataset, resolution, loader, bar.clone())? {
+    let (batches, bar) = feed.batches(dataset, "embed")?;
+    for batch in batches {
         let batch = batch?;
         let (x, _) = batch.to_tensors(device);
         features.extend(host(model.features(x)));

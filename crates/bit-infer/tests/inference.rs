@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bit_data::{FolderDataset, ImageDataset, ImageFiles, LoaderConfig, NonImagePolicy};
+use bit_data::{FolderDataset, ImageDataset, ImageFiles, NonImagePolicy};
 use bit_hub::Cache;
 use bit_infer::{
-    InferError, InferenceModel, LoadOptions, Relabelled, embed, evaluate_dataset, map_classes,
-    predict,
+    Feed, InferError, InferenceModel, LoadOptions, Relabelled, embed, evaluate_dataset,
+    map_classes, predict,
 };
 use bit_model::zoo::ModelHub;
 use bit_model::{NpzCheckpoint, ResNetV2};
@@ -78,6 +78,11 @@ fn tiny(device: &Device) -> ResNetV2 {
     ResNetV2::from_npz(golden_file("tiny.weights.npz"), device).unwrap()
 }
 
+/// The images' own size (no resize), `batch` at a time.
+fn feed(batch: usize) -> Feed {
+    Feed::new(SIDE as usize).with_batch_size(batch)
+}
+
 fn folder(root: &Path) -> Arc<dyn ImageDataset> {
     Arc::new(FolderDataset::open(root, NonImagePolicy::Error).unwrap())
 }
@@ -89,15 +94,7 @@ fn embed_gives_the_models_pooled_features_in_dataset_order() {
     let root = image_folder(&scratch("embed"), &["cat", "dog"], 3);
     let ds = folder(&root);
     // Batches of 4 over 6 images: the last batch is short.
-    let emb = embed(
-        &model,
-        ds.clone(),
-        SIDE as usize,
-        LoaderConfig::new(4),
-        &device,
-        false,
-    )
-    .unwrap();
+    let emb = embed(&model, ds.clone(), &feed(4), &device).unwrap();
     assert_eq!((emb.len(), emb.dim), (6, 2048));
     assert_eq!(emb.labels, vec![0, 0, 0, 1, 1, 1]);
     let expected = host(model.features(tensor_of(ds.as_ref(), &device)));
@@ -122,16 +119,7 @@ fn predict_ranks_classes_by_softmax_probability() {
         .map(|i| root.join("a").join(format!("img{i}.png")))
         .collect();
     let images = Arc::new(ImageFiles::new(files).unwrap());
-    let top = predict(
-        &model,
-        images.clone(),
-        SIDE as usize,
-        4,
-        LoaderConfig::new(2),
-        &device,
-        false,
-    )
-    .unwrap();
+    let top = predict(&model, images.clone(), 4, &feed(2), &device).unwrap();
     let logits = host(model.forward(tensor_of(images.as_ref(), &device)));
     for (row, top) in logits.chunks_exact(10).zip(&top) {
         let max = row.iter().copied().fold(f32::MIN, f32::max);
@@ -150,7 +138,11 @@ fn predict_ranks_classes_by_softmax_probability() {
         }
     }
     assert!(matches!(
-        predict(&model, images, 64, 0, LoaderConfig::new(2), &device, false),
+        predict(&model, images.clone(), 0, &feed(2), &device),
+        Err(InferError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        predict(&model, images, 1, &feed(0), &device),
         Err(InferError::InvalidArgument(_))
     ));
 }
@@ -162,16 +154,7 @@ fn an_unreadable_image_is_a_decode_error_naming_it() {
     let path = dir.join("notes.png");
     std::fs::write(&path, b"not an image").unwrap();
     let images = Arc::new(ImageFiles::new(vec![path.clone()]).unwrap());
-    let err = predict(
-        &tiny(&device),
-        images,
-        64,
-        5,
-        LoaderConfig::new(1),
-        &device,
-        false,
-    )
-    .unwrap_err();
+    let err = predict(&tiny(&device), images, 5, &feed(1), &device).unwrap_err();
     assert!(
         matches!(err, InferError::Data(bit_data::DataError::Decode { .. })),
         "{err:?}"
@@ -197,15 +180,7 @@ fn eval_scores_folders_matched_to_the_head_by_name() {
         "folders sort as Big_thing-9, OTHER3, n00000107"
     );
     let relabelled = Arc::new(Relabelled::new(ds.clone(), map.clone(), names.clone()));
-    let result = evaluate_dataset(
-        &model,
-        relabelled,
-        SIDE as usize,
-        LoaderConfig::new(5),
-        &device,
-        false,
-    )
-    .unwrap();
+    let result = evaluate_dataset(&model, relabelled, &feed(5), &device).unwrap();
 
     let logits = host(model.forward(tensor_of(ds.as_ref(), &device)));
     let (mut top1, mut top5) = (0, 0);
