@@ -139,16 +139,8 @@ impl DataArgs {
         default_split: SplitArg,
     ) -> Result<Arc<dyn ImageDataset>, Box<dyn std::error::Error>> {
         let name = self.dataset.as_deref().ok_or("--dataset is required")?;
-        let policy = if self.skip_non_images {
-            NonImagePolicy::SkipWithWarning
-        } else {
-            NonImagePolicy::Error
-        };
-        let datadir = match (&self.datadir, name) {
-            (Some(dir), _) => dir.clone(),
-            (None, "fashion_mnist") => PathBuf::from(bit_data::DEBIAN_FASHION_MNIST_DIR),
-            (None, _) => return Err("--datadir is required for this dataset".into()),
-        };
+        let policy = NonImagePolicy::from_skip_flag(self.skip_non_images);
+        let datadir = crate::datadir_for(name, self.datadir.clone())?;
         if name == "folder" {
             return Ok(Arc::new(FolderDataset::open(&datadir, policy)?));
         }

@@ -161,12 +161,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--datadir`, which only Fashion-MNIST may leave out (Debian installs it in a known place).
+fn datadir_for(dataset: &str, datadir: Option<PathBuf>) -> Result<PathBuf, &'static str> {
+    match (datadir, dataset) {
+        (Some(dir), _) => Ok(dir),
+        (None, "fashion_mnist") => Ok(PathBuf::from(bit_data::DEBIAN_FASHION_MNIST_DIR)),
+        (None, _) => Err("--datadir is required for this dataset"),
+    }
+}
+
 fn train(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let datadir = match (args.datadir, args.dataset.as_str()) {
-        (Some(dir), _) => dir,
-        (None, "fashion_mnist") => PathBuf::from(bit_data::DEBIAN_FASHION_MNIST_DIR),
-        (None, _) => return Err("--datadir is required for this dataset".into()),
-    };
+    let datadir = datadir_for(&args.dataset, args.datadir)?;
     let mut config = TrainConfig::new(args.name, args.model, args.dataset, datadir, args.logdir);
     config.bit_pretrained_dir = args.bit_pretrained_dir;
     config.examples_per_class = args.examples_per_class;

@@ -24,6 +24,24 @@ pub enum NonImagePolicy {
     SkipWithWarning,
 }
 
+impl NonImagePolicy {
+    /// The policy of a `--skip_non_images` flag: skip when set, fail otherwise.
+    ///
+    /// ```
+    /// use bit_data::NonImagePolicy;
+    ///
+    /// assert_eq!(NonImagePolicy::from_skip_flag(true), NonImagePolicy::SkipWithWarning);
+    /// assert_eq!(NonImagePolicy::from_skip_flag(false), NonImagePolicy::Error);
+    /// ```
+    pub fn from_skip_flag(skip_non_images: bool) -> Self {
+        if skip_non_images {
+            Self::SkipWithWarning
+        } else {
+            Self::Error
+        }
+    }
+}
+
 /// A class-folder dataset; images are decoded when asked for.
 ///
 /// ```

@@ -84,11 +84,7 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         None => Start::Fresh(config.checkpoint_path()?),
     };
 
-    let policy = if config.skip_non_images {
-        NonImagePolicy::SkipWithWarning
-    } else {
-        NonImagePolicy::Error
-    };
+    let policy = NonImagePolicy::from_skip_flag(config.skip_non_images);
     let data = load_train_valid(dataset, &config.datadir, policy)?;
     let train: Arc<dyn ImageDataset> = match config.examples_per_class {
         Some(k) => Arc::new(few_shot(data.train, k, config.examples_per_class_seed)?),
