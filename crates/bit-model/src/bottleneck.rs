@@ -3,9 +3,9 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use crate::ops::{self, GroupNormOptions};
 use crate::std_conv::{StdConv2d, StdConv2dConfig};
 
 /// Number of GroupNorm groups everywhere in BiT.
@@ -23,8 +23,8 @@ pub const GN_EPS: f64 = 1e-5;
 /// // block2/unit01 of R50x1: 256 -> 512 channels, 128 in the middle, stride 2.
 /// let unit = PreActBottleneckConfig::new(256, 512, 128).with_stride(2).init(&device);
 /// assert!(unit.downsample.is_some());
-/// let y = unit.forward(Tensor::<4>::zeros([1, 256, 16, 16], &device));
-/// assert_eq!(y.dims(), [1, 512, 8, 8]);
+/// let y = unit.forward(Tensor::<4>::zeros([1, 16, 16, 256], &device)); // NHWC
+/// assert_eq!(y.dims(), [1, 8, 8, 512]);
 /// ```
 #[derive(Config, Debug)]
 pub struct PreActBottleneckConfig {
@@ -99,17 +99,37 @@ impl PreActBottleneck {
     /// Applies the unit.
     ///
     /// # Shapes
-    /// - input `[batch, in, h, w]`
-    /// - output `[batch, out, h / stride, w / stride]` (rounded up)
+    /// - input `[batch, h, w, in]` (channels-last)
+    /// - output `[batch, h / stride, w / stride, out]` (rounded up)
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let a = relu(self.gn1.forward(x.clone()));
+        let a = group_norm_relu(&self.gn1, x.clone());
         let shortcut = match &self.downsample {
             Some(proj) => proj.forward(a.clone()),
             None => x,
         };
         let out = self.conv1.forward(a);
-        let out = self.conv2.forward(relu(self.gn2.forward(out)));
-        let out = self.conv3.forward(relu(self.gn3.forward(out)));
-        out + shortcut
+        let out = self.conv2.forward(group_norm_relu(&self.gn2, out));
+        self.conv3
+            .forward_add(group_norm_relu(&self.gn3, out), shortcut)
     }
+}
+
+/// `relu(norm(x))` as one fused operation ([`ops::group_norm_relu`]): pre-activation always
+/// follows a GroupNorm with a ReLU.
+pub(crate) fn group_norm_relu(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    let channels = norm.num_channels;
+    let gamma = match &norm.gamma {
+        Some(gamma) => gamma.val(),
+        None => Tensor::ones([channels], &device),
+    };
+    let beta = match &norm.beta {
+        Some(beta) => beta.val(),
+        None => Tensor::zeros([channels], &device),
+    };
+    let options = GroupNormOptions {
+        groups: norm.num_groups,
+        eps: norm.epsilon,
+    };
+    ops::group_norm_relu(x, gamma, beta, options)
 }

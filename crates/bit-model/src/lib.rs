@@ -29,6 +29,7 @@ mod bottleneck;
 mod error;
 mod native;
 mod npz;
+pub mod ops;
 mod resnet;
 mod std_conv;
 pub mod zoo;

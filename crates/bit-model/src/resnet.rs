@@ -7,11 +7,12 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 
-use crate::bottleneck::{GN_EPS, GROUPS, PreActBottleneck, PreActBottleneckConfig};
+use crate::bottleneck::{
+    GN_EPS, GROUPS, PreActBottleneck, PreActBottleneckConfig, group_norm_relu,
+};
 use crate::error::Error;
 use crate::std_conv::{StdConv2d, StdConv2dConfig};
 
@@ -240,11 +241,14 @@ pub struct RootBlock {
 }
 
 impl RootBlock {
-    /// `[b, c, h, w]` -> `[b, 64wf, ((h - 1) / 2 + 1 - 1) / 2 + 1, ...]`.
+    /// Channels-last, like every activation inside the network:
+    /// `[b, h, w, c]` -> `[b, ((h - 1) / 2 + 1 - 1) / 2 + 1, ..., 64wf]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.conv.forward(x);
+        // Burn's pooling is NCHW: pool a permuted view and permute back.
+        let x = self.conv.forward(x).permute([0, 3, 1, 2]);
         self.pool
             .forward(x.pad((1, 1, 1, 1), PadMode::Constant(0.0)))
+            .permute([0, 2, 3, 1])
     }
 }
 
@@ -312,12 +316,12 @@ pub struct Head {
 }
 
 impl Head {
-    /// Pooled pre-logits: `mean_hw(relu(gn(x)))`, `[b, c, h, w]` -> `[b, c]`.
+    /// Pooled pre-logits: `mean_hw(relu(gn(x)))`, channels-last `[b, h, w, c]` -> `[b, c]`.
     pub fn pre_logits(&self, x: Tensor<4>) -> Tensor<2> {
-        let [b, c, h, w] = x.dims();
-        relu(self.gn.forward(x))
-            .reshape([b, c, h * w])
-            .mean_dim(2)
+        let [b, h, w, c] = x.dims();
+        group_norm_relu(&self.gn, x)
+            .reshape([b, h * w, c])
+            .mean_dim(1)
             .reshape([b, c])
     }
 }
@@ -325,7 +329,10 @@ impl Head {
 /// BiT's ResNetV2: `head(body(root(x)))`.
 ///
 /// Inputs are NCHW images scaled to `[-1, 1]` (`x / 127.5 - 1`), at any resolution of at
-/// least 32x32 pixels after which the stages have output.
+/// least 32x32 pixels after which the stages have output. Inside, the network runs
+/// channels-last (NHWC, as the original TF/JAX BiT), which makes every convolution one matrix
+/// product over the batch on the CPU; its components ([`RootBlock`], [`Block`],
+/// [`PreActBottleneck`], [`StdConv2d`], [`Head::pre_logits`]) take and return NHWC.
 ///
 /// ```
 /// use bit_model::ResNetV2Config;
@@ -356,12 +363,17 @@ impl ResNetV2 {
     /// Pooled pre-logits, `[batch, 2048 * width_factor]`: what the head classifies, and what
     /// linear probes and retrieval use.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        self.head.pre_logits(self.feature_map(x))
+        self.head.pre_logits(self.body_channels_last(x))
     }
 
-    /// The output of `block4` before the pre-head norm, `[batch, 2048wf, h / 32, w / 32]`.
+    /// The output of `block4` before the pre-head norm, NCHW `[batch, 2048wf, h / 32, w / 32]`.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.root.forward(x);
+        self.body_channels_last(x).permute([0, 3, 1, 2])
+    }
+
+    /// Root and blocks on NCHW images, channels-last out.
+    fn body_channels_last(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.root.forward(x.permute([0, 2, 3, 1]));
         self.body.iter().fold(x, |x, block| block.forward(x))
     }
 

@@ -3,9 +3,9 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
+
+use crate::ops::{self, StdConvOptions};
 
 /// Configuration of a [`StdConv2d`] layer.
 ///
@@ -15,8 +15,9 @@ use burn::tensor::{Device, Tensor};
 ///
 /// let device = Device::default();
 /// let conv = StdConv2dConfig::new([3, 64], 7).with_stride(2).with_padding(3).init(&device);
-/// let y = conv.forward(Tensor::<4>::zeros([1, 3, 32, 32], &device));
-/// assert_eq!(y.dims(), [1, 64, 16, 16]);
+/// // Channels-last, like every activation inside BiT: [batch, height, width, channels].
+/// let y = conv.forward(Tensor::<4>::zeros([1, 32, 32, 3], &device));
+/// assert_eq!(y.dims(), [1, 16, 16, 64]);
 /// ```
 #[derive(Config, Debug)]
 pub struct StdConv2dConfig {
@@ -60,10 +61,13 @@ impl StdConv2dConfig {
     }
 }
 
-/// A bias-free 2-D convolution whose kernel is standardized on every forward pass: for each
-/// output filter, `w' = (w - mean) / sqrt(var + eps)` with mean and *biased* variance over
-/// (input channels, height, width). The raw kernel is what is stored and trained, and gradients
-/// flow through the standardization, exactly as in `bit_pytorch.models.StdConv2d`.
+/// A bias-free 2-D convolution whose kernel is standardized: for each output filter,
+/// `w' = (w - mean) / sqrt(var + eps)` with mean and *biased* variance over (input channels,
+/// height, width). The raw kernel is what is stored and trained, and gradients flow through the
+/// standardization, exactly as in `bit_pytorch.models.StdConv2d`.
+///
+/// The work is one fused operation, [`ops::std_conv2d`]: on the CPU the standardized kernel is
+/// computed once per weight version (not on every call) and the backward is closed-form.
 #[derive(Module, Debug)]
 pub struct StdConv2d {
     /// The raw (unstandardized) kernel, `[out, in, kh, kw]`.
@@ -79,20 +83,31 @@ pub struct StdConv2d {
 impl StdConv2d {
     /// The standardized kernel that the convolution actually uses.
     pub fn standardized_weight(&self) -> Tensor<4> {
-        let w = self.weight.val();
-        let [o, i, kh, kw] = w.dims();
-        let flat = w.reshape([o, i * kh * kw]);
-        let (var, mean) = flat.clone().var_mean_bias(1);
-        ((flat - mean) / (var + self.eps).sqrt()).reshape([o, i, kh, kw])
+        ops::reference::standardize(self.weight.val(), self.eps)
+    }
+
+    /// Stride, padding and epsilon as the fused operation takes them.
+    pub fn options(&self) -> StdConvOptions {
+        debug_assert_eq!(self.stride[0], self.stride[1]);
+        debug_assert_eq!(self.padding[0], self.padding[1]);
+        StdConvOptions {
+            stride: self.stride[0],
+            padding: self.padding[0],
+            eps: self.eps,
+        }
     }
 
     /// Applies the convolution.
     ///
     /// # Shapes
-    /// - input `[batch, in, height, width]`
-    /// - output `[batch, out, (height + 2p - k) / s + 1, (width + 2p - k) / s + 1]`
+    /// - input `[batch, height, width, in]` (channels-last)
+    /// - output `[batch, (height + 2p - k) / s + 1, (width + 2p - k) / s + 1, out]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let options = ConvOptions::new(self.stride, self.padding, [1, 1], 1);
-        conv2d(x, self.standardized_weight(), None, options)
+        ops::std_conv2d(x, self.weight.val(), self.options())
+    }
+
+    /// `forward(x) + residual`, in one pass ([`ops::std_conv2d_add`]).
+    pub fn forward_add(&self, x: Tensor<4>, residual: Tensor<4>) -> Tensor<4> {
+        ops::std_conv2d_add(x, self.weight.val(), residual, self.options())
     }
 }

@@ -1,0 +1,202 @@
+//! The default bodies of [`BitOps`](super::BitOps): each operation and its closed-form
+//! backward written with a backend's ordinary primitives, for the backends without kernels of
+//! their own. Burn's convolution is NCHW, so activations are permuted at the boundaries (a
+//! metadata change on every backend).
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, TensorMetadata};
+use burn::tensor::Shape;
+use burn::tensor::ops::ConvOptions;
+
+use super::{GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, StdConvOptions};
+
+fn dims4<B: Backend>(t: &FloatTensor<B>) -> [usize; 4] {
+    let shape = t.shape();
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
+fn to_nchw<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_permute(t, &[0, 3, 1, 2])
+}
+
+fn to_nhwc<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_permute(t, &[0, 2, 3, 1])
+}
+
+fn conv_options(options: &StdConvOptions) -> ConvOptions<2> {
+    let (s, p) = (options.stride, options.padding);
+    ConvOptions::new([s, s], [p, p], [1, 1], 1)
+}
+
+/// The standardized kernel and `1 / sqrt(var + eps)` per filter (`[out, 1]`).
+fn standardize<B: Backend>(weight: FloatTensor<B>, eps: f64) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [o, i, kh, kw] = dims4::<B>(&weight);
+    let flat = B::float_reshape(weight, Shape::new([o, i * kh * kw]));
+    let mean = B::float_mean_dim(flat.clone(), 1);
+    let centered = B::float_sub(flat, mean);
+    let var = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), 1);
+    let std = B::float_sqrt(B::float_add_scalar(var, eps.into()));
+    let w_hat = B::float_div(centered, std.clone());
+    (
+        B::float_reshape(w_hat, Shape::new([o, i, kh, kw])),
+        B::float_recip(std),
+    )
+}
+
+pub(super) fn std_conv2d<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    options: StdConvOptions,
+) -> FloatTensor<B> {
+    let (w_hat, _) = standardize::<B>(weight, options.eps);
+    to_nhwc::<B>(B::conv2d(
+        to_nchw::<B>(x),
+        w_hat,
+        None,
+        conv_options(&options),
+    ))
+}
+
+pub(super) fn std_conv2d_add<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    residual: FloatTensor<B>,
+    options: StdConvOptions,
+) -> FloatTensor<B> {
+    B::float_add(std_conv2d::<B>(x, weight, options), residual)
+}
+
+pub(super) fn std_conv2d_x_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    options: StdConvOptions,
+) -> FloatTensor<B> {
+    let (w_hat, _) = standardize::<B>(weight, options.eps);
+    let (x, grad) = (to_nchw::<B>(x), to_nchw::<B>(output_grad));
+    to_nhwc::<B>(B::conv2d_x_backward(x, w_hat, grad, conv_options(&options)))
+}
+
+/// `dw = (g - mean(g) - w_hat * mean(g * w_hat)) / sqrt(var + eps)` per filter, where `g` is
+/// the gradient of the standardized kernel.
+pub(super) fn std_conv2d_weight_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    options: StdConvOptions,
+) -> FloatTensor<B> {
+    let shape = weight.shape();
+    let [o, i, kh, kw] = dims4::<B>(&weight);
+    let (w_hat, inv_std) = standardize::<B>(weight, options.eps);
+    let (x, grad) = (to_nchw::<B>(x), to_nchw::<B>(output_grad));
+    let grad_hat = B::conv2d_weight_backward(x, w_hat.clone(), grad, conv_options(&options));
+    let flat = Shape::new([o, i * kh * kw]);
+    let g = B::float_reshape(grad_hat, flat.clone());
+    let w_hat = B::float_reshape(w_hat, flat);
+    let g_mean = B::float_mean_dim(g.clone(), 1);
+    let gw_mean = B::float_mean_dim(B::float_mul(g.clone(), w_hat.clone()), 1);
+    let centered = B::float_sub(B::float_sub(g, g_mean), B::float_mul(w_hat, gw_mean));
+    B::float_reshape(B::float_mul(centered, inv_std), shape)
+}
+
+/// `x` as `[n, groups, rest]` with its group statistics `[n, groups, 1]`.
+struct Grouped<B: Backend> {
+    x: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+}
+
+fn grouped<B: Backend>(x: FloatTensor<B>, groups: usize) -> (FloatTensor<B>, [usize; 4]) {
+    let [n, c, h, w] = dims4::<B>(&x);
+    (
+        B::float_reshape(x, Shape::new([n, groups, (c / groups) * h * w])),
+        [n, c, h, w],
+    )
+}
+
+fn channel_vector<B: Backend>(t: FloatTensor<B>, c: usize) -> FloatTensor<B> {
+    B::float_reshape(t, Shape::new([1, c, 1, 1]))
+}
+
+/// `x_hat` as `[n, c, h, w]` and `z = x_hat * gamma + beta`.
+fn normalized<B: Backend>(
+    g: &Grouped<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    dims: [usize; 4],
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let centered = B::float_sub(g.x.clone(), g.mean.clone());
+    let x_hat = B::float_reshape(B::float_mul(centered, g.rstd.clone()), Shape::new(dims));
+    let z = B::float_add(
+        B::float_mul(x_hat.clone(), channel_vector::<B>(gamma, dims[1])),
+        channel_vector::<B>(beta, dims[1]),
+    );
+    (x_hat, z)
+}
+
+pub(super) fn group_norm_relu<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    options: GroupNormOptions,
+) -> GroupNormReluOutput<B> {
+    let (xg, dims) = grouped::<B>(to_nchw::<B>(x), options.groups);
+    let mean = B::float_mean_dim(xg.clone(), 2);
+    let centered = B::float_sub(xg.clone(), mean.clone());
+    let var = B::float_mean_dim(B::float_mul(centered.clone(), centered), 2);
+    let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(var, options.eps.into())));
+    let g = Grouped { x: xg, mean, rstd };
+    let (_, z) = normalized::<B>(&g, gamma, beta, dims);
+    let stats = Shape::new([dims[0], options.groups]);
+    GroupNormReluOutput {
+        output: to_nhwc::<B>(B::relu(z)),
+        mean: B::float_reshape(g.mean, stats.clone()),
+        rstd: B::float_reshape(g.rstd, stats),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn group_norm_relu_backward<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    options: GroupNormOptions,
+) -> GroupNormReluGrads<B> {
+    let (xg, dims) = grouped::<B>(to_nchw::<B>(x), options.groups);
+    let [n, c, h, w] = dims;
+    let output_grad = to_nchw::<B>(output_grad);
+    let stats = Shape::new([n, options.groups, 1]);
+    let g = Grouped {
+        x: xg,
+        mean: B::float_reshape(mean, stats.clone()),
+        rstd: B::float_reshape(rstd, stats),
+    };
+    let (x_hat, z) = normalized::<B>(&g, gamma.clone(), beta, dims);
+    let dz = B::relu_backward(B::relu(z), output_grad);
+    let per_channel = |t: FloatTensor<B>| {
+        let t = B::float_sum_dim(B::float_sum_dim(B::float_sum_dim(t, 3), 2), 0);
+        B::float_reshape(t, Shape::new([c]))
+    };
+    let dbeta = per_channel(dz.clone());
+    let dgamma = per_channel(B::float_mul(dz.clone(), x_hat.clone()));
+    let group_shape = Shape::new([n, options.groups, (c / options.groups) * h * w]);
+    let dx_hat = B::float_reshape(
+        B::float_mul(dz, channel_vector::<B>(gamma, c)),
+        group_shape.clone(),
+    );
+    let x_hat = B::float_reshape(x_hat, group_shape);
+    let m1 = B::float_mean_dim(dx_hat.clone(), 2);
+    let m2 = B::float_mean_dim(B::float_mul(dx_hat.clone(), x_hat.clone()), 2);
+    let inner = B::float_sub(B::float_sub(dx_hat, m1), B::float_mul(x_hat, m2));
+    GroupNormReluGrads {
+        x: to_nhwc::<B>(B::float_reshape(
+            B::float_mul(inner, g.rstd),
+            Shape::new(dims),
+        )),
+        gamma: dgamma,
+        beta: dbeta,
+    }
+}

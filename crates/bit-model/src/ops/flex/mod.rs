@@ -1,0 +1,336 @@
+//! [`BitOps`] for Burn's CPU backend, `Flex`: channels-last GEMM convolutions, a cached
+//! standardized kernel, and a two-pass GroupNorm + ReLU. Inputs in any memory layout are read
+//! through a contiguous copy only when they are not contiguous already (the input images, a
+//! gradient coming out of a permutation); outputs are contiguous. Other dtypes than f32 take
+//! the composed path.
+
+mod conv;
+mod gemm;
+mod kernel_cache;
+mod norm;
+mod standardize;
+
+use std::borrow::Cow;
+
+use burn::backend::Flex;
+use burn::backend::TensorMetadata;
+use burn::tensor::{DType, Shape, TensorData};
+use burn_flex::FlexTensor;
+
+use super::composed;
+use super::{BitOps, GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, StdConvOptions};
+use conv::ConvGeometry;
+use norm::NormGeometry;
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let shape = t.shape();
+    [shape[0], shape[1], shape[2], shape[3]]
+}
+
+fn is_f32(tensors: &[&FlexTensor]) -> bool {
+    tensors.iter().all(|t| t.dtype() == DType::F32)
+}
+
+/// The elements of `t` in its logical (row-major) order, without a copy when it is contiguous.
+fn contiguous(t: &FlexTensor) -> Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(data) => Cow::Borrowed(data),
+        None => Cow::Owned(
+            t.to_contiguous()
+                .as_slice::<f32>()
+                .expect("a contiguous copy")
+                .to_vec(),
+        ),
+    }
+}
+
+fn tensor(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape.into()))
+}
+
+fn conv_geometry(x: &FlexTensor, weight: &FlexTensor, options: &StdConvOptions) -> ConvGeometry {
+    let [batch, height, width, c_in] = dims4(x);
+    let [c_out, w_in, kh, kw] = dims4(weight);
+    assert_eq!(
+        c_in, w_in,
+        "std_conv2d: input has {c_in} channels, kernel expects {w_in}"
+    );
+    assert_eq!(kh, kw, "std_conv2d: square kernels only");
+    ConvGeometry {
+        batch,
+        height,
+        width,
+        c_in,
+        c_out,
+        kernel: kh,
+        stride: options.stride,
+        padding: options.padding,
+    }
+}
+
+fn norm_geometry(x: &FlexTensor, options: &GroupNormOptions) -> NormGeometry {
+    let [batch, h, w, channels] = dims4(x);
+    assert_eq!(
+        channels % options.groups,
+        0,
+        "group_norm_relu: {channels} channels in {} groups",
+        options.groups
+    );
+    NormGeometry {
+        batch,
+        positions: h * w,
+        channels,
+        groups: options.groups,
+    }
+}
+
+impl BitOps for Flex {
+    fn std_conv2d(x: FlexTensor, weight: FlexTensor, options: StdConvOptions) -> FlexTensor {
+        if !is_f32(&[&x, &weight]) {
+            return composed::std_conv2d::<Flex>(x, weight, options);
+        }
+        let g = conv_geometry(&x, &weight, &options);
+        let kernel = kernel_cache::standardized(&weight, options.eps);
+        let mut out = vec![0.0f32; g.positions() * g.c_out];
+        conv::forward(&g, &contiguous(&x), &kernel, &mut out, false);
+        tensor(out, [g.batch, g.out_height(), g.out_width(), g.c_out])
+    }
+
+    fn std_conv2d_add(
+        x: FlexTensor,
+        weight: FlexTensor,
+        mut residual: FlexTensor,
+        options: StdConvOptions,
+    ) -> FlexTensor {
+        if !is_f32(&[&x, &weight, &residual]) {
+            return composed::std_conv2d_add::<Flex>(x, weight, residual, options);
+        }
+        let g = conv_geometry(&x, &weight, &options);
+        let out_dims = [g.batch, g.out_height(), g.out_width(), g.c_out];
+        assert_eq!(dims4(&residual), out_dims, "std_conv2d_add: residual shape");
+        let kernel = kernel_cache::standardized(&weight, options.eps);
+        let x = contiguous(&x);
+        let len = g.positions() * g.c_out;
+        // Accumulate straight into the residual's storage when nothing else holds it.
+        if residual.layout().contiguous_offsets() == Some((0, len))
+            && residual.is_unique()
+            && residual.bytes().len() == len * size_of::<f32>()
+        {
+            conv::forward(&g, &x, &kernel, residual.storage_mut::<f32>(), true);
+            return residual;
+        }
+        let mut out = contiguous(&residual).into_owned();
+        conv::forward(&g, &x, &kernel, &mut out, true);
+        tensor(out, out_dims)
+    }
+
+    fn std_conv2d_x_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        options: StdConvOptions,
+    ) -> FlexTensor {
+        if !is_f32(&[&x, &weight, &output_grad]) {
+            return composed::std_conv2d_x_backward::<Flex>(x, weight, output_grad, options);
+        }
+        let g = conv_geometry(&x, &weight, &options);
+        let kernel = kernel_cache::standardized(&weight, options.eps);
+        let mut dx = vec![0.0f32; g.batch * g.height * g.width * g.c_in];
+        conv::backward_input(&g, &kernel, &contiguous(&output_grad), &mut dx);
+        tensor(dx, dims4(&x))
+    }
+
+    fn std_conv2d_weight_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        output_grad: FlexTensor,
+        options: StdConvOptions,
+    ) -> FlexTensor {
+        if !is_f32(&[&x, &weight, &output_grad]) {
+            return composed::std_conv2d_weight_backward::<Flex>(x, weight, output_grad, options);
+        }
+        let g = conv_geometry(&x, &weight, &options);
+        let grad_hat = conv::backward_weight(&g, &contiguous(&x), &contiguous(&output_grad));
+        let shape = dims4(&weight);
+        let dw =
+            standardize::standardize_backward(&contiguous(&weight), &grad_hat, shape, options.eps);
+        tensor(dw, shape)
+    }
+
+    fn group_norm_relu(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        options: GroupNormOptions,
+    ) -> GroupNormReluOutput<Flex> {
+        if !is_f32(&[&x, &gamma, &beta]) {
+            return composed::group_norm_relu::<Flex>(x, gamma, beta, options);
+        }
+        let g = norm_geometry(&x, &options);
+        let mut y = vec![0.0f32; g.batch * g.positions * g.channels];
+        let (mean, rstd) = norm::forward(
+            &g,
+            &contiguous(&x),
+            &contiguous(&gamma),
+            &contiguous(&beta),
+            options.eps,
+            &mut y,
+        );
+        GroupNormReluOutput {
+            output: tensor(y, dims4(&x)),
+            mean: tensor(mean, [g.batch, g.groups]),
+            rstd: tensor(rstd, [g.batch, g.groups]),
+        }
+    }
+
+    fn group_norm_relu_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        rstd: FlexTensor,
+        output_grad: FlexTensor,
+        options: GroupNormOptions,
+    ) -> GroupNormReluGrads<Flex> {
+        if !is_f32(&[&x, &gamma, &beta, &mean, &rstd, &output_grad]) {
+            return composed::group_norm_relu_backward::<Flex>(
+                x,
+                gamma,
+                beta,
+                mean,
+                rstd,
+                output_grad,
+                options,
+            );
+        }
+        let g = norm_geometry(&x, &options);
+        let mut dx = vec![0.0f32; g.batch * g.positions * g.channels];
+        let (dgamma, dbeta) = norm::backward(
+            &g,
+            &contiguous(&x),
+            &contiguous(&gamma),
+            &contiguous(&beta),
+            &contiguous(&mean),
+            &contiguous(&rstd),
+            &contiguous(&output_grad),
+            &mut dx,
+        );
+        GroupNormReluGrads {
+            x: tensor(dx, dims4(&x)),
+            gamma: tensor(dgamma, [g.channels]),
+            beta: tensor(dbeta, [g.channels]),
+        }
+    }
+}
+
+/// The kernels against the trait's composed default bodies (what GPU backends run), on the
+/// same backend: both the forwards and the closed-form backwards of the composed path are
+/// checked here, since no GPU runs in the tests.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(seed: u64, shape: [usize; 4], offset: f32) -> FlexTensor {
+        let n = shape.iter().product();
+        let mut s = seed | 1;
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0 + offset
+            })
+            .collect();
+        tensor(data, shape)
+    }
+
+    fn vector(t: &FlexTensor) -> Vec<f32> {
+        contiguous(t).into_owned()
+    }
+
+    fn assert_rel(what: &str, a: &FlexTensor, b: &FlexTensor) {
+        assert_eq!(a.shape(), b.shape(), "{what}: shapes");
+        let (a, b) = (vector(a), vector(b));
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let err = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            err <= 1e-4 * scale,
+            "{what}: relative error {:e}",
+            err / scale
+        );
+    }
+
+    #[test]
+    fn kernels_match_the_composed_default_bodies() {
+        for (n, h, w, cin, cout, k, stride, padding) in [
+            (2, 9, 7, 5, 6, 3, 2, 1),
+            (3, 5, 5, 7, 4, 1, 1, 0),
+            (1, 11, 10, 3, 8, 7, 2, 3),
+        ] {
+            let options = StdConvOptions {
+                stride,
+                padding,
+                eps: 1e-10,
+            };
+            let x = random(1, [n, h, w, cin], 0.0);
+            let weight = random(2, [cout, cin, k, k], 0.2);
+            let y = Flex::std_conv2d(x.clone(), weight.clone(), options);
+            let reference = composed::std_conv2d::<Flex>(x.clone(), weight.clone(), options);
+            assert_rel("std_conv2d", &y, &reference);
+            let grad = random(3, dims4(&y), 0.0);
+            let residual = random(4, dims4(&y), 0.0);
+            assert_rel(
+                "std_conv2d_add",
+                &Flex::std_conv2d_add(x.clone(), weight.clone(), residual.clone(), options),
+                &composed::std_conv2d_add::<Flex>(x.clone(), weight.clone(), residual, options),
+            );
+            assert_rel(
+                "x_backward",
+                &Flex::std_conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options),
+                &composed::std_conv2d_x_backward::<Flex>(
+                    x.clone(),
+                    weight.clone(),
+                    grad.clone(),
+                    options,
+                ),
+            );
+            assert_rel(
+                "weight_backward",
+                &Flex::std_conv2d_weight_backward(x.clone(), weight.clone(), grad.clone(), options),
+                &composed::std_conv2d_weight_backward::<Flex>(x, weight, grad, options),
+            );
+        }
+        let options = GroupNormOptions {
+            groups: 4,
+            eps: 1e-5,
+        };
+        let x = random(5, [3, 5, 4, 12], 1.0);
+        let gamma = tensor(vector(&random(6, [1, 1, 1, 12], 1.0)), [12]);
+        let beta = tensor(vector(&random(7, [1, 1, 1, 12], 0.0)), [12]);
+        let fast = Flex::group_norm_relu(x.clone(), gamma.clone(), beta.clone(), options);
+        let slow =
+            composed::group_norm_relu::<Flex>(x.clone(), gamma.clone(), beta.clone(), options);
+        assert_rel("group_norm_relu", &fast.output, &slow.output);
+        assert_rel("mean", &fast.mean, &slow.mean);
+        assert_rel("rstd", &fast.rstd, &slow.rstd);
+        let grad = random(8, [3, 5, 4, 12], 0.0);
+        let fast = Flex::group_norm_relu_backward(
+            x.clone(),
+            gamma.clone(),
+            beta.clone(),
+            fast.mean,
+            fast.rstd,
+            grad.clone(),
+            options,
+        );
+        let slow = composed::group_norm_relu_backward::<Flex>(
+            x, gamma, beta, slow.mean, slow.rstd, grad, options,
+        );
+        assert_rel("dx", &fast.x, &slow.x);
+        assert_rel("dgamma", &fast.gamma, &slow.gamma);
+        assert_rel("dbeta", &fast.beta, &slow.beta);
+    }
+}

@@ -1,0 +1,340 @@
+//! The fused operations of `bit_model::ops` against the same computations composed of Burn's
+//! own tensor ops (`ops::reference`), forward and every gradient, on shapes chosen to hit every
+//! path of the kernels: batch 1 and odd batches, odd spatial sizes, stride 1 and 2, 1x1, 3x3 and
+//! 7x7 kernels, channel counts that are not multiples of any SIMD or GEMM tile.
+//!
+//! Tolerance: relative to the largest magnitude of the reference, 1e-4. Both sides are float32
+//! with different summation orders over fan-ins of up to a few thousand terms (the im2col GEMM
+//! against Burn's convolution, a two-pass GroupNorm against composed mean/var), which differ by
+//! ~1e-6 relative; 1e-4 leaves room for that and nothing else.
+
+use bit_model::ops::{self, GroupNormOptions, StdConvOptions, reference};
+use bit_model::{ResNetV2, ResNetV2Config};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+/// Deterministic values in [-1, 1) plus `offset`.
+fn values(seed: u64, n: usize, offset: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0 + offset
+        })
+        .collect()
+}
+
+fn tensor<const D: usize>(seed: u64, shape: [usize; D], offset: f32) -> Tensor<D> {
+    let n = shape.iter().product();
+    Tensor::from_data(TensorData::new(values(seed, n, offset), shape), &device()).require_grad()
+}
+
+fn data<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec().unwrap()
+}
+
+/// max |a - b| / max |b| <= tol, and everything finite.
+fn assert_rel(what: &str, a: Vec<f32>, b: Vec<f32>, tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    assert!(a.iter().all(|v| v.is_finite()), "{what}: non-finite values");
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let (i, err) = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .enumerate()
+        .fold((0, 0f32), |w, e| if e.1 > w.1 { e } else { w });
+    assert!(
+        err <= tol * scale,
+        "{what}: element {i} is {} vs {} (relative error {:e})",
+        a[i],
+        b[i],
+        err / scale
+    );
+}
+
+/// One convolution to test: input `[batch, height, width, c_in]`, `c_out` square `kernel`s.
+#[derive(Debug)]
+struct Conv {
+    batch: usize,
+    height: usize,
+    width: usize,
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+const fn conv(shape: [usize; 8]) -> Conv {
+    let [batch, height, width, c_in, c_out, kernel, stride, padding] = shape;
+    Conv {
+        batch,
+        height,
+        width,
+        c_in,
+        c_out,
+        kernel,
+        stride,
+        padding,
+    }
+}
+
+/// Every convolution shape BiT has, at odd sizes.
+const CONVS: [Conv; 7] = [
+    conv([2, 19, 17, 3, 11, 7, 2, 3]), // the root, odd size
+    conv([1, 9, 9, 13, 13, 3, 1, 1]),  // 3x3, batch 1
+    conv([3, 8, 7, 10, 19, 3, 2, 1]),  // strided 3x3
+    conv([3, 5, 6, 33, 17, 1, 1, 0]),  // 1x1
+    conv([2, 7, 9, 24, 40, 1, 2, 0]),  // strided projection
+    conv([1, 4, 4, 70, 9, 3, 1, 1]),   // more channels than a GEMM tile
+    conv([5, 3, 3, 6, 5, 3, 1, 1]),    // 3x3 on a 3x3 map: every tap touches padding
+];
+
+#[test]
+fn std_conv2d_forward_and_gradients_match_the_composed_ops() {
+    for (i, c) in CONVS.iter().enumerate() {
+        let seed = 10 * i as u64;
+        let options = StdConvOptions {
+            stride: c.stride,
+            padding: c.padding,
+            eps: 1e-10,
+        };
+        let x = tensor(seed, [c.batch, c.height, c.width, c.c_in], 0.0);
+        // Filters with a non-zero mean: the standardization's centring matters.
+        let weight = tensor(seed + 1, [c.c_out, c.c_in, c.kernel, c.kernel], 0.3);
+        let fused = ops::std_conv2d(x.clone(), weight.clone(), options);
+        let composed = reference::std_conv2d(x.clone(), weight.clone(), options);
+        assert_eq!(fused.dims(), composed.dims());
+        let upstream = tensor(seed + 2, fused.dims(), 0.0).detach();
+        let what = format!("{c:?}");
+        assert_rel(
+            &format!("{what} forward"),
+            data(fused.clone()),
+            data(composed.clone()),
+            1e-4,
+        );
+
+        let g_fused = (fused * upstream.clone()).sum().backward();
+        let g_composed = (composed * upstream).sum().backward();
+        for (name, t) in [("x", &x), ("weight", &weight)].map(|(n, t)| (n, t.clone())) {
+            assert_rel(
+                &format!("{what} d{name}"),
+                data(t.grad(&g_fused).unwrap()),
+                data(t.grad(&g_composed).unwrap()),
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn std_conv2d_add_is_the_convolution_plus_the_residual_with_its_gradient() {
+    let (x, weight) = (
+        tensor(1, [3, 5, 7, 12], 0.0),
+        tensor(2, [20, 12, 1, 1], 0.1),
+    );
+    let residual = tensor(3, [3, 5, 7, 20], 0.0);
+    let options = StdConvOptions {
+        stride: 1,
+        padding: 0,
+        eps: 1e-10,
+    };
+    let fused = ops::std_conv2d_add(x.clone(), weight.clone(), residual.clone(), options);
+    let composed = reference::std_conv2d(x.clone(), weight.clone(), options) + residual.clone();
+    assert_rel("forward", data(fused.clone()), data(composed.clone()), 1e-4);
+    let upstream = tensor(4, [3, 5, 7, 20], 0.0).detach();
+    let g_fused = (fused * upstream.clone()).sum().backward();
+    let g_composed = (composed * upstream).sum().backward();
+    for (name, t) in [("x", &x), ("weight", &weight), ("residual", &residual)] {
+        assert_rel(
+            name,
+            data(t.grad(&g_fused).unwrap()),
+            data(t.grad(&g_composed).unwrap()),
+            1e-4,
+        );
+    }
+}
+
+/// (batch, height, width, channels, groups)
+const NORMS: [(usize, usize, usize, usize, usize); 5] = [
+    (1, 5, 7, 64, 32),
+    (3, 4, 3, 96, 32),
+    (2, 1, 1, 64, 32), // one position: each group is just its channels
+    (5, 9, 11, 6, 3),
+    (2, 3, 3, 60, 4), // 15 channels per group
+];
+
+#[test]
+fn group_norm_relu_forward_and_gradients_match_the_composed_ops() {
+    for (i, &(n, h, w, c, groups)) in NORMS.iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let options = GroupNormOptions { groups, eps: 1e-5 };
+        // A large common offset: the variance must not cancel catastrophically.
+        let x = tensor(seed, [n, h, w, c], 3.0);
+        let gamma = tensor(seed + 1, [c], 1.0);
+        let beta = tensor(seed + 2, [c], 0.0);
+        let fused = ops::group_norm_relu(x.clone(), gamma.clone(), beta.clone(), options);
+        let composed = reference::group_norm_relu(x.clone(), gamma.clone(), beta.clone(), options);
+        let what = format!("gn {:?}", NORMS[i]);
+        assert_rel(
+            &format!("{what} forward"),
+            data(fused.clone()),
+            data(composed.clone()),
+            1e-4,
+        );
+        let upstream = tensor(seed + 3, [n, h, w, c], 0.0).detach();
+        let g_fused = (fused * upstream.clone()).sum().backward();
+        let g_composed = (composed * upstream).sum().backward();
+        let grads = |g| {
+            [
+                data(x.grad(g).unwrap()),
+                data(gamma.grad(g).unwrap()),
+                data(beta.grad(g).unwrap()),
+            ]
+        };
+        for (name, (a, b)) in ["x", "gamma", "beta"]
+            .into_iter()
+            .zip(grads(&g_fused).into_iter().zip(grads(&g_composed)))
+        {
+            assert_rel(&format!("{what} d{name}"), a, b, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn degenerate_inputs_give_finite_results() {
+    // A group with zero variance: rstd = 1 / sqrt(eps), as the reference's epsilon gives.
+    let x = Tensor::<4>::ones([2, 3, 3, 64], &device()).require_grad();
+    let (gamma, beta) = (tensor(1, [64], 1.0), tensor(2, [64], 0.5));
+    let options = GroupNormOptions {
+        groups: 32,
+        eps: 1e-5,
+    };
+    let y = ops::group_norm_relu(x.clone(), gamma.clone(), beta.clone(), options);
+    let grads = (y.clone() * tensor(3, [2, 3, 3, 64], 0.0).detach())
+        .sum()
+        .backward();
+    for v in [
+        data(y),
+        data(x.grad(&grads).unwrap()),
+        data(gamma.grad(&grads).unwrap()),
+    ] {
+        assert!(v.iter().all(|v| v.is_finite()));
+    }
+    // A constant kernel standardizes to zero; its gradient stays finite.
+    let weight = Tensor::<4>::full([4, 3, 3, 3], 0.7, &device()).require_grad();
+    let x = tensor(4, [1, 5, 5, 3], 0.0);
+    let options = StdConvOptions {
+        stride: 1,
+        padding: 1,
+        eps: 1e-10,
+    };
+    let y = ops::std_conv2d(x, weight.clone(), options);
+    let grads = (y.clone() * tensor(5, [1, 5, 5, 4], 0.0).detach())
+        .sum()
+        .backward();
+    assert!(data(y).iter().all(|v| *v == 0.0));
+    assert!(
+        data(weight.grad(&grads).unwrap())
+            .iter()
+            .all(|v| v.is_finite())
+    );
+}
+
+/// Every float parameter's gradient, in visiting order.
+struct Grads<'a> {
+    grads: &'a burn::tensor::Gradients,
+    out: Vec<(String, Vec<f32>)>,
+    path: Vec<String>,
+}
+
+impl ModuleVisitor for Grads<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let grad = param
+            .val()
+            .grad(self.grads)
+            .expect("every parameter has a gradient");
+        self.out.push((self.path.join("."), data(grad)));
+    }
+}
+
+fn parameter_grads(model: &ResNetV2, grads: &burn::tensor::Gradients) -> Vec<(String, Vec<f32>)> {
+    let mut visitor = Grads {
+        grads,
+        out: Vec::new(),
+        path: Vec::new(),
+    };
+    model.visit(&mut visitor);
+    visitor.out
+}
+
+/// The model's forward written with the composed reference ops only.
+fn composed_forward(model: &ResNetV2, x: Tensor<4>) -> Tensor<2> {
+    use burn::tensor::ops::PadMode;
+    let gn = |norm: &burn::nn::GroupNorm, x: Tensor<4>| {
+        let options = GroupNormOptions {
+            groups: norm.num_groups,
+            eps: norm.epsilon,
+        };
+        let (gamma, beta) = (
+            norm.gamma.as_ref().unwrap().val(),
+            norm.beta.as_ref().unwrap().val(),
+        );
+        reference::group_norm_relu(x, gamma, beta, options)
+    };
+    let conv = |c: &bit_model::StdConv2d, x: Tensor<4>| {
+        reference::std_conv2d(x, c.weight.val(), c.options())
+    };
+    let x = conv(&model.root.conv, x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2]);
+    let mut x = model
+        .root
+        .pool
+        .forward(x.pad((1, 1, 1, 1), PadMode::Constant(0.0)))
+        .permute([0, 2, 3, 1]);
+    for unit in model.body.iter().flat_map(|b| &b.units) {
+        let a = gn(&unit.gn1, x.clone());
+        let shortcut = match &unit.downsample {
+            Some(proj) => conv(proj, a.clone()),
+            None => x,
+        };
+        let out = conv(&unit.conv1, a);
+        let out = conv(&unit.conv2, gn(&unit.gn2, out));
+        x = conv(&unit.conv3, gn(&unit.gn3, out)) + shortcut;
+    }
+    let [b, h, w, c] = x.dims();
+    let pooled = gn(&model.head.gn, x)
+        .reshape([b, h * w, c])
+        .mean_dim(1)
+        .reshape([b, c]);
+    model.head.fc.forward(pooled)
+}
+
+#[test]
+fn whole_model_gradients_match_the_composed_ops() {
+    // Narrow, but every block, projection and stride of BiT; an odd input size.
+    let model: ResNetV2 = ResNetV2Config::new([1, 2, 1, 1], 1, 7).init(&device());
+    let x = tensor(7, [2, 3, 37, 35], 0.0).detach();
+    let upstream = tensor(8, [2, 7], 0.0).detach();
+    let fused = model.forward(x.clone());
+    let composed = composed_forward(&model, x);
+    assert_rel("logits", data(fused.clone()), data(composed.clone()), 1e-4);
+    let g_fused = parameter_grads(&model, &(fused * upstream.clone()).sum().backward());
+    let g_composed = parameter_grads(&model, &(composed * upstream).sum().backward());
+    assert_eq!(g_fused.len(), g_composed.len());
+    for ((name, a), (_, b)) in g_fused.into_iter().zip(g_composed) {
+        assert_rel(&name, a, b, 1e-4);
+    }
+}
