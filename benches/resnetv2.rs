@@ -3,20 +3,20 @@
 //!
 //! - `model/*`: inference and one SGD training step for the tiny golden model at 64 px and
 //!   R50x1 at 128 px, batch 8;
-//! - `components/*`: forward+backward of a plain 3x3 conv, the same conv with weight
-//!   standardization, and a GroupNorm, on an R50x1 block-2 activation (batch 8, 128 channels,
-//!   16x16), to show what standardization and GroupNorm cost next to the convolution.
+//! - `components/*`: forward+backward of each fused operation of `bit_model::ops` (the
+//!   weight-standardized 3x3 and 1x1 convolutions, GroupNorm + ReLU, the root pool) against the
+//!   same computation composed of Burn's ops, on an R50x1 block-2 activation (batch 8, 16x16,
+//!   channels-last).
 
 use std::time::Duration;
 
 use bit_model::backend::compiled_devices;
+use bit_model::ops::{self, GroupNormOptions, PoolOptions, reference};
 use bit_model::{ResNetV2Config, StdConv2dConfig};
 use burn::nn::GroupNormConfig;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
@@ -83,50 +83,81 @@ fn bench_model(c: &mut Criterion) {
     group.finish();
 }
 
+/// A fused operation against the same computation composed of Burn's ops, forward and
+/// backward, on one backend.
+fn fused_vs_composed(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    input: impl Fn() -> Tensor<4>,
+    fused: impl Fn(Tensor<4>) -> Tensor<4>,
+    composed: impl Fn(Tensor<4>) -> Tensor<4>,
+) {
+    group.bench_function(format!("{name}/fused"), |b| {
+        b.iter_batched(&input, |x| fused(x).sum().backward(), BatchSize::SmallInput)
+    });
+    group.bench_function(format!("{name}/composed"), |b| {
+        b.iter_batched(
+            &input,
+            |x| composed(x).sum().backward(),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
 fn bench_components(c: &mut Criterion) {
     let mut group = c.benchmark_group("components");
     group.sample_size(20);
     for (backend, device) in compiled_devices() {
         let ad = device.autodiff();
-        let activation = || {
-            Tensor::<4>::random([8, 128, 16, 16], Distribution::Normal(0.0, 1.0), &ad)
-                .require_grad()
+        // An R50x1 block-2 activation at 128 px, batch 8, channels-last.
+        let activation = |channels| {
+            move || {
+                Tensor::<4>::random([8, 16, 16, channels], Distribution::Normal(0.0, 1.0), &ad)
+                    .require_grad()
+            }
         };
-        let std_conv = StdConv2dConfig::new([128, 128], 3)
-            .with_padding(1)
-            .init(&ad);
-        let raw = std_conv.weight.val();
-        group.bench_function(format!("{backend}/conv3x3_fwd_bwd"), |b| {
-            b.iter_batched(
-                activation,
-                |x| {
-                    conv2d(
-                        x.clone(),
-                        raw.clone(),
-                        None,
-                        ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
-                    )
-                    .sum()
-                    .backward()
-                },
-                BatchSize::SmallInput,
-            )
-        });
-        group.bench_function(format!("{backend}/std_conv3x3_fwd_bwd"), |b| {
-            b.iter_batched(
-                activation,
-                |x| std_conv.forward(x).sum().backward(),
-                BatchSize::SmallInput,
-            )
-        });
-        let gn = GroupNormConfig::new(32, 128).init(&ad);
-        group.bench_function(format!("{backend}/group_norm_fwd_bwd"), |b| {
-            b.iter_batched(
-                activation,
-                |x| gn.forward(x).sum().backward(),
-                BatchSize::SmallInput,
-            )
-        });
+        for (kernel, padding) in [(3, 1), (1, 0)] {
+            let conv = StdConv2dConfig::new([128, 128], kernel)
+                .with_padding(padding)
+                .init(&ad);
+            let weight = conv.weight.val();
+            let options = conv.options();
+            fused_vs_composed(
+                &mut group,
+                &format!("{backend}/std_conv{kernel}x{kernel}_fwd_bwd"),
+                activation(128),
+                |x| ops::std_conv2d(x, weight.clone(), options),
+                |x| reference::std_conv2d(x, weight.clone(), options),
+            );
+        }
+        let gn = GroupNormConfig::new(32, 256).init(&ad);
+        let (gamma, beta) = (
+            gn.gamma.as_ref().unwrap().val(),
+            gn.beta.as_ref().unwrap().val(),
+        );
+        let options = GroupNormOptions {
+            groups: 32,
+            eps: 1e-5,
+        };
+        fused_vs_composed(
+            &mut group,
+            &format!("{backend}/group_norm_relu_fwd_bwd"),
+            activation(256),
+            |x| ops::group_norm_relu(x, gamma.clone(), beta.clone(), options),
+            |x| reference::group_norm_relu(x, gamma.clone(), beta.clone(), options),
+        );
+        let pool = PoolOptions {
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+        };
+        fused_vs_composed(
+            &mut group,
+            &format!("{backend}/root_pool_fwd_bwd"),
+            activation(64),
+            |x| ops::zero_pad_max_pool2d(x, pool),
+            |x| reference::zero_pad_max_pool2d(x, pool),
+        );
     }
     group.finish();
 }

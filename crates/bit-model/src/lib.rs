@@ -39,7 +39,7 @@ pub use error::{Error, Result};
 pub use native::CONFIG_METADATA_KEY;
 pub use npz::NpzCheckpoint;
 pub use resnet::{
-    Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, Block, Head, HeadConfig, ResNetV2,
+    Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, Block, Head, HeadConfig, ROOT_PAD, ResNetV2,
     ResNetV2Config, RootBlock,
 };
 pub use std_conv::{StdConv2d, StdConv2dConfig};

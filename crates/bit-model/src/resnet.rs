@@ -7,13 +7,13 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 
 use crate::bottleneck::{
     GN_EPS, GROUPS, PreActBottleneck, PreActBottleneckConfig, group_norm_relu,
 };
 use crate::error::Error;
+use crate::ops::{self, PoolOptions};
 use crate::std_conv::{StdConv2d, StdConv2dConfig};
 
 /// Head size of the BiT-M checkpoints (ImageNet-21k, 21841 classes plus two unused ids).
@@ -231,24 +231,29 @@ impl ResNetV2Config {
 /// The stem: 7x7/2 standardized conv, then a **zero** pad of 1 and a 3x3/2 max-pool without
 /// padding. There is no norm or activation, so the pooled values can be negative and the zero
 /// border can win the max: `MaxPool2d(3, 2, padding=1)` (which pads with -inf) "is subtly not
-/// the same", as the reference code says.
+/// the same", as the reference code says. The pad and the pool are one operation,
+/// [`ops::zero_pad_max_pool2d`].
 #[derive(Module, Debug)]
 pub struct RootBlock {
     /// `root_block/standardized_conv2d`.
     pub conv: StdConv2d,
-    /// 3x3/2 max-pool, no padding of its own.
+    /// 3x3/2 max-pool, no padding of its own (window and stride; the zero pad is [`ROOT_PAD`]).
     pub pool: MaxPool2d,
 }
+
+/// The zero padding before the root pool.
+pub const ROOT_PAD: usize = 1;
 
 impl RootBlock {
     /// Channels-last, like every activation inside the network:
     /// `[b, h, w, c]` -> `[b, ((h - 1) / 2 + 1 - 1) / 2 + 1, ..., 64wf]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        // Burn's pooling is NCHW: pool a permuted view and permute back.
-        let x = self.conv.forward(x).permute([0, 3, 1, 2]);
-        self.pool
-            .forward(x.pad((1, 1, 1, 1), PadMode::Constant(0.0)))
-            .permute([0, 2, 3, 1])
+        let options = PoolOptions {
+            kernel: self.pool.kernel_size[0],
+            stride: self.pool.stride[0],
+            padding: ROOT_PAD,
+        };
+        ops::zero_pad_max_pool2d(self.conv.forward(x), options)
     }
 }
 

@@ -11,7 +11,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::{Autodiff, NodeId};
 use burn::backend::tensor::FloatTensor;
 
-use super::{BitOps, GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, StdConvOptions};
+use super::{
+    BitOps, GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, PoolOptions, StdConvOptions,
+};
 
 #[derive(Debug)]
 struct StdConv2dBackward;
@@ -79,6 +81,29 @@ fn conv_grads<B: BitOps>(
     if let Some(id) = node_weight {
         let dw = B::std_conv2d_weight_backward(x, weight, grad, options);
         grads.register::<B>(id, dw);
+    }
+}
+
+#[derive(Debug)]
+struct ZeroPadMaxPool2dBackward;
+
+impl<B: BitOps> Backward<B, 1> for ZeroPadMaxPool2dBackward {
+    type State = (NodeId, PoolOptions);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_id, options) = ops.state;
+        if let Some(node) = node_x {
+            let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x_id);
+            let dx = B::zero_pad_max_pool2d_backward(x, grad, options);
+            grads.register::<B>(node.id, dx);
+        }
     }
 }
 
@@ -195,6 +220,34 @@ impl<B: BitOps, C: CheckpointStrategy> BitOps for Autodiff<B, C> {
         Self::from_inner(B::std_conv2d_weight_backward(
             x.into_primitive(),
             weight.into_primitive(),
+            output_grad.into_primitive(),
+            options,
+        ))
+    }
+
+    fn zero_pad_max_pool2d(x: FloatTensor<Self>, options: PoolOptions) -> FloatTensor<Self> {
+        match ZeroPadMaxPool2dBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = (prep.checkpoint(&x), options);
+                prep.finish(state, B::zero_pad_max_pool2d(x.into_primitive(), options))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::zero_pad_max_pool2d(x.into_primitive(), options))
+            }
+        }
+    }
+
+    fn zero_pad_max_pool2d_backward(
+        x: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: PoolOptions,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::zero_pad_max_pool2d_backward(
+            x.into_primitive(),
             output_grad.into_primitive(),
             options,
         ))

@@ -5,10 +5,12 @@
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
-use burn::tensor::Shape;
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::ops::{ConvOptions, PadMode};
+use burn::tensor::{IntDType, Shape, Slice};
 
-use super::{GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, StdConvOptions};
+use super::{
+    GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, PoolOptions, StdConvOptions,
+};
 
 fn dims4<B: Backend>(t: &FloatTensor<B>) -> [usize; 4] {
     let shape = t.shape();
@@ -97,6 +99,54 @@ pub(super) fn std_conv2d_weight_backward<B: Backend>(
     let gw_mean = B::float_mean_dim(B::float_mul(g.clone(), w_hat.clone()), 1);
     let centered = B::float_sub(B::float_sub(g, g_mean), B::float_mul(w_hat, gw_mean));
     B::float_reshape(B::float_mul(centered, inv_std), shape)
+}
+
+/// `x` (NHWC) as NCHW, zero-padded on height and width.
+fn zero_padded<B: Backend>(x: FloatTensor<B>, p: usize) -> FloatTensor<B> {
+    B::float_pad(
+        to_nchw::<B>(x),
+        &[(0, 0), (0, 0), (p, p), (p, p)],
+        PadMode::Constant(0.0),
+    )
+}
+
+pub(super) fn zero_pad_max_pool2d<B: Backend>(
+    x: FloatTensor<B>,
+    options: PoolOptions,
+) -> FloatTensor<B> {
+    let padded = zero_padded::<B>(x, options.padding);
+    let (k, s) = ([options.kernel; 2], [options.stride; 2]);
+    to_nhwc::<B>(B::max_pool2d(padded, k, s, [0, 0], [1, 1], false))
+}
+
+pub(super) fn zero_pad_max_pool2d_backward<B: Backend>(
+    x: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    options: PoolOptions,
+) -> FloatTensor<B> {
+    let [n, h, w, c] = dims4::<B>(&x);
+    let p = options.padding;
+    let padded = zero_padded::<B>(x, p);
+    let (k, s) = ([options.kernel; 2], [options.stride; 2]);
+    let pooled =
+        B::max_pool2d_with_indices(padded.clone(), k, s, [0, 0], [1, 1], false, IntDType::I64);
+    let grad = B::max_pool2d_with_indices_backward(
+        padded,
+        k,
+        s,
+        [0, 0],
+        [1, 1],
+        false,
+        to_nchw::<B>(output_grad),
+        pooled.indices,
+    );
+    let inside = [
+        Slice::from(0..n),
+        Slice::from(0..c),
+        Slice::from(p..p + h),
+        Slice::from(p..p + w),
+    ];
+    to_nhwc::<B>(B::float_slice(grad.x_grad, &inside))
 }
 
 /// `x` as `[n, groups, rest]` with its group statistics `[n, groups, 1]`.

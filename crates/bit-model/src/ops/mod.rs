@@ -51,6 +51,17 @@ pub struct GroupNormOptions {
     pub eps: f64,
 }
 
+/// Window, stride and zero padding of a [`zero_pad_max_pool2d`]: square, the same on both axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Window size.
+    pub kernel: usize,
+    /// Stride along height and width.
+    pub stride: usize,
+    /// Zero padding on every side; the zeros take part in the max.
+    pub padding: usize,
+}
+
 /// Output of [`BitOps::group_norm_relu`]: the activation and the per-image, per-group
 /// statistics `[batch, groups]` its backward needs.
 #[derive(ExtensionType)]
@@ -123,6 +134,21 @@ pub trait BitOps: Backend {
         options: StdConvOptions,
     ) -> FloatTensor<Self> {
         composed::std_conv2d_weight_backward::<Self>(x, weight, output_grad, options)
+    }
+
+    /// Max pooling of `x` padded with zeros (which take part in the max, unlike a pooling's own
+    /// padding): BiT's root pool.
+    fn zero_pad_max_pool2d(x: FloatTensor<Self>, options: PoolOptions) -> FloatTensor<Self> {
+        composed::zero_pad_max_pool2d::<Self>(x, options)
+    }
+
+    /// Gradient of [`zero_pad_max_pool2d`](BitOps::zero_pad_max_pool2d) with respect to `x`.
+    fn zero_pad_max_pool2d_backward(
+        x: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        options: PoolOptions,
+    ) -> FloatTensor<Self> {
+        composed::zero_pad_max_pool2d_backward::<Self>(x, output_grad, options)
     }
 
     /// `relu(group_norm(x) * gamma + beta)`, with the group statistics.
@@ -204,6 +230,26 @@ pub fn std_conv2d_add(
     ))
 }
 
+/// Max pooling over `x` padded with zeros, on the backend `x` lives on (channels-last).
+///
+/// ```
+/// use bit_model::ops::{PoolOptions, zero_pad_max_pool2d};
+/// use burn::tensor::{Device, Tensor};
+///
+/// let device = Device::default();
+/// let x = Tensor::<4>::full([1, 4, 4, 2], -1.0, &device);
+/// let y = zero_pad_max_pool2d(x, PoolOptions { kernel: 3, stride: 2, padding: 1 });
+/// // Every window touches the zero border, which wins over the negative values.
+/// assert_eq!(y.dims(), [1, 2, 2, 2]);
+/// assert_eq!(y.max().into_scalar::<f32>(), 0.0);
+/// ```
+pub fn zero_pad_max_pool2d(x: Tensor<4>, options: PoolOptions) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as BitOps>::zero_pad_max_pool2d(
+        x.into_dispatch(),
+        options,
+    ))
+}
+
 /// GroupNorm with a per-channel affine map, then ReLU, on the backend `x` lives on.
 ///
 /// ```
@@ -234,12 +280,13 @@ pub fn group_norm_relu(
 /// The same operations written with Burn's composed tensor ops (autodiff through every
 /// intermediate): the reference the kernels are tested and benchmarked against.
 pub mod reference {
+    use burn::nn::pool::MaxPool2dConfig;
     use burn::tensor::Tensor;
     use burn::tensor::activation::relu;
     use burn::tensor::module::conv2d;
-    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::ops::{ConvOptions, PadMode};
 
-    use super::{GroupNormOptions, StdConvOptions};
+    use super::{GroupNormOptions, PoolOptions, StdConvOptions};
 
     /// The standardized kernel, `(w - mean) / sqrt(var + eps)` per output filter.
     pub fn standardize(weight: Tensor<4>, eps: f64) -> Tensor<4> {
@@ -269,6 +316,19 @@ pub mod reference {
         let conv = ConvOptions::new([s, s], [p, p], [1, 1], 1);
         let nchw = x.permute([0, 3, 1, 2]);
         conv2d(nchw, standardize(weight, options.eps), None, conv).permute([0, 2, 3, 1])
+    }
+
+    /// [`zero_pad_max_pool2d`](super::zero_pad_max_pool2d) composed: a zero pad, then Burn's
+    /// `max_pool2d` (NCHW).
+    pub fn zero_pad_max_pool2d(x: Tensor<4>, options: PoolOptions) -> Tensor<4> {
+        let p = options.padding;
+        let pool = MaxPool2dConfig::new([options.kernel; 2])
+            .with_strides([options.stride; 2])
+            .init();
+        let padded = x
+            .permute([0, 3, 1, 2])
+            .pad((p, p, p, p), PadMode::Constant(0.0));
+        pool.forward(padded).permute([0, 2, 3, 1])
     }
 
     /// [`group_norm_relu`](super::group_norm_relu) composed.

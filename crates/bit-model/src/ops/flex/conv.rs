@@ -6,15 +6,21 @@
 //! channel vectors, and a 1x1 stride-1 convolution needs no im2col at all (`col` is the input).
 //! The gradients are the two other products of the same three matrices:
 //!
-//! - weight: `dw[K, Cout] = col^T @ dy`, accumulated over blocks of positions, one partial sum
-//!   per thread;
+//! - weight: `dw = col^T @ dy` (HWIO) or `dy^T @ col` (O-HWI, faster for few positions),
+//!   accumulated over blocks of positions;
 //! - input, stride 1: a convolution of `dy` with the flipped, transposed kernel (so it runs
-//!   through the forward path, parallel over positions, with no scatter);
+//!   through the forward path, with no scatter);
 //! - input, stride 2: `dcol = dy @ w^T`, then col2im (scatter-add), parallel over images.
+//!
+//! The kernel's layout is chosen per product so that `gemm` packs it (see [`KernelLayout`]).
+//!
+//! Each product is one GEMM call parallelised inside the `gemm` crate, which packs the kernel
+//! once for both threads; im2col is parallel over rows.
 
 use rayon::prelude::*;
 
-use super::gemm::{Dst, Mat, SendPtr, matmul, with_scratch};
+use super::gemm::{Dst, Mat, matmul, with_scratch};
+use super::standardize::KernelLayout;
 
 /// Shape of one convolution: square kernel, the same stride and zero padding on both axes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,27 +72,40 @@ impl ConvGeometry {
     }
 }
 
-/// Rows of im2col per block: enough to amortise packing the kernel inside the GEMM, small enough
-/// that a block stays in the last-level cache.
+/// Floats of im2col per block of output positions: the whole batch at once for all but the
+/// largest layers (one GEMM, with the kernel packed once), bounded so that the buffer stays a
+/// few tens of MB at BiT's sizes.
+const BLOCK_FLOATS: usize = 1 << 22;
+
+/// Output positions per block.
 fn block_rows(g: &ConvGeometry) -> usize {
-    const BLOCK_FLOATS: usize = 1 << 19;
-    (BLOCK_FLOATS / g.patch_len().max(1)).clamp(32, 2048)
+    (BLOCK_FLOATS / g.patch_len().max(1)).max(64)
 }
 
-/// Splits `0..total` into contiguous ranges of about `block` items, at least one per thread when
-/// there is enough work, and runs `f` on each range in parallel.
-fn par_ranges(total: usize, block: usize, f: impl Fn(usize, usize) + Sync) {
-    let threads = rayon::current_num_threads().max(1);
-    let block = block.min(total.div_ceil(threads)).max(1);
-    let tasks = total.div_ceil(block);
-    (0..tasks).into_par_iter().for_each(|t| {
-        let start = t * block;
-        f(start, (start + block).min(total));
-    });
+/// Runs `f(start, end)` over consecutive blocks of `0..total`.
+fn for_blocks(total: usize, block: usize, mut f: impl FnMut(usize, usize)) {
+    let mut start = 0;
+    while start < total {
+        let end = (start + block).min(total);
+        f(start, end);
+        start = end;
+    }
 }
 
-/// Fills `col` (rows of `patch_len`) with the patches of output positions `start..end`.
+/// Fills `col` (rows of `patch_len`) with the patches of output positions `start..end`, in
+/// parallel over rows.
 fn im2col(g: &ConvGeometry, x: &[f32], start: usize, end: usize, col: &mut [f32]) {
+    const ROWS: usize = 64;
+    let patch = g.patch_len();
+    col.par_chunks_mut(ROWS * patch)
+        .enumerate()
+        .for_each(|(i, rows)| {
+            let first = start + i * ROWS;
+            im2col_rows(g, x, first, (first + ROWS).min(end), rows);
+        });
+}
+
+fn im2col_rows(g: &ConvGeometry, x: &[f32], start: usize, end: usize, col: &mut [f32]) {
     let (ho, wo) = (g.out_height(), g.out_width());
     let (h, w, c, k) = (g.height, g.width, g.c_in, g.kernel);
     let patch = g.patch_len();
@@ -121,9 +140,25 @@ fn im2col(g: &ConvGeometry, x: &[f32], start: usize, end: usize, col: &mut [f32]
     }
 }
 
-/// Adds the patches in `col` (positions `start..end`, all of image `n`) back into the image
-/// gradient `dx_image`: the adjoint of [`im2col`].
-fn col2im_add(g: &ConvGeometry, col: &[f32], start: usize, end: usize, dx_image: &mut [f32]) {
+/// Adds the patches in `col` (positions `start..end`) back into the input gradient `dx`: the
+/// adjoint of [`im2col`]. Parallel over images, which own disjoint parts of `dx`.
+fn col2im_add(g: &ConvGeometry, col: &[f32], start: usize, end: usize, dx: &mut [f32]) {
+    let per_image = g.out_height() * g.out_width();
+    let image_len = g.height * g.width * g.c_in;
+    let patch = g.patch_len();
+    let (first, last) = (start / per_image, (end - 1) / per_image);
+    dx[first * image_len..(last + 1) * image_len]
+        .par_chunks_mut(image_len)
+        .enumerate()
+        .for_each(|(i, dx_image)| {
+            let n = first + i;
+            let (lo, hi) = ((n * per_image).max(start), ((n + 1) * per_image).min(end));
+            let rows = &col[(lo - start) * patch..(hi - start) * patch];
+            col2im_image(g, rows, lo, hi, dx_image);
+        });
+}
+
+fn col2im_image(g: &ConvGeometry, col: &[f32], start: usize, end: usize, dx_image: &mut [f32]) {
     let (ho, wo) = (g.out_height(), g.out_width());
     let (h, w, c, k) = (g.height, g.width, g.c_in, g.kernel);
     for (row, p) in col.chunks_exact(g.patch_len()).zip(start..end) {
@@ -149,212 +184,123 @@ fn col2im_add(g: &ConvGeometry, col: &[f32], start: usize, end: usize, dx_image:
     }
 }
 
+/// The im2col matrix of positions `start..end` (the input itself for a 1x1 stride-1
+/// convolution), passed to `f`.
+fn with_patches<R>(
+    g: &ConvGeometry,
+    x: &[f32],
+    start: usize,
+    end: usize,
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
+    let patch = g.patch_len();
+    if g.is_pointwise() {
+        f(&x[start * patch..end * patch])
+    } else {
+        with_scratch((end - start) * patch, |col| {
+            im2col(g, x, start, end, col);
+            f(col)
+        })
+    }
+}
+
 /// `out[P, Cout] = conv(x, w)` (or `out += conv(x, w)` when `accumulate`) with `x` NHWC and `w`
-/// as `[K, Cout]` (HWIO).
+/// HWIO, `[K, Cout]`.
 pub(crate) fn forward(g: &ConvGeometry, x: &[f32], w: &[f32], out: &mut [f32], accumulate: bool) {
+    debug_assert_eq!(w.len(), g.patch_len() * g.c_out);
+    forward_with(g, x, Mat::rows(w, g.c_out), out, accumulate);
+}
+
+/// [`forward`] with the kernel as any `[K, Cout]` view.
+fn forward_with(g: &ConvGeometry, x: &[f32], kernel: Mat, out: &mut [f32], accumulate: bool) {
     let (patch, c_out) = (g.patch_len(), g.c_out);
     debug_assert_eq!(x.len(), g.batch * g.height * g.width * g.c_in);
-    debug_assert_eq!(w.len(), patch * c_out);
     debug_assert_eq!(out.len(), g.positions() * c_out);
-    let dst = SendPtr::new(out);
-    let kernel = Mat::rows(w, c_out);
-    par_ranges(g.positions(), block_rows(g), |start, end| {
+    for_blocks(g.positions(), block_rows(g), |start, end| {
+        let dst = Dst::rows(&mut out[start * c_out..end * c_out], c_out);
+        with_patches(g, x, start, end, |col| {
+            let a = Mat::rows(col, patch);
+            unsafe { matmul(end - start, c_out, patch, dst, a, kernel, accumulate) };
+        });
+    });
+}
+
+/// The gradient of the kernel, summed over every output position, and its layout.
+pub(crate) fn backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> (Vec<f32>, KernelLayout) {
+    let (patch, c_out) = (g.patch_len(), g.c_out);
+    debug_assert_eq!(dy.len(), g.positions() * c_out);
+    // Measured on the GEMMs of R50x1: the O-HWI product wins below ~1k positions, HWIO above.
+    let layout = if g.positions() <= 1024 {
+        KernelLayout::Ohwi
+    } else {
+        KernelLayout::Hwio
+    };
+    let mut dw = vec![0.0f32; patch * c_out];
+    for_blocks(g.positions(), block_rows(g), |start, end| {
         let rows = end - start;
-        let dst = unsafe { dst.slice(start * c_out, rows * c_out) };
-        if g.is_pointwise() {
-            let a = Mat::rows(&x[start * patch..end * patch], patch);
-            unsafe {
-                matmul(
-                    rows,
-                    c_out,
-                    patch,
-                    Dst::rows(dst, c_out),
-                    a,
-                    kernel,
-                    accumulate,
-                )
-            };
-        } else {
-            with_scratch(rows * patch, |col| {
-                im2col(g, x, start, end, col);
-                let a = Mat::rows(col, patch);
-                unsafe {
-                    matmul(
-                        rows,
-                        c_out,
-                        patch,
-                        Dst::rows(dst, c_out),
-                        a,
-                        kernel,
-                        accumulate,
-                    )
-                };
-            });
-        }
-    });
-}
-
-/// `dw[K, Cout] = col(x)^T @ dy`, summed over every output position.
-pub(crate) fn backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let (patch, c_out, positions) = (g.patch_len(), g.c_out, g.positions());
-    debug_assert_eq!(dy.len(), positions * c_out);
-    if positions == 0 {
-        return vec![0.0; patch * c_out];
-    }
-    let threads = rayon::current_num_threads().max(1);
-    let share = positions.div_ceil(threads).max(1);
-    let block = block_rows(g);
-    // One partial sum per thread over a contiguous share of the positions, then one reduction.
-    let mut partials: Vec<Vec<f32>> = (0..positions.div_ceil(share))
-        .into_par_iter()
-        .map(|t| {
-            let mut acc = vec![0.0f32; patch * c_out];
-            let (first, last) = (t * share, ((t + 1) * share).min(positions));
-            let mut start = first;
-            while start < last {
-                let end = (start + block).min(last);
-                let rows = end - start;
-                let grad = Mat::rows(&dy[start * c_out..end * c_out], c_out);
-                let accumulate = start > first;
-                if g.is_pointwise() {
-                    let a = Mat::rows(&x[start * patch..end * patch], patch).t();
-                    unsafe {
-                        matmul(
-                            patch,
-                            c_out,
-                            rows,
-                            Dst::rows(&mut acc, c_out),
-                            a,
-                            grad,
-                            accumulate,
-                        )
-                    };
-                } else {
-                    with_scratch(rows * patch, |col| {
-                        im2col(g, x, start, end, col);
-                        let a = Mat::rows(col, patch).t();
-                        unsafe {
-                            matmul(
-                                patch,
-                                c_out,
-                                rows,
-                                Dst::rows(&mut acc, c_out),
-                                a,
-                                grad,
-                                accumulate,
-                            )
-                        };
-                    });
-                }
-                start = end;
+        let grad = Mat::rows(&dy[start * c_out..end * c_out], c_out);
+        with_patches(g, x, start, end, |col| {
+            let col = Mat::rows(col, patch);
+            let accumulate = start > 0;
+            match layout {
+                KernelLayout::Ohwi => unsafe {
+                    let dst = Dst::rows(&mut dw, patch);
+                    matmul(c_out, patch, rows, dst, grad.t(), col, accumulate)
+                },
+                KernelLayout::Hwio => unsafe {
+                    let dst = Dst::rows(&mut dw, c_out);
+                    matmul(patch, c_out, rows, dst, col.t(), grad, accumulate)
+                },
             }
-            acc
-        })
-        .collect();
-    let mut dw = partials.swap_remove(0);
-    add_all(&mut dw, &partials);
-    dw
-}
-
-/// `acc += sum of partials`, in parallel over the elements.
-fn add_all(acc: &mut [f32], partials: &[Vec<f32>]) {
-    const CHUNK: usize = 1 << 14;
-    acc.par_chunks_mut(CHUNK).enumerate().for_each(|(i, d)| {
-        let range = i * CHUNK..i * CHUNK + d.len();
-        for p in partials {
-            for (d, s) in d.iter_mut().zip(&p[range.clone()]) {
-                *d += s;
-            }
-        }
+        });
     });
+    (dw, layout)
 }
 
-/// `dx` (NHWC, same shape as the input) from `dy` and the kernel `w` (`[K, Cout]`, HWIO).
+/// `dx` (NHWC, same shape as the input) from `dy` and the kernel `w` (O-HWI, `[Cout, K]`, whose
+/// `[Cout, K]` rows `gemm` packs, and whose filter rows make the flipped kernel row copies).
 pub(crate) fn backward_input(g: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (patch, c_out) = (g.patch_len(), g.c_out);
     debug_assert_eq!(dx.len(), g.batch * g.height * g.width * g.c_in);
+    let kernel = Mat::rows(w, patch);
     if g.is_pointwise() {
-        // dx[P, Cin] = dy[P, Cout] @ w^T.
-        let kernel_t = Mat::rows(w, c_out).t();
-        let dst = SendPtr::new(dx);
-        par_ranges(g.positions(), 2048, |start, end| {
-            let rows = end - start;
-            let dst = unsafe { dst.slice(start * patch, rows * patch) };
-            let a = Mat::rows(&dy[start * c_out..end * c_out], c_out);
-            unsafe {
-                matmul(
-                    rows,
-                    patch,
-                    c_out,
-                    Dst::rows(dst, patch),
-                    a,
-                    kernel_t,
-                    false,
-                )
-            };
-        });
+        // dx[P, Cin] = dy[P, Cout] @ w.
+        let (a, dst) = (Mat::rows(dy, c_out), Dst::rows(dx, patch));
+        unsafe { matmul(g.positions(), patch, c_out, dst, a, kernel, false) };
     } else if g.stride == 1 && g.padding < g.kernel {
-        forward(&g.transposed(), dy, &flip_transpose(g, w), dx, false);
+        let flipped = flip(g, w);
+        forward_with(&g.transposed(), dy, Mat::rows(&flipped, g.c_in), dx, false);
     } else {
-        backward_input_scatter(g, w, dy, dx);
+        // Strided: dcol = dy @ w per block of positions, then col2im.
+        dx.fill(0.0);
+        for_blocks(g.positions(), block_rows(g), |start, end| {
+            with_scratch((end - start) * patch, |col| {
+                let a = Mat::rows(&dy[start * c_out..end * c_out], c_out);
+                let dst = Dst::rows(col, patch);
+                unsafe { matmul(end - start, patch, c_out, dst, a, kernel, false) };
+                col2im_add(g, col, start, end, dx);
+            });
+        });
     }
 }
 
-/// The kernel of the input gradient of a stride-1 convolution: `w'[kh', kw', co, ci] =
-/// w[k-1-kh', k-1-kw', ci, co]`, as `[k * k * Cout, Cin]`.
-fn flip_transpose(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
+/// The kernel of the input gradient of a stride-1 convolution, `[k * k * Cout, Cin]`:
+/// `w'[kh', kw', co, ci] = w[co, k-1-kh', k-1-kw', ci]`, one contiguous row copy per
+/// (tap, output channel).
+fn flip(g: &ConvGeometry, w: &[f32]) -> Vec<f32> {
     let (k, ci, co) = (g.kernel, g.c_in, g.c_out);
+    let taps = k * k;
     let mut out = vec![0.0f32; w.len()];
     out.par_chunks_mut(co * ci)
         .enumerate()
         .for_each(|(tap, dst)| {
-            let (kh, kw) = (tap / k, tap % k);
-            let src_tap = (k - 1 - kh) * k + (k - 1 - kw);
-            let src = &w[src_tap * ci * co..(src_tap + 1) * ci * co];
+            let flipped = taps - 1 - tap;
             for (c_out, row) in dst.chunks_exact_mut(ci).enumerate() {
-                for (c_in, d) in row.iter_mut().enumerate() {
-                    *d = src[c_in * co + c_out];
-                }
+                let start = c_out * taps * ci + flipped * ci;
+                row.copy_from_slice(&w[start..start + ci]);
             }
         });
     out
-}
-
-/// Input gradient of a strided convolution: `dcol = dy @ w^T` per block of positions, then
-/// col2im. Each task owns whole images, so the scatter-adds never race.
-fn backward_input_scatter(g: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut [f32]) {
-    let (patch, c_out) = (g.patch_len(), g.c_out);
-    let per_image_out = g.out_height() * g.out_width();
-    let per_image_in = g.height * g.width * g.c_in;
-    let kernel_t = Mat::rows(w, c_out).t();
-    let block = block_rows(g);
-    dx.par_chunks_mut(per_image_in)
-        .enumerate()
-        .for_each(|(n, dx_image)| {
-            dx_image.fill(0.0);
-            let (first, last) = (n * per_image_out, (n + 1) * per_image_out);
-            let mut start = first;
-            while start < last {
-                let end = (start + block).min(last);
-                let rows = end - start;
-                with_scratch(rows * patch, |col| {
-                    let a = Mat::rows(&dy[start * c_out..end * c_out], c_out);
-                    unsafe {
-                        matmul(
-                            rows,
-                            patch,
-                            c_out,
-                            Dst::rows(col, patch),
-                            a,
-                            kernel_t,
-                            false,
-                        )
-                    };
-                    col2im_add(g, col, start, end, dx_image);
-                });
-                start = end;
-            }
-        });
 }
 
 #[cfg(test)]
@@ -429,6 +375,8 @@ mod tests {
             g(2, 4, 5, 9, 3, 1, 1, 0),
             g(3, 7, 5, 4, 6, 1, 2, 0),
             g(1, 3, 3, 2, 2, 3, 1, 0),
+            // Enough positions for the HWIO weight gradient.
+            g(2, 30, 30, 2, 3, 3, 1, 1),
         ]
     }
 
@@ -446,9 +394,20 @@ mod tests {
             }
             // <dy, conv(x, w)> is bilinear: its gradients are the adjoints, checked through
             // finite differences of the exact (f64) definition.
-            let dw = backward_weight(&g, &x, &dy);
+            // `w` is HWIO; the input gradient takes it O-HWI.
+            let (k, c) = (g.patch_len(), g.c_out);
+            let transposed = |m: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+                (0..rows * cols)
+                    .map(|i| m[(i % rows) * cols + i / rows])
+                    .collect()
+            };
+            let (dw, layout) = backward_weight(&g, &x, &dy);
+            let dw = match layout {
+                KernelLayout::Hwio => dw,
+                KernelLayout::Ohwi => transposed(&dw, c, k),
+            };
             let mut dx = vec![0.0; x.len()];
-            backward_input(&g, &w, &dy, &mut dx);
+            backward_input(&g, &transposed(&w, k, c), &dy, &mut dx);
             let dot = |x: &[f32], w: &[f32]| -> f64 {
                 naive_forward(&g, x, w)
                     .iter()

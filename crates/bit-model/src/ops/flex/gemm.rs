@@ -51,7 +51,8 @@ impl Dst {
     }
 }
 
-/// `dst[m, n] = a[m, k] @ b[k, n]`, or `dst += a @ b` when `accumulate`. Single-threaded: callers parallelise over independent blocks, which keeps
+/// `dst[m, n] = a[m, k] @ b[k, n]`, or `dst += a @ b` when `accumulate`, on every rayon thread
+/// (the `gemm` crate splits the work and packs each operand once). Single-threaded: callers parallelise over independent blocks, which keeps
 /// both cores busy on every shape BiT has without nesting thread pools.
 ///
 /// # Safety
@@ -98,30 +99,8 @@ pub(crate) unsafe fn matmul(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            gemm::Parallelism::Rayon(0),
         )
-    }
-}
-
-/// A raw pointer that rayon tasks may share: each task writes a disjoint region.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *mut f32);
-
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    pub(crate) fn new(data: &mut [f32]) -> Self {
-        Self(data.as_mut_ptr())
-    }
-
-    /// The `len` elements starting at `offset`.
-    ///
-    /// # Safety
-    /// The range must lie inside the buffer and no other live slice may overlap it.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
     }
 }
 

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, Weak};
 use burn::tensor::Bytes;
 use burn_flex::FlexTensor;
 
-use super::{contiguous, dims4, standardize};
+use super::standardize::{self, KernelLayout};
+use super::{contiguous, dims4};
 
 struct Entry {
     raw: Weak<Bytes>,
@@ -20,6 +21,7 @@ struct Entry {
     strides: Vec<isize>,
     shape: [usize; 4],
     eps: u64,
+    layout: KernelLayout,
     kernel: Arc<Vec<f32>>,
 }
 
@@ -36,32 +38,39 @@ const BUDGET_FLOATS: usize = 1 << 28;
 
 static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 
-/// The HWIO standardized kernel of the OIHW `weight`.
-pub(super) fn standardized(weight: &FlexTensor, eps: f64) -> Arc<Vec<f32>> {
+/// The standardized kernel of the OIHW `weight`, in `layout`.
+pub(super) fn standardized(weight: &FlexTensor, eps: f64, layout: KernelLayout) -> Arc<Vec<f32>> {
     let raw = weight.data_arc();
     let shape = dims4(weight);
-    let layout = weight.layout();
+    let storage = weight.layout();
     let key = |e: &Entry| {
         e.shape == shape
+            && e.layout == layout
             && e.eps == eps.to_bits()
-            && e.offset == layout.start_offset()
-            && e.strides == layout.strides()
+            && e.offset == storage.start_offset()
+            && e.strides == storage.strides()
             && e.raw.upgrade().is_some_and(|live| Arc::ptr_eq(&live, &raw))
     };
     if let Some(hit) = lock().iter().find(|e| key(e)) {
         return hit.kernel.clone();
     }
-    let kernel = Arc::new(standardize::standardize(&contiguous(weight), shape, eps));
+    let kernel = Arc::new(standardize::standardize(
+        &contiguous(weight),
+        shape,
+        eps,
+        layout,
+    ));
     let mut cache = lock();
     cache.retain(Entry::is_alive);
     let used: usize = cache.iter().map(|e| e.kernel.len()).sum();
     if used + kernel.len() <= BUDGET_FLOATS {
         cache.push(Entry {
             raw: Arc::downgrade(&raw),
-            offset: layout.start_offset(),
-            strides: layout.strides().to_vec(),
+            offset: storage.start_offset(),
+            strides: storage.strides().to_vec(),
             shape,
             eps: eps.to_bits(),
+            layout,
             kernel: kernel.clone(),
         });
     }

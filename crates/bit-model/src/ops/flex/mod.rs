@@ -8,6 +8,7 @@ mod conv;
 mod gemm;
 mod kernel_cache;
 mod norm;
+mod pool;
 mod standardize;
 
 use std::borrow::Cow;
@@ -18,9 +19,13 @@ use burn::tensor::{DType, Shape, TensorData};
 use burn_flex::FlexTensor;
 
 use super::composed;
-use super::{BitOps, GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, StdConvOptions};
+use super::{
+    BitOps, GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, PoolOptions, StdConvOptions,
+};
 use conv::ConvGeometry;
 use norm::NormGeometry;
+use pool::PoolGeometry;
+use standardize::KernelLayout;
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {
     let shape = t.shape();
@@ -68,6 +73,19 @@ fn conv_geometry(x: &FlexTensor, weight: &FlexTensor, options: &StdConvOptions) 
     }
 }
 
+fn pool_geometry(x: &FlexTensor, options: &PoolOptions) -> PoolGeometry {
+    let [batch, height, width, channels] = dims4(x);
+    PoolGeometry {
+        batch,
+        height,
+        width,
+        channels,
+        kernel: options.kernel,
+        stride: options.stride,
+        padding: options.padding,
+    }
+}
+
 fn norm_geometry(x: &FlexTensor, options: &GroupNormOptions) -> NormGeometry {
     let [batch, h, w, channels] = dims4(x);
     assert_eq!(
@@ -90,7 +108,7 @@ impl BitOps for Flex {
             return composed::std_conv2d::<Flex>(x, weight, options);
         }
         let g = conv_geometry(&x, &weight, &options);
-        let kernel = kernel_cache::standardized(&weight, options.eps);
+        let kernel = kernel_cache::standardized(&weight, options.eps, KernelLayout::Hwio);
         let mut out = vec![0.0f32; g.positions() * g.c_out];
         conv::forward(&g, &contiguous(&x), &kernel, &mut out, false);
         tensor(out, [g.batch, g.out_height(), g.out_width(), g.c_out])
@@ -108,7 +126,7 @@ impl BitOps for Flex {
         let g = conv_geometry(&x, &weight, &options);
         let out_dims = [g.batch, g.out_height(), g.out_width(), g.c_out];
         assert_eq!(dims4(&residual), out_dims, "std_conv2d_add: residual shape");
-        let kernel = kernel_cache::standardized(&weight, options.eps);
+        let kernel = kernel_cache::standardized(&weight, options.eps, KernelLayout::Hwio);
         let x = contiguous(&x);
         let len = g.positions() * g.c_out;
         // Accumulate straight into the residual's storage when nothing else holds it.
@@ -134,7 +152,7 @@ impl BitOps for Flex {
             return composed::std_conv2d_x_backward::<Flex>(x, weight, output_grad, options);
         }
         let g = conv_geometry(&x, &weight, &options);
-        let kernel = kernel_cache::standardized(&weight, options.eps);
+        let kernel = kernel_cache::standardized(&weight, options.eps, KernelLayout::Ohwi);
         let mut dx = vec![0.0f32; g.batch * g.height * g.width * g.c_in];
         conv::backward_input(&g, &kernel, &contiguous(&output_grad), &mut dx);
         tensor(dx, dims4(&x))
@@ -150,11 +168,37 @@ impl BitOps for Flex {
             return composed::std_conv2d_weight_backward::<Flex>(x, weight, output_grad, options);
         }
         let g = conv_geometry(&x, &weight, &options);
-        let grad_hat = conv::backward_weight(&g, &contiguous(&x), &contiguous(&output_grad));
+        let (grad_hat, layout) =
+            conv::backward_weight(&g, &contiguous(&x), &contiguous(&output_grad));
         let shape = dims4(&weight);
-        let dw =
-            standardize::standardize_backward(&contiguous(&weight), &grad_hat, shape, options.eps);
+        let raw = contiguous(&weight);
+        let dw = standardize::standardize_backward(&raw, &grad_hat, shape, options.eps, layout);
         tensor(dw, shape)
+    }
+
+    fn zero_pad_max_pool2d(x: FlexTensor, options: PoolOptions) -> FlexTensor {
+        if !is_f32(&[&x]) {
+            return composed::zero_pad_max_pool2d::<Flex>(x, options);
+        }
+        let g = pool_geometry(&x, &options);
+        let dims = [g.batch, g.out_height(), g.out_width(), g.channels];
+        let mut y = vec![0.0f32; dims.iter().product()];
+        pool::forward(&g, &contiguous(&x), &mut y);
+        tensor(y, dims)
+    }
+
+    fn zero_pad_max_pool2d_backward(
+        x: FlexTensor,
+        output_grad: FlexTensor,
+        options: PoolOptions,
+    ) -> FlexTensor {
+        if !is_f32(&[&x, &output_grad]) {
+            return composed::zero_pad_max_pool2d_backward::<Flex>(x, output_grad, options);
+        }
+        let g = pool_geometry(&x, &options);
+        let mut dx = vec![0.0f32; g.batch * g.height * g.width * g.channels];
+        pool::backward(&g, &contiguous(&x), &contiguous(&output_grad), &mut dx);
+        tensor(dx, dims4(&x))
     }
 
     fn group_norm_relu(
