@@ -111,6 +111,7 @@ fn bench_components(c: &mut Criterion) {
         let ad = device.autodiff();
         // An R50x1 block-2 activation at 128 px, batch 8, channels-last.
         let activation = |channels| {
+            let ad = ad.clone();
             move || {
                 Tensor::<4>::random([8, 16, 16, channels], Distribution::Normal(0.0, 1.0), &ad)
                     .require_grad()
