@@ -374,8 +374,15 @@ fn whole_model_gradients_match_the_composed_ops() {
     let g_composed = parameter_grads(&model, &(composed * upstream).sum().backward());
     assert_eq!(g_fused.len(), g_composed.len());
     for ((name, a), (_, b)) in g_fused.into_iter().zip(g_composed) {
-        assert!(a.iter().all(|v| v.is_finite()), "{name}: non-finite gradient");
-        let diff: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        assert!(
+            a.iter().all(|v| v.is_finite()),
+            "{name}: non-finite gradient"
+        );
+        let diff: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| ((x - y) as f64).powi(2))
+            .sum();
         let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
         let error = (diff / norm).sqrt();
         assert!(error <= 2e-2, "{name}: relative L2 error {error:e}");

@@ -347,6 +347,25 @@ mod tests {
                 &composed::std_conv2d_weight_backward::<Flex>(x, weight, grad, options),
             );
         }
+        let pool = PoolOptions {
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+        };
+        let x = random(9, [2, 7, 6, 5], -0.5);
+        let y = Flex::zero_pad_max_pool2d(x.clone(), pool);
+        assert_rel(
+            "pool",
+            &y,
+            &composed::zero_pad_max_pool2d::<Flex>(x.clone(), pool),
+        );
+        let grad = random(10, dims4(&y), 0.0);
+        assert_rel(
+            "pool backward",
+            &Flex::zero_pad_max_pool2d_backward(x.clone(), grad.clone(), pool),
+            &composed::zero_pad_max_pool2d_backward::<Flex>(x, grad, pool),
+        );
+
         let options = GroupNormOptions {
             groups: 4,
             eps: 1e-5,

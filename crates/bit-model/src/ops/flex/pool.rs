@@ -46,9 +46,26 @@ impl PoolGeometry {
     }
 }
 
-/// `a` replaces `best` when larger, or when NaN (which then stays).
+/// `a` replaces `best` when larger, or when NaN (which then stays): the first maximum in
+/// window order wins, as PyTorch's `max_pool2d`. Branch-free, so the channel loops vectorise.
+#[inline(always)]
 fn beats(a: f32, best: f32) -> bool {
-    a > best || (a.is_nan() && !best.is_nan())
+    (a > best) | (a.is_nan() & !best.is_nan())
+}
+
+/// The maximum of each channel over the window of output `(oh, ow)`.
+fn window_max(g: &PoolGeometry, image: &[f32], oh: usize, ow: usize, max: &mut [f32]) {
+    let c = g.channels;
+    let (rows, cols, padded) = g.window(oh, ow);
+    max.fill(if padded { 0.0 } else { f32::NEG_INFINITY });
+    for ih in rows {
+        for iw in cols.clone() {
+            let src = &image[(ih * g.width + iw) * c..][..c];
+            for (m, &v) in max.iter_mut().zip(src) {
+                *m = if beats(v, *m) { v } else { *m };
+            }
+        }
+    }
 }
 
 pub(crate) fn forward(g: &PoolGeometry, x: &[f32], y: &mut [f32]) {
@@ -58,22 +75,13 @@ pub(crate) fn forward(g: &PoolGeometry, x: &[f32], y: &mut [f32]) {
         .zip(x.par_chunks(image))
         .for_each(|(out, image)| {
             for (i, dst) in out.chunks_exact_mut(c).enumerate() {
-                let (rows, cols, padded) = g.window(i / wo, i % wo);
-                dst.fill(if padded { 0.0 } else { f32::NEG_INFINITY });
-                for ih in rows {
-                    for iw in cols.clone() {
-                        let src = &image[(ih * g.width + iw) * c..][..c];
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            if beats(v, *d) {
-                                *d = v;
-                            }
-                        }
-                    }
-                }
+                window_max(g, image, i / wo, i % wo, dst);
             }
         });
 }
 
+/// The gradient goes to the first position of each window (padding included, in window order)
+/// that holds the window's maximum; what lands on the padding is dropped.
 pub(crate) fn backward(g: &PoolGeometry, x: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (c, ho, wo, k) = (g.channels, g.out_height(), g.out_width(), g.kernel);
     let image = g.height * g.width * c;
@@ -82,15 +90,12 @@ pub(crate) fn backward(g: &PoolGeometry, x: &[f32], dy: &[f32], dx: &mut [f32]) 
         .zip(dy.par_chunks(ho * wo * c))
         .for_each(|((dx, image), dy)| {
             dx.fill(0.0);
-            let mut best = vec![0.0f32; c];
-            // Input offset of each channel's winner; usize::MAX for the padding.
-            let mut at = vec![usize::MAX; c];
+            let mut max = vec![0.0f32; c];
+            let mut open = vec![true; c];
             for (i, grad) in dy.chunks_exact(c).enumerate() {
                 let (oh, ow) = (i / wo, i % wo);
-                best.fill(f32::NEG_INFINITY);
-                at.fill(usize::MAX);
-                // Window order, padding included, so ties go to the first position as in
-                // the composed pad + pool.
+                window_max(g, image, oh, ow, &mut max);
+                open.fill(true);
                 for kh in 0..k {
                     for kw in 0..k {
                         let ih = (oh * g.stride + kh) as isize - g.padding as isize;
@@ -100,25 +105,26 @@ pub(crate) fn backward(g: &PoolGeometry, x: &[f32], dy: &[f32], dx: &mut [f32]) 
                             && (ih as usize) < g.height
                             && (iw as usize) < g.width;
                         if !inside {
-                            for (b, a) in best.iter_mut().zip(&mut at) {
-                                if beats(0.0, *b) {
-                                    (*b, *a) = (0.0, usize::MAX);
-                                }
+                            // A zero of the padding holding the maximum takes it (and its
+                            // gradient goes nowhere).
+                            for (o, &m) in open.iter_mut().zip(&max) {
+                                *o &= m != 0.0;
                             }
                             continue;
                         }
-                        let base = (ih as usize * g.width + iw as usize) * c;
-                        for (ch, (b, a)) in best.iter_mut().zip(&mut at).enumerate() {
-                            let v = image[base + ch];
-                            if beats(v, *b) {
-                                (*b, *a) = (v, base + ch);
-                            }
+                        let at = (ih as usize * g.width + iw as usize) * c;
+                        let (src, dst) = (&image[at..at + c], &mut dx[at..at + c]);
+                        for ((((d, &v), &m), &gr), o) in dst
+                            .iter_mut()
+                            .zip(src)
+                            .zip(&max)
+                            .zip(grad)
+                            .zip(open.iter_mut())
+                        {
+                            let hit = *o & ((v == m) | (v.is_nan() & m.is_nan()));
+                            *d += if hit { gr } else { 0.0 };
+                            *o &= !hit;
                         }
-                    }
-                }
-                for (&a, &gr) in at.iter().zip(grad) {
-                    if a != usize::MAX {
-                        dx[a] += gr;
                     }
                 }
             }

@@ -28,10 +28,6 @@ pub(crate) enum KernelLayout {
 /// partial sums keep the data's own precision.
 const BLOCK: usize = 64;
 
-/// Filters handled together when writing HWIO, so that each output row gets a run of
-/// consecutive floats.
-const FILTERS: usize = 16;
-
 /// `sum f(v)` over `values`, in f32 blocks folded into f64.
 fn sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     values
@@ -49,59 +45,43 @@ fn moments(filter: &[f32], eps: f64) -> (f32, f32) {
     (mean, (1.0 / (var + eps).sqrt()) as f32)
 }
 
-/// The standardized filters `first..` of the OIHW `raw`, each as one row ordered
-/// (kh, kw, cin), into `rows`.
-fn standardized_rows(raw: &[f32], shape: KernelShape, eps: f64, first: usize, rows: &mut [f32]) {
+/// The standardized kernel of the OIHW `raw`, in O-HWI (the other layout is its
+/// [`transpose`]).
+pub(crate) fn standardize(raw: &[f32], shape: KernelShape, eps: f64) -> Vec<f32> {
     let [_, c_in, kh, kw] = shape;
     let (fan_in, taps) = (c_in * kh * kw, kh * kw);
-    for (i, dst) in rows.chunks_exact_mut(fan_in).enumerate() {
-        let filter = &raw[(first + i) * fan_in..(first + i + 1) * fan_in];
-        let (mean, inv_std) = moments(filter, eps);
-        for tap in 0..taps {
-            let dst = &mut dst[tap * c_in..(tap + 1) * c_in];
-            for (ci, d) in dst.iter_mut().enumerate() {
-                *d = (filter[ci * taps + tap] - mean) * inv_std;
+    let mut out = vec![0.0f32; raw.len()];
+    out.par_chunks_mut(fan_in)
+        .zip(raw.par_chunks(fan_in))
+        .for_each(|(dst, filter)| {
+            let (mean, inv_std) = moments(filter, eps);
+            // (cin, tap) -> (tap, cin) within the filter.
+            for (tap, dst) in dst.chunks_exact_mut(c_in).enumerate() {
+                for (ci, d) in dst.iter_mut().enumerate() {
+                    *d = (filter[ci * taps + tap] - mean) * inv_std;
+                }
             }
-        }
-    }
+        });
+    out
 }
 
-/// The standardized kernel of the OIHW `raw`.
-pub(crate) fn standardize(
-    raw: &[f32],
-    shape: KernelShape,
-    eps: f64,
-    layout: KernelLayout,
-) -> Vec<f32> {
-    let [c_out, c_in, kh, kw] = shape;
-    let fan_in = c_in * kh * kw;
-    let mut out = vec![0.0f32; raw.len()];
-    match layout {
-        KernelLayout::Ohwi => out
-            .par_chunks_mut(FILTERS * fan_in)
-            .enumerate()
-            .for_each(|(b, rows)| standardized_rows(raw, shape, eps, b * FILTERS, rows)),
-        KernelLayout::Hwio => {
-            // Standardize a block of filters as rows, then write them as columns.
-            let blocks: Vec<(usize, Vec<f32>)> = (0..c_out.div_ceil(FILTERS))
-                .into_par_iter()
-                .map(|b| {
-                    let first = b * FILTERS;
-                    let count = FILTERS.min(c_out - first);
-                    let mut rows = vec![0.0f32; count * fan_in];
-                    standardized_rows(raw, shape, eps, first, &mut rows);
-                    (first, rows)
-                })
-                .collect();
-            out.par_chunks_mut(c_out).enumerate().for_each(|(k, dst)| {
-                for (first, rows) in &blocks {
-                    for (i, row) in rows.chunks_exact(fan_in).enumerate() {
-                        dst[first + i] = row[k];
+/// The `[cols, rows]` transpose of the row-major `[rows, cols]` matrix `m`, in cache-sized
+/// tiles.
+pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 16;
+    let mut out = vec![0.0f32; m.len()];
+    out.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(t, dst)| {
+            let c0 = t * TILE;
+            for r0 in (0..rows).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    for (i, &v) in m[r * cols + c0..][..dst.len() / rows].iter().enumerate() {
+                        dst[i * rows + r] = v;
                     }
                 }
-            });
-        }
-    }
+            }
+        });
     out
 }
 
@@ -115,34 +95,19 @@ pub(crate) fn standardize_backward(
 ) -> Vec<f32> {
     let [c_out, c_in, kh, kw] = shape;
     let (fan_in, taps) = (c_in * kh * kw, kh * kw);
+    let transposed;
+    let rows = match layout {
+        KernelLayout::Ohwi => grad,
+        KernelLayout::Hwio => {
+            transposed = transpose(grad, fan_in, c_out);
+            &transposed
+        }
+    };
     let mut out = vec![0.0f32; raw.len()];
-    out.par_chunks_mut(FILTERS * fan_in)
-        .enumerate()
-        .for_each(|(b, dws)| {
-            let first = b * FILTERS;
-            // This block's gradient rows, (kh, kw, cin) order.
-            let rows: Vec<f32> = match layout {
-                KernelLayout::Ohwi => grad[first * fan_in..first * fan_in + dws.len()].to_vec(),
-                KernelLayout::Hwio => {
-                    let count = dws.len() / fan_in;
-                    let mut rows = vec![0.0f32; dws.len()];
-                    for (k, src) in grad.chunks_exact(c_out).enumerate() {
-                        for (i, &g) in src[first..first + count].iter().enumerate() {
-                            rows[i * fan_in + k] = g;
-                        }
-                    }
-                    rows
-                }
-            };
-            for (i, (dw, g)) in dws
-                .chunks_exact_mut(fan_in)
-                .zip(rows.chunks_exact(fan_in))
-                .enumerate()
-            {
-                let filter = &raw[(first + i) * fan_in..(first + i + 1) * fan_in];
-                filter_backward(filter, g, c_in, taps, eps, dw);
-            }
-        });
+    out.par_chunks_mut(fan_in)
+        .zip(raw.par_chunks(fan_in))
+        .zip(rows.par_chunks(fan_in))
+        .for_each(|((dw, filter), g)| filter_backward(filter, g, c_in, taps, eps, dw));
     out
 }
 
@@ -180,8 +145,8 @@ mod tests {
         let raw: Vec<f32> = (0..54)
             .map(|i| (i as f32 * 0.37).sin() * 3.0 + 1.5)
             .collect();
-        let ohwi = standardize(&raw, shape, 1e-10, KernelLayout::Ohwi);
-        let hwio = standardize(&raw, shape, 1e-10, KernelLayout::Hwio);
+        let ohwi = standardize(&raw, shape, 1e-10);
+        let hwio = transpose(&ohwi, 3, 18);
         for co in 0..3 {
             let filter: Vec<f64> = (0..18).map(|i| ohwi[co * 18 + i] as f64).collect();
             let column: Vec<f64> = (0..18).map(|i| hwio[i * 3 + co] as f64).collect();
@@ -202,7 +167,7 @@ mod tests {
         let raw: Vec<f32> = (0..24).map(|i| (i as f32 * 0.71).cos()).collect();
         let upstream: Vec<f32> = (0..24).map(|i| (i as f32 * 1.3).sin()).collect();
         let loss = |w: &[f32]| -> f64 {
-            let ohwi = standardize(w, shape, eps, KernelLayout::Ohwi);
+            let ohwi = standardize(w, shape, eps);
             ohwi.iter()
                 .zip(&upstream)
                 .map(|(a, b)| *a as f64 * *b as f64)
@@ -233,7 +198,7 @@ mod tests {
     #[test]
     fn a_constant_filter_stays_finite() {
         let raw = vec![0.25f32; 8];
-        let ohwi = standardize(&raw, [1, 2, 2, 2], 1e-10, KernelLayout::Ohwi);
+        let ohwi = standardize(&raw, [1, 2, 2, 2], 1e-10);
         assert!(ohwi.iter().all(|v| *v == 0.0));
         let grad = standardize_backward(&raw, &[1.0; 8], [1, 2, 2, 2], 1e-10, KernelLayout::Ohwi);
         assert!(grad.iter().all(|v| v.is_finite()));
