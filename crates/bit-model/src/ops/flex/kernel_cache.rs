@@ -6,8 +6,11 @@
 //! `Weak`), so the allocation of the raw weights identifies their contents: while a `Weak` to it
 //! still upgrades to the same allocation, the weights have not changed. After an optimizer step
 //! the weights live in a new allocation and the old entry dies with the old weights.
+//!
+//! An entry holds the filters' moments and the kernel in each layout asked for (a training step
+//! asks for both: HWIO in the forward, O-HWI for the input gradient; inference only for HWIO).
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use burn::tensor::Bytes;
 use burn_flex::FlexTensor;
@@ -15,13 +18,16 @@ use burn_flex::FlexTensor;
 use super::standardize::{self, KernelLayout};
 use super::{contiguous, dims4};
 
-/// The standardized kernel of one weight version, in the layouts asked for so far.
+/// Per-filter `(mean, 1 / sqrt(var + eps))`.
+pub(super) type Moments = Arc<Vec<(f32, f32)>>;
+
 struct Entry {
     raw: Weak<Bytes>,
     offset: usize,
     strides: Vec<isize>,
     shape: [usize; 4],
     eps: u64,
+    moments: Option<Moments>,
     ohwi: Option<Arc<Vec<f32>>>,
     hwio: Option<Arc<Vec<f32>>>,
 }
@@ -31,93 +37,149 @@ impl Entry {
         self.raw.strong_count() > 0
     }
 
-    fn get(&self, layout: KernelLayout) -> Option<&Arc<Vec<f32>>> {
+    fn slot(&mut self, layout: KernelLayout) -> &mut Option<Arc<Vec<f32>>> {
         match layout {
-            KernelLayout::Ohwi => self.ohwi.as_ref(),
-            KernelLayout::Hwio => self.hwio.as_ref(),
+            KernelLayout::Ohwi => &mut self.ohwi,
+            KernelLayout::Hwio => &mut self.hwio,
         }
     }
 
     fn floats(&self) -> usize {
-        self.ohwi.iter().chain(&self.hwio).map(|k| k.len()).sum()
+        let moments = self.moments.as_ref().map_or(0, |m| 2 * m.len());
+        self.ohwi
+            .iter()
+            .chain(&self.hwio)
+            .map(|k| k.len())
+            .sum::<usize>()
+            + moments
     }
 }
 
-/// At most this many cached floats (1 GiB): every layer of R50x1, R101x1 and R50x3 in one
-/// layout (R50x1 and R101x1 in both, as training uses them); a larger model keeps its first
-/// layers cached and recomputes the rest, rather than doubling its weight memory.
+/// At most this many cached floats (1 GiB): both layouts of every layer of R50x1 and R101x1,
+/// one of R50x3; a larger model keeps its first layers cached and recomputes the rest, rather
+/// than doubling its weight memory.
 const BUDGET_FLOATS: usize = 1 << 28;
 
 static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 
-/// The standardized kernel of the OIHW `weight`, in `layout`.
-pub(super) fn standardized(weight: &FlexTensor, eps: f64, layout: KernelLayout) -> Arc<Vec<f32>> {
-    let raw = weight.data_arc();
-    let shape = dims4(weight);
-    let storage = weight.layout();
-    let is_this = |e: &Entry| {
-        e.shape == shape
-            && e.eps == eps.to_bits()
-            && e.offset == storage.start_offset()
-            && e.strides == storage.strides()
-            && e.raw.upgrade().is_some_and(|live| Arc::ptr_eq(&live, &raw))
-    };
-    let (c_out, fan_in) = (shape[0], shape[1] * shape[2] * shape[3]);
-    let (cached_rows, cached_columns) = {
-        let cache = lock();
-        let entry = cache.iter().find(|e| is_this(e));
-        if let Some(kernel) = entry.and_then(|e| e.get(layout)) {
-            return kernel.clone();
-        }
-        (
-            entry.and_then(|e| e.ohwi.clone()),
-            entry.and_then(|e| e.hwio.clone()),
-        )
-    };
-    // The O-HWI rows, from the other layout of this version if it is cached (a transpose
-    // instead of a standardization); HWIO is their transpose. Only the layout asked for is
-    // kept: inference never needs the other one.
-    let rows = match (cached_rows, cached_columns) {
-        (Some(rows), _) => rows,
-        (None, Some(columns)) => Arc::new(standardize::transpose(&columns, fan_in, c_out)),
-        (None, None) => Arc::new(standardize::standardize(&contiguous(weight), shape, eps)),
-    };
-    let kernel = match layout {
-        KernelLayout::Ohwi => rows,
-        KernelLayout::Hwio => Arc::new(standardize::transpose(&rows, c_out, fan_in)),
-    };
-
-    let mut cache = lock();
-    cache.retain(Entry::is_alive);
-    if cache.iter().map(Entry::floats).sum::<usize>() + kernel.len() > BUDGET_FLOATS {
-        return kernel;
-    }
-    let index = match cache.iter().position(is_this) {
-        Some(i) => i,
-        None => {
-            cache.push(Entry {
-                raw: Arc::downgrade(&raw),
-                offset: storage.start_offset(),
-                strides: storage.strides().to_vec(),
-                shape,
-                eps: eps.to_bits(),
-                ohwi: None,
-                hwio: None,
-            });
-            cache.len() - 1
-        }
-    };
-    let slot = match layout {
-        KernelLayout::Ohwi => &mut cache[index].ohwi,
-        KernelLayout::Hwio => &mut cache[index].hwio,
-    };
-    *slot = Some(kernel.clone());
-    kernel
-}
-
-fn lock() -> std::sync::MutexGuard<'static, Vec<Entry>> {
+fn lock() -> MutexGuard<'static, Vec<Entry>> {
     // The cache holds no invariant a panicking thread could break: use it even if poisoned.
     CACHE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The cache key of one weight version.
+struct Key {
+    raw: Arc<Bytes>,
+    offset: usize,
+    strides: Vec<isize>,
+    shape: [usize; 4],
+    eps: u64,
+}
+
+impl Key {
+    fn of(weight: &FlexTensor, eps: f64) -> Self {
+        Self {
+            raw: weight.data_arc(),
+            offset: weight.layout().start_offset(),
+            strides: weight.layout().strides().to_vec(),
+            shape: dims4(weight),
+            eps: eps.to_bits(),
+        }
+    }
+
+    fn matches(&self, e: &Entry) -> bool {
+        e.shape == self.shape
+            && e.eps == self.eps
+            && e.offset == self.offset
+            && e.strides == self.strides
+            && e.raw
+                .upgrade()
+                .is_some_and(|live| Arc::ptr_eq(&live, &self.raw))
+    }
+
+    fn fan_in(&self) -> usize {
+        self.shape[1] * self.shape[2] * self.shape[3]
+    }
+}
+
+/// The entry of `key`, created empty if there is none (after clearing out the dead ones).
+fn entry<'a>(cache: &'a mut Vec<Entry>, key: &Key) -> &'a mut Entry {
+    if let Some(i) = cache.iter().position(|e| key.matches(e)) {
+        return &mut cache[i];
+    }
+    cache.retain(Entry::is_alive);
+    cache.push(Entry {
+        raw: Arc::downgrade(&key.raw),
+        offset: key.offset,
+        strides: key.strides.clone(),
+        shape: key.shape,
+        eps: key.eps,
+        moments: None,
+        ohwi: None,
+        hwio: None,
+    });
+    cache.last_mut().expect("just pushed")
+}
+
+/// The per-filter moments of the OIHW `weight`.
+pub(super) fn moments(weight: &FlexTensor, eps: f64) -> Moments {
+    let key = Key::of(weight, eps);
+    if let Some(moments) = entry(&mut lock(), &key).moments.clone() {
+        return moments;
+    }
+    let moments = Arc::new(standardize::filter_moments(
+        &contiguous(weight),
+        key.fan_in(),
+        eps,
+    ));
+    entry(&mut lock(), &key).moments = Some(moments.clone());
+    moments
+}
+
+/// The standardized kernel of the OIHW `weight`, in `layout`.
+pub(super) fn standardized(weight: &FlexTensor, eps: f64, layout: KernelLayout) -> Arc<Vec<f32>> {
+    let key = Key::of(weight, eps);
+    let (c_out, fan_in) = (key.shape[0], key.fan_in());
+    let (rows, columns) = {
+        let mut cache = lock();
+        let e = entry(&mut cache, &key);
+        if let Some(kernel) = e.slot(layout) {
+            return kernel.clone();
+        }
+        (e.ohwi.clone(), e.hwio.clone())
+    };
+    // The O-HWI rows, from the other layout if it is cached (a transpose instead of a
+    // standardization); HWIO is their transpose.
+    let mut moments = None;
+    let rows = match (rows, columns) {
+        (Some(rows), _) => rows,
+        (None, Some(columns)) => Arc::new(standardize::transpose(&columns, fan_in, c_out)),
+        (None, None) => {
+            let (rows, m) = standardize::standardize(&contiguous(weight), key.shape, eps);
+            moments = Some(Arc::new(m));
+            Arc::new(rows)
+        }
+    };
+    let kernel = match layout {
+        KernelLayout::Ohwi => rows.clone(),
+        KernelLayout::Hwio => Arc::new(standardize::transpose(&rows, c_out, fan_in)),
+    };
+    let mut cache = lock();
+    let mut budget = BUDGET_FLOATS.saturating_sub(cache.iter().map(Entry::floats).sum());
+    if let Some(e) = cache.iter_mut().find(|e| key.matches(e)) {
+        if e.moments.is_none() {
+            e.moments = moments;
+        }
+        // The layout asked for first, then the rows (the next request's other layout).
+        for (layout, value) in [(layout, &kernel), (KernelLayout::Ohwi, &rows)] {
+            let slot = e.slot(layout);
+            if slot.is_none() && value.len() <= budget {
+                budget -= value.len();
+                *slot = Some(value.clone());
+            }
+        }
+    }
+    kernel
 }
 
 #[cfg(test)]
@@ -145,6 +207,7 @@ mod tests {
         // The other layout is the transpose of the same kernel.
         let rows = standardized(&w, 1e-10, KernelLayout::Ohwi);
         assert_eq!(*first, standardize::transpose(&rows, 2, 6));
+        assert!(Arc::ptr_eq(&moments(&w, 1e-10), &moments(&w, 1e-10)));
         // Another epsilon is another kernel.
         assert!(!Arc::ptr_eq(
             &first,
@@ -167,9 +230,11 @@ mod tests {
         // makes the write move the storage, so the stale entry cannot be found again.
         let mut unique = weight(filter_values(2.0));
         let before = standardized(&unique, 1e-10, KernelLayout::Hwio);
+        let stale_moments = moments(&unique, 1e-10);
         unique.storage_mut::<f32>()[3] = 9.0;
         let after = standardized(&unique, 1e-10, KernelLayout::Hwio);
         assert_ne!(*before, *after);
+        assert_ne!(*stale_moments, *moments(&unique, 1e-10));
         let fresh = weight(unique.as_slice::<f32>().unwrap().to_vec());
         assert_eq!(*after, *standardized(&fresh, 1e-10, KernelLayout::Hwio));
     }

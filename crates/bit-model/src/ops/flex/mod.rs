@@ -172,7 +172,8 @@ impl BitOps for Flex {
             conv::backward_weight(&g, &contiguous(&x), &contiguous(&output_grad));
         let shape = dims4(&weight);
         let raw = contiguous(&weight);
-        let dw = standardize::standardize_backward(&raw, &grad_hat, shape, options.eps, layout);
+        let moments = kernel_cache::moments(&weight, options.eps);
+        let dw = standardize::standardize_backward(&raw, &moments, &grad_hat, shape, layout);
         tensor(dw, shape)
     }
 
