@@ -3,8 +3,8 @@
 //! resumes at that step with the schedule's learning rate, finishes, and beats chance clearly.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use bit_hyperrule::HyperRule;
 
@@ -61,28 +61,32 @@ fn checkpoint_step(run: &Path) -> Option<usize> {
     text.split("step-").nth(1)?.get(..6)?.parse().ok()
 }
 
+/// A child process killed on every way out of the test, a failing assertion included.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
 #[test]
 fn killed_run_resumes_from_its_checkpoint_and_beats_chance() {
     let logdir = std::env::temp_dir().join(format!("bit-cli-e2e-{}", std::process::id()));
     std::fs::remove_dir_all(&logdir).ok();
     let run = logdir.join("fm");
 
-    // First run: SIGKILL once a checkpoint past step 5 exists.
-    let mut child = bit_train(&logdir).spawn().unwrap();
-    let started = Instant::now();
+    // First run: SIGKILL once a checkpoint past step 5 exists. Progress, not a clock, decides:
+    // however slow the machine, the run either checkpoints or ends.
+    let mut child = KillOnDrop(bit_train(&logdir).spawn().unwrap());
     while checkpoint_step(&run).is_none_or(|s| s < 10) {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no checkpoint after 5 minutes"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
-        );
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be killed");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    child.kill().unwrap(); // SIGKILL: no chance to clean up
-    child.wait().unwrap();
+    drop(child); // SIGKILL: no chance to clean up
     let saved = checkpoint_step(&run).unwrap();
     assert!(
         saved < STEPS && saved.is_multiple_of(5),

@@ -51,7 +51,7 @@ pub use folder::{FolderDataset, IMAGE_EXTENSIONS, ImageFiles, NonImagePolicy};
 pub use idx::{DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, load_idx};
 pub use loader::{Batch, BatchStream, LoaderConfig};
 pub use mixup::{Mixup, MixupStep};
-pub use transform::Preprocess;
+pub use transform::{MAX_RESOLUTION, Preprocess};
 
 /// Which part of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,11 @@ use rand::rngs::Xoshiro256PlusPlus;
 
 use crate::error::{DataError, Result};
 
+/// The largest image side the pipeline accepts: BiT's largest is 512 (pre-crop) / 480; beyond
+/// this, one batch of activations alone exceeds any machine's memory, and a clear error beats an
+/// allocation failure.
+pub const MAX_RESOLUTION: usize = 4096;
+
 /// Which preprocessing to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preprocess {
@@ -35,19 +40,32 @@ impl Preprocess {
         }
     }
 
-    /// Checks the sizes make sense.
+    /// Checks the sizes make sense: a crop of at least 1 pixel and at most the pre-crop size,
+    /// and no side above [`MAX_RESOLUTION`].
+    ///
+    /// ```
+    /// use bit_data::Preprocess;
+    ///
+    /// assert!(Preprocess::Train { precrop: 160, crop: 128 }.validate().is_ok());
+    /// assert!(Preprocess::Train { precrop: 128, crop: 160 }.validate().is_err());
+    /// assert!(Preprocess::Eval { crop: 100_000 }.validate().is_err());
+    /// ```
     pub fn validate(self) -> Result<()> {
-        match self {
-            Self::Train { precrop, crop } if crop == 0 || crop > precrop => {
-                Err(DataError::InvalidArgument(format!(
-                    "crop {crop} must be between 1 and the pre-crop size {precrop}"
-                )))
-            }
-            Self::Eval { crop: 0 } => Err(DataError::InvalidArgument(
-                "crop size must be at least 1".into(),
-            )),
-            _ => Ok(()),
+        let (precrop, crop) = match self {
+            Self::Train { precrop, crop } => (precrop, crop),
+            Self::Eval { crop } => (crop, crop),
+        };
+        if precrop > MAX_RESOLUTION {
+            return Err(DataError::InvalidArgument(format!(
+                "resolution {precrop} is above the maximum of {MAX_RESOLUTION} pixels"
+            )));
         }
+        if crop == 0 || crop > precrop {
+            return Err(DataError::InvalidArgument(format!(
+                "crop {crop} must be between 1 and the pre-crop size {precrop}"
+            )));
+        }
+        Ok(())
     }
 
     /// Writes the processed image as CHW floats in `[-1, 1]` into `out`

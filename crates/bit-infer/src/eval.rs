@@ -51,7 +51,7 @@ pub fn evaluate(
                 .ln()
                 + max;
             loss += log_sum - row[label] as f64;
-            let rank = row.iter().filter(|&&v| v > row[label]).count();
+            let rank = rank(row, label);
             top1 += usize::from(rank == 0);
             top5 += usize::from(rank < 5);
             examples += 1;
@@ -66,6 +66,20 @@ pub fn evaluate(
     })
 }
 
+/// How many other classes score at least as high as `label`: ties count against the label
+/// (a constant head is right for no one), a NaN logit elsewhere counts as higher, and a NaN
+/// logit for the label ranks beyond any k, so a model that produces NaN is never correct.
+fn rank(row: &[f32], label: usize) -> usize {
+    let target = row[label];
+    if target.is_nan() {
+        return usize::MAX;
+    }
+    row.iter()
+        .enumerate()
+        .filter(|&(j, &v)| j != label && (v >= target || v.is_nan()))
+        .count()
+}
+
 /// [`evaluate`] over every example of `dataset` (labels already index the head; see
 /// [`Relabelled`](crate::Relabelled) for datasets whose classes do not).
 ///
@@ -77,11 +91,12 @@ pub fn evaluate(
 /// use burn::tensor::Device;
 ///
 /// let device = Device::default();
-/// // A zero head scores every class alike: all tie, so every label counts as top-1.
+/// // A zero head scores every class alike: ties count against the label, so nothing is top-1
+/// // (and with three classes everything is top-5).
 /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 3).with_zero_head(true).init(&device);
 /// let data = InMemoryDataset::new(vec!["a".into(), "b".into(), "c".into()], [8, 8, 3], vec![7; 4 * 192], vec![0, 1, 2, 1])?;
 /// let r = bit_infer::evaluate_dataset(&model, Arc::new(data), &Feed::new(32), &device)?;
-/// assert_eq!((r.examples, r.top1), (4, 1.0));
+/// assert_eq!((r.examples, r.top1, r.top5), (4, 0.0, 1.0));
 /// assert!((r.loss - 3f64.ln()).abs() < 1e-6);
 /// # Ok::<(), bit_infer::InferError>(())
 /// ```
@@ -95,4 +110,21 @@ pub fn evaluate_dataset(
     let result = evaluate(model, batches, device)?;
     bar.finish_and_clear();
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rank;
+
+    #[test]
+    fn ties_and_nan_never_make_a_label_correct() {
+        assert_eq!(rank(&[0.1, 0.9, 0.3], 1), 0);
+        assert_eq!(rank(&[0.1, 0.9, 0.3], 2), 1);
+        // A constant row (a zero head): every other class ties, and ties count against.
+        assert_eq!(rank(&[0.0; 10], 4), 9);
+        // NaN for the label ranks last; NaN elsewhere counts as higher.
+        assert_eq!(rank(&[f32::NAN, 0.0, 1.0], 0), usize::MAX);
+        assert_eq!(rank(&[0.5, f32::NAN, 0.1], 0), 1);
+        assert_eq!(rank(&[f32::NAN; 3], 1), usize::MAX);
+    }
 }

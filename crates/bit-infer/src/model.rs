@@ -106,11 +106,10 @@ impl InferenceModel {
                 |e| e.resolution,
             ),
         };
-        if resolution == 0 {
-            return Err(InferError::InvalidArgument(
-                "the resolution must be at least 1".into(),
-            ));
-        }
+        bit_data::Preprocess::Eval { crop: resolution }
+            .validate()
+            .map_err(|e| InferError::InvalidArgument(format!("{}: {e}", path.display())))?;
+        net.check_rgb(&path)?;
         let class_names = if let Some(file) = &options.labels {
             Some(read_label_file(file, head_size)?)
         } else if let Some(json) = metadata.get(CLASSES_METADATA_KEY) {

@@ -345,3 +345,69 @@ fn released_files_get_their_catalog_resolution_and_imagenet_names() {
     .unwrap();
     assert_eq!(m.class_name(5), "5");
 }
+
+#[test]
+fn a_nan_model_is_never_correct_and_its_loss_is_nan() {
+    use bit_data::InMemoryDataset;
+    let device = Device::flex();
+    let mut model = bit_model::ResNetV2Config::new([1, 1, 1, 1], 1, 3).init(&device);
+    let bias = model.head.fc.bias.take().unwrap().val();
+    model.head.fc.bias = Some(burn::module::Param::from_tensor(bias.full_like(f32::NAN)));
+    let data = InMemoryDataset::new(
+        vec!["a".into(), "b".into(), "c".into()],
+        [8, 8, 3],
+        vec![7; 4 * 192],
+        vec![0, 1, 2, 1],
+    )
+    .unwrap();
+    let r = evaluate_dataset(&model, Arc::new(data), &Feed::new(32), &device).unwrap();
+    assert_eq!((r.examples, r.top1, r.top5), (4, 0.0, 0.0));
+    assert!(r.loss.is_nan());
+}
+
+#[test]
+fn models_that_do_not_take_rgb_images_or_absurd_resolutions_are_refused_at_load() {
+    let dir = scratch("not-rgb");
+    // No server: local files only.
+    let hub = ModelHub::new(Cache::new(dir.join("cache")), "http://127.0.0.1:9");
+    let four = dir.join("four-channels.npz");
+    bit_model::ResNetV2Config::new([1, 1, 1, 1], 1, 3)
+        .with_in_channels(4)
+        .init(&Device::flex())
+        .save_npz(&four)
+        .unwrap();
+    let err = InferenceModel::load(
+        &hub,
+        four.to_str().unwrap(),
+        &LoadOptions::default(),
+        &Device::flex(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InferError::Model(bit_model::Error::NotRgb { channels: 4, .. })
+        ),
+        "{err:?}"
+    );
+    // A resolution from the command line or from a file's metadata is capped, not allocated.
+    let three = dir.join("three.safetensors");
+    bit_model::ResNetV2Config::new([1, 1, 1, 1], 1, 3)
+        .init(&Device::flex())
+        .save_safetensors_with_metadata(&three, &bit_infer::metadata(100_000, None))
+        .unwrap();
+    for options in [
+        LoadOptions::default(),
+        LoadOptions {
+            resolution: Some(100_000),
+            ..Default::default()
+        },
+    ] {
+        let err = InferenceModel::load(&hub, three.to_str().unwrap(), &options, &Device::flex())
+            .unwrap_err();
+        assert!(
+            matches!(&err, InferError::InvalidArgument(m) if m.contains("maximum")),
+            "{err:?}"
+        );
+    }
+}

@@ -93,6 +93,31 @@ pub enum Error {
         reason: String,
     },
 
+    /// A checkpoint whose weights contain NaN or infinite values.
+    #[error(
+        "{path} holds NaN or infinite values in {} ({}): refusing a broken checkpoint",
+        if parameters.len() == 1 { "one parameter".to_string() } else { format!("{} parameters", parameters.len()) },
+        parameters.join(", ")
+    )]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The parameters with non-finite values.
+        parameters: Vec<String>,
+    },
+
+    /// A model whose input is not an RGB image.
+    #[error(
+        "{path}: the model's root convolution takes {channels} input channels, but images have 3 \
+         (RGB)"
+    )]
+    NotRgb {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Its input channels.
+        channels: usize,
+    },
+
     /// A model configuration that cannot be built.
     #[error("invalid ResNetV2 configuration: {0}")]
     InvalidConfig(String),

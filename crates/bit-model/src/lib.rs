@@ -9,7 +9,10 @@
 //! `distill/R50x1_224`, ...); [`ResNetV2::pretrained`] downloads it once into a verified cache.
 //!
 //! The same code runs on every Burn backend compiled in; the [`Device`](burn::tensor::Device)
-//! chooses it at run time (see [`backend`]). On an autodiff device the model trains.
+//! chooses it at run time (see [`backend`]). On an autodiff device the model trains. The
+//! operations BiT spends its time in (the weight-standardized convolution, GroupNorm + ReLU,
+//! the root pool) are a Burn backend extension, [`ops`], with CPU kernels and closed-form
+//! gradients of their own; inside the network activations are channels-last.
 //!
 //! ```no_run
 //! use bit_model::ResNetV2;

@@ -105,6 +105,20 @@ impl ResNetV2 {
         model
             .load_from(&mut store)
             .map_err(|e| corrupt(e.to_string()))?;
-        Ok((model, metadata))
+        Ok((refuse_non_finite(path, model)?, metadata))
+    }
+}
+
+/// `model`, or [`Error::NonFinite`] naming the parameters of `path` with NaN or infinite values:
+/// such a file is the end of a diverged run, and using it only spreads NaN.
+pub(crate) fn refuse_non_finite(path: &Path, model: ResNetV2) -> Result<ResNetV2> {
+    let parameters = model.non_finite_parameters();
+    if parameters.is_empty() {
+        Ok(model)
+    } else {
+        Err(Error::NonFinite {
+            path: path.to_path_buf(),
+            parameters,
+        })
     }
 }

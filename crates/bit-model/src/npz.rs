@@ -174,7 +174,7 @@ impl NpzCheckpoint {
         self.load_body(&mut model, &mut used)?;
         self.load_linear_head(&mut model.head.fc, &mut used)?;
         self.warn_unused(&used);
-        Ok(model)
+        self.finite(model)
     }
 
     /// Loads the body and the pre-head norm, and starts a new zero head of `head_size`
@@ -187,7 +187,12 @@ impl NpzCheckpoint {
         let mut used = BTreeSet::from([HEAD_KERNEL.to_string(), HEAD_BIAS.to_string()]);
         self.load_body(&mut model, &mut used)?;
         self.warn_unused(&used);
-        Ok(model)
+        self.finite(model)
+    }
+
+    /// The model, unless a weight is NaN or infinite.
+    fn finite(&self, model: ResNetV2) -> Result<ResNetV2> {
+        crate::native::refuse_non_finite(&self.path, model)
     }
 
     fn load_body(&mut self, model: &mut ResNetV2, used: &mut BTreeSet<String>) -> Result<()> {

@@ -395,6 +395,34 @@ impl ResNetV2 {
         self
     }
 
+    /// The parameters holding a NaN or an infinity, by path (`body.0.units.0.conv1.weight`):
+    /// empty for a healthy model.
+    ///
+    /// ```
+    /// use bit_model::ResNetV2Config;
+    /// use burn::tensor::Device;
+    ///
+    /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 10).init(&Device::default());
+    /// assert!(model.non_finite_parameters().is_empty());
+    /// ```
+    pub fn non_finite_parameters(&self) -> Vec<String> {
+        let mut visitor = NonFinite::default();
+        self.visit(&mut visitor);
+        visitor.found
+    }
+
+    /// Checks the model takes RGB images (its root convolution has 3 input channels), as every
+    /// dataset and image pipeline here produces; `path` names the checkpoint in the error.
+    pub fn check_rgb(&self, path: &std::path::Path) -> Result<(), Error> {
+        match self.config().in_channels {
+            3 => Ok(()),
+            channels => Err(Error::NotRgb {
+                path: path.to_path_buf(),
+                channels,
+            }),
+        }
+    }
+
     /// The configuration this model was built with, read back from its layers.
     pub fn config(&self) -> ResNetV2Config {
         let root = self.root.conv.weight.lazy_shape();
@@ -403,5 +431,29 @@ impl ResNetV2 {
         ResNetV2Config::new(block_units, root[0] / 64, head[1])
             .with_in_channels(root[1])
             .with_std_conv_eps(self.root.conv.eps)
+    }
+}
+
+/// Collects the paths of parameters with non-finite values.
+#[derive(Default)]
+struct NonFinite {
+    path: Vec<String>,
+    found: Vec<String>,
+}
+
+impl burn::module::ModuleVisitor for NonFinite {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        let finite = param.val().is_finite().all().into_scalar::<bool>();
+        if !finite {
+            self.found.push(self.path.join("."));
+        }
     }
 }

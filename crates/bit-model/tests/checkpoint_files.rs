@@ -298,3 +298,29 @@ fn npz_save_failure_is_typed_and_leaves_no_file() {
     ));
     assert!(!dst.exists());
 }
+
+#[test]
+fn non_finite_weights_are_refused_by_name() {
+    let (npz, safetensors) = (scratch("nan.npz"), scratch("nan.safetensors"));
+    let mut model = ResNetV2Config::new([1, 1, 1, 1], 1, 5).init(&Device::flex());
+    let bias = model.head.fc.bias.take().unwrap().val();
+    model.head.fc.bias = Some(burn::module::Param::from_tensor(
+        bias.full_like(f32::INFINITY),
+    ));
+    model.save_npz(&npz).unwrap();
+    model.save_safetensors(&safetensors).unwrap();
+    for err in [
+        ResNetV2::from_npz(&npz, &Device::flex()).unwrap_err(),
+        ResNetV2::from_safetensors(&safetensors, &Device::flex()).unwrap_err(),
+    ] {
+        match &err {
+            Error::NonFinite { parameters, .. } => {
+                assert_eq!(parameters, &vec!["head.fc.bias".to_string()])
+            }
+            other => panic!("expected NonFinite, got {other:?}"),
+        }
+        assert!(err.to_string().contains("head.fc.bias"), "{err}");
+    }
+    // The body alone is fine: a new head replaces the broken one.
+    assert!(ResNetV2::from_npz_with_zero_head(&npz, 3, &Device::flex()).is_ok());
+}

@@ -1,7 +1,9 @@
 //! Resumable checkpoints: model and optimizer state (burnpack, which keeps parameter ids, so
 //! the momentum buffers find their parameters again) and the loop's state. Each checkpoint is
-//! written to a new directory, then `checkpoint.json` is replaced atomically to point at it, so
-//! a crash or a full disk at any moment leaves the previous checkpoint usable.
+//! written to a temporary directory, renamed to a name no other checkpoint has (saving the same
+//! step twice makes two directories), and only then is `checkpoint.json` replaced atomically to
+//! point at it; older directories are removed after that. So at every moment, a crash or a full
+//! disk included, the pointer names a complete checkpoint.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,8 @@ const POINTER: &str = "checkpoint.json";
 const MODEL: &str = "model.bpk";
 const OPTIMIZER: &str = "optim.bpk";
 const STATE: &str = "state.json";
+/// Suffix of a checkpoint directory being written.
+const TMP: &str = ".tmp";
 
 /// Everything besides tensors that a resumed run needs to continue exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +46,14 @@ struct Pointer {
     dir: String,
 }
 
+/// A directory name no earlier checkpoint of this run has: the step, then the time and process.
+fn unique_name(step: usize) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("step-{step:06}-{nanos}-{}", std::process::id())
+}
+
 /// Writes a checkpoint of step `state.step` under `run_dir` and removes older ones.
 pub fn save(
     run_dir: &Path,
@@ -49,9 +61,9 @@ pub fn save(
     optim: &ModuleOptimizer,
     state: &TrainState,
 ) -> Result<PathBuf> {
-    let name = format!("step-{:06}", state.step);
+    let name = unique_name(state.step);
     let root = run_dir.join("checkpoints");
-    let tmp = root.join(format!("{name}.tmp-{}", std::process::id()));
+    let tmp = root.join(format!("{name}{TMP}"));
     let dir = root.join(&name);
     let written = (|| {
         std::fs::create_dir_all(&tmp).map_err(TrainError::io(&tmp))?;
@@ -68,10 +80,8 @@ pub fn save(
         optim
             .save(tmp.join(OPTIMIZER))
             .map_err(failed(tmp.join(OPTIMIZER)))?;
+        // Last: a directory with a state file is complete.
         write_json(&tmp.join(STATE), state)?;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(TrainError::io(&dir))?;
-        }
         std::fs::rename(&tmp, &dir).map_err(TrainError::io(&dir))?;
         let pointer = run_dir.join(POINTER);
         let pointer_tmp = run_dir.join(format!("{POINTER}.tmp"));
@@ -132,6 +142,10 @@ impl Saved {
 }
 
 /// The run's latest checkpoint, if it has one.
+///
+/// Runs written by earlier versions replaced a re-saved step's directory in place, and a crash
+/// in between left the pointer naming nothing while a complete copy sat in
+/// `<dir>.tmp-<pid>`; such a copy is moved into place and used.
 pub fn find(run_dir: &Path) -> Result<Option<Saved>> {
     let pointer = run_dir.join(POINTER);
     if !pointer.is_file() {
@@ -139,8 +153,34 @@ pub fn find(run_dir: &Path) -> Result<Option<Saved>> {
     }
     let Pointer { dir } = read_json(&pointer)?;
     let dir = run_dir.join(dir);
+    if !dir.join(STATE).is_file() {
+        recover(&dir)?;
+    }
     let state = read_json(&dir.join(STATE))?;
     Ok(Some(Saved { dir, state }))
+}
+
+/// Moves a complete leftover `<dir>.tmp-*` (it has its state file, written last) to `dir`.
+fn recover(dir: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Ok(());
+    };
+    let prefix = format!("{}{TMP}", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let candidate = entry.path();
+        if entry.file_name().to_string_lossy().starts_with(&prefix)
+            && candidate.join(STATE).is_file()
+            && candidate.join(MODEL).is_file()
+            && candidate.join(OPTIMIZER).is_file()
+        {
+            std::fs::remove_dir_all(dir).ok();
+            return std::fs::rename(&candidate, dir).map_err(TrainError::io(dir));
+        }
+    }
+    Ok(())
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -159,4 +199,46 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
         path: path.to_path_buf(),
         reason: format!("unreadable checkpoint: {e}"),
     })
+}
+
+/// The lock file in a run directory, holding the PID of the run that owns the directory.
+pub const LOCK: &str = "run.lock";
+
+/// An exclusive lock on a run directory, held for as long as this value lives. The operating
+/// system releases it when the process ends, however it ends.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// Takes the exclusive lock of `run_dir` (created if needed), or reports who holds it.
+pub fn lock(run_dir: &Path) -> Result<RunLock> {
+    use std::io::{Read, Seek, Write};
+    std::fs::create_dir_all(run_dir).map_err(TrainError::io(run_dir))?;
+    let path = run_dir.join(LOCK);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(TrainError::io(&path))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).map_err(TrainError::io(&path))?;
+            file.write_all(std::process::id().to_string().as_bytes())
+                .map_err(TrainError::io(&path))?;
+            Ok(RunLock { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            file.rewind().ok();
+            file.read_to_string(&mut text).ok();
+            Err(TrainError::RunInUse {
+                dir: run_dir.to_path_buf(),
+                pid: text.trim().parse().ok(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io(&path)(e)),
+    }
 }

@@ -121,12 +121,13 @@ impl TrainConfig {
         {
             return bad("--eval_every, --steps and --examples_per_class must be at least 1".into());
         }
-        if let Some((pre, crop)) = self.resolution
-            && (crop == 0 || crop > pre)
-        {
-            return bad(format!(
-                "resolution {pre}/{crop}: the crop must be between 1 and the pre-crop size"
-            ));
+        if let Some((precrop, crop)) = self.resolution {
+            bit_data::Preprocess::Train { precrop, crop }
+                .validate()
+                .map_err(|e| TrainError::InvalidConfig(format!("--resolution: {e}")))?;
+        }
+        if self.max_eval_examples == Some(0) {
+            return bad("--max_eval_examples must be at least 1".into());
         }
         Ok(self.dataset.parse()?)
     }

@@ -73,6 +73,30 @@ pub enum TrainError {
         loss: f32,
     },
 
+    /// Another process is running the same run (same `--logdir` and `--name`).
+    #[error(
+        "{dir} is in use by {}: wait for that run to finish, or use another --name",
+        pid.map_or("another process".to_string(), |p| format!("PID {p}"))
+    )]
+    RunInUse {
+        /// The run directory.
+        dir: PathBuf,
+        /// The process holding it, when it could be read.
+        pid: Option<u32>,
+    },
+
+    /// The model in a checkpoint has non-finite weights.
+    #[error(
+        "{path} holds non-finite (NaN or infinite) weights: the run diverged before it was \
+         saved; delete {run} (or use another --name) and start again with a lower --base_lr"
+    )]
+    NonFiniteCheckpoint {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// The run directory.
+        run: PathBuf,
+    },
+
     /// A setting out of range.
     #[error("invalid setting: {0}")]
     InvalidConfig(String),

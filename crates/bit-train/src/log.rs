@@ -20,15 +20,19 @@ pub struct RunLog {
 
 impl RunLog {
     /// Opens (appending) `train.log` and `metrics.jsonl` in `dir`; `quiet` keeps the terminal
-    /// clean (tests, embedding programs).
+    /// clean (tests, embedding programs). A last line torn by a crash (no newline) is dropped
+    /// first, so the next record starts on a line of its own.
     pub fn open(dir: &Path, quiet: bool) -> Result<Self> {
         let open = |name: &str| {
             let path = dir.join(name);
-            OpenOptions::new()
+            let file = OpenOptions::new()
                 .create(true)
+                .read(true)
                 .append(true)
                 .open(&path)
-                .map_err(TrainError::io(path))
+                .map_err(TrainError::io(&path))?;
+            drop_torn_line(&file).map_err(TrainError::io(&path))?;
+            Ok::<_, TrainError>(file)
         };
         Ok(Self {
             text: open("train.log")?,
@@ -79,7 +83,7 @@ impl RunLog {
         let stamp = chrono::Local::now().format("%Y-%m-%d %H:%M:%S,%3f");
         let line = format!("{stamp} [{level}] bit_common: {message}");
         // A full disk must not kill a training run over a log line; the metrics say the rest.
-        writeln!(self.text, "{line}").ok();
+        append_line(&mut self.text, &line).ok();
         if !self.quiet {
             self.bar.suspend(|| eprintln!("{line}"));
         }
@@ -87,8 +91,44 @@ impl RunLog {
 
     /// One JSON object per line in `metrics.jsonl`.
     pub fn metric(&mut self, record: Value) {
-        writeln!(self.metrics, "{record}").ok();
+        append_line(&mut self.metrics, &record.to_string()).ok();
     }
+}
+
+/// Appends `line` and its newline with one `write` of the whole record, so a crash leaves either
+/// the record or nothing of it, never a piece another record continues.
+fn append_line(file: &mut File, line: &str) -> std::io::Result<()> {
+    let mut record = String::with_capacity(line.len() + 1);
+    record.push_str(line);
+    record.push('\n');
+    file.write_all(record.as_bytes())
+}
+
+/// Truncates `file` after its last newline if a crash cut its last line short.
+fn drop_torn_line(file: &File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Read backwards in blocks until the last newline.
+    let mut reader = file;
+    let mut end = len;
+    let mut block = vec![0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..(end - start) as usize];
+        reader.seek(SeekFrom::Start(start))?;
+        reader.read_exact(chunk)?;
+        if end == len && chunk.last() == Some(&b'\n') {
+            return Ok(());
+        }
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return file.set_len(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    file.set_len(0)
 }
 
 /// Formats like Python's `{:.1e}` (`3.0e-03`), which the reference log lines use.
@@ -105,6 +145,36 @@ pub fn python_exp(value: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_torn_last_record_is_dropped_on_reopen() {
+        let dir = std::env::temp_dir().join(format!("bit-train-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let metrics = dir.join("metrics.jsonl");
+        let long = format!("{{\"event\":\"eval\",\"note\":\"{}\"}}\n", "x".repeat(5000));
+        std::fs::write(&metrics, format!("{long}{{\"event\":\"train\",\"loss")).unwrap();
+        std::fs::write(dir.join("train.log"), "complete line\n").unwrap();
+        let mut log = super::RunLog::open(&dir, true).unwrap();
+        log.metric(serde_json::json!({"event": "train", "step": 3}));
+        log.info("resumed");
+        let text = std::fs::read_to_string(&metrics).unwrap();
+        assert_eq!(text, format!("{long}{{\"event\":\"train\",\"step\":3}}\n"));
+        let lines: Vec<String> = std::fs::read_to_string(dir.join("train.log"))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(lines[0], "complete line");
+        assert!(
+            lines[1].ends_with("[INFO] bit_common: resumed"),
+            "{lines:?}"
+        );
+        // A file that is one torn line becomes empty.
+        std::fs::write(&metrics, "{\"event").unwrap();
+        drop(super::RunLog::open(&dir, true).unwrap());
+        assert_eq!(std::fs::read_to_string(&metrics).unwrap(), "");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn python_style_exponents() {
         assert_eq!(super::python_exp(0.003), "3.0e-03");

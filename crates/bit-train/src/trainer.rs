@@ -66,7 +66,8 @@ pub fn bit_optimizer() -> ModuleOptimizer {
 pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcome> {
     let dataset = config.validate()?;
     let run_dir = config.run_dir();
-    std::fs::create_dir_all(&run_dir).map_err(TrainError::io(&run_dir))?;
+    // Two processes on one run directory would overwrite each other's checkpoints and logs.
+    let _lock = checkpoint::lock(&run_dir)?;
     let mut log = RunLog::open(&run_dir, options.quiet)?;
     log.info(&format!("{config:?}"));
 
@@ -128,6 +129,12 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
                 saved.dir.display()
             ));
             let model = saved.model(&main)?;
+            if !model.non_finite_parameters().is_empty() {
+                return Err(TrainError::NonFiniteCheckpoint {
+                    path: saved.dir.clone(),
+                    run: run_dir.clone(),
+                });
+            }
             optim = saved.optimizer(optim)?;
             log.info(&format!("Resumed at step {}", saved.state.step));
             (model, saved.state.step, saved.state.next_batch)
@@ -135,11 +142,9 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         Start::Fresh(path) => {
             log.info(&format!("Loading model from {}", path.display()));
             log.info("Fine-tuning from BiT");
-            (
-                ResNetV2::from_npz_with_zero_head(&path, classes.len(), &main)?,
-                0,
-                0,
-            )
+            let model = ResNetV2::from_npz_with_zero_head(&path, classes.len(), &main)?;
+            model.check_rgb(&path)?;
+            (model, 0, 0)
         }
     };
     if config.save {
@@ -184,6 +189,19 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         ));
         log.metric(json!({"event": "eval", "step": step, "loss": result.loss, "top1": result.top1, "top5": result.top5, "examples": result.examples}));
         Ok(result)
+    };
+    // Weights that went non-finite are never checkpointed: a rerun resumes the last good ones.
+    let save = |model: &ResNetV2, optim: &ModuleOptimizer, state: &TrainState| -> Result<()> {
+        if !model.non_finite_parameters().is_empty() {
+            return Err(TrainError::NonFiniteLoss {
+                step: state.step,
+                loss: f32::NAN,
+            });
+        }
+        if config.save {
+            checkpoint::save(&run_dir, model, optim, state)?;
+        }
+        Ok(())
     };
     let state = |step: usize, next_batch: u64, model: &ResNetV2| TrainState {
         step,
@@ -265,18 +283,20 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
             .is_some_and(|every| step.is_multiple_of(every))
             && rule.lr(step).is_some()
         {
-            run_eval(&model, step.to_string(), &mut log, &mut timings)?;
-            if config.save {
-                checkpoint::save(&run_dir, &model, &optim, &state(step, next_batch, &model))?;
-            }
+            let eval = run_eval(&model, step.to_string(), &mut log, &mut timings);
+            checkpoint_unless_diverged(eval, step, &mut log, || {
+                save(&model, &optim, &state(step, next_batch, &model))
+            })?;
         }
     }
     // Training time proper: evaluations inside the loop are not training.
     let train_secs = started.elapsed().as_secs_f64() - timings.total("eval");
     log.finish_progress();
-    let eval = run_eval(&model, "end".into(), &mut log, &mut timings)?;
+    let eval = run_eval(&model, "end".into(), &mut log, &mut timings);
+    let eval = checkpoint_unless_diverged(eval, step, &mut log, || {
+        save(&model, &optim, &state(step, next_batch, &model))
+    })?;
     if config.save {
-        checkpoint::save(&run_dir, &model, &optim, &state(step, next_batch, &model))?;
         let export = run_dir.join("model.safetensors");
         // With its classes and resolution, so `bit predict`/`bit eval` need nothing else.
         model.clone().valid().save_safetensors_with_metadata(
@@ -299,6 +319,35 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         run_dir,
         model: model.valid(),
     })
+}
+
+/// After an evaluation: saves the checkpoint unless the run diverged (a non-finite evaluation
+/// loss is never checkpointed, so a rerun resumes the last good weights), and returns the
+/// evaluation. An evaluation that failed still gets the trained steps checkpointed before its
+/// error is reported.
+fn checkpoint_unless_diverged(
+    eval: Result<EvalResult>,
+    step: usize,
+    log: &mut RunLog,
+    save: impl FnOnce() -> Result<()>,
+) -> Result<EvalResult> {
+    match eval {
+        Ok(result) if !result.loss.is_finite() => {
+            log.warn(&format!(
+                "Validation loss is {} at step {step}: not checkpointing a diverged model",
+                result.loss
+            ));
+            Err(TrainError::NonFiniteLoss {
+                step,
+                loss: result.loss as f32,
+            })
+        }
+        Ok(result) => save().map(|()| result),
+        Err(error) => {
+            save()?;
+            Err(error)
+        }
+    }
 }
 
 /// Where a run starts from.

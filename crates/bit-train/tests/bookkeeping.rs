@@ -4,7 +4,10 @@
 use std::sync::atomic::Ordering;
 
 use bit_hyperrule::HyperRule;
-use bit_train::{TrainConfig, TrainError, TrainOptions, python_exp, train};
+use bit_train::{
+    TrainConfig, TrainError, TrainOptions, bit_optimizer, checkpoint, python_exp, train,
+};
+use burn::module::Param;
 
 fn config(name: &str) -> TrainConfig {
     let logdir = std::env::temp_dir().join(format!("bit-train-bookkeeping-{}", std::process::id()));
@@ -150,5 +153,92 @@ fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
         config.run_dir().join("checkpoint.json").is_file(),
         "the last good checkpoint stays"
     );
+    // The diverged weights were never checkpointed: what a rerun resumes is finite.
+    let saved = checkpoint::find(&config.run_dir()).unwrap().unwrap();
+    let model = saved.model(&burn::tensor::Device::flex()).unwrap();
+    assert!(model.non_finite_parameters().is_empty());
+    std::fs::remove_dir_all(config.run_dir()).ok();
+}
+
+#[test]
+fn a_checkpoint_with_non_finite_weights_is_refused_on_resume() {
+    let config = config("poisoned");
+    std::fs::remove_dir_all(config.run_dir()).ok();
+    let quiet = TrainOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let mut short = config.clone();
+    short.steps = Some(1);
+    let outcome = train(&short, &quiet).unwrap();
+    // Overwrite the run's checkpoint with NaN weights, as an earlier version could leave it.
+    let saved = checkpoint::find(&config.run_dir()).unwrap().unwrap();
+    let mut model = outcome.model;
+    let bias = model.head.fc.bias.take().unwrap().val();
+    model.head.fc.bias = Some(Param::from_tensor(bias.full_like(f32::NAN)));
+    checkpoint::save(&config.run_dir(), &model, &bit_optimizer(), &saved.state).unwrap();
+    match train(&short, &quiet) {
+        Err(TrainError::NonFiniteCheckpoint { path, .. }) => {
+            assert!(path.starts_with(config.run_dir()), "{}", path.display())
+        }
+        other => panic!("expected NonFiniteCheckpoint, got {other:?}"),
+    }
+    std::fs::remove_dir_all(config.run_dir()).ok();
+}
+
+#[test]
+fn resaving_a_step_never_leaves_the_pointer_without_a_checkpoint() {
+    let config = config("resave");
+    std::fs::remove_dir_all(config.run_dir()).ok();
+    let mut short = config.clone();
+    short.steps = Some(1);
+    let quiet = TrainOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let outcome = train(&short, &quiet).unwrap();
+    let run = config.run_dir();
+    let first = checkpoint::find(&run).unwrap().unwrap();
+    // Saving the same step again (a rerun of a finished run, Ctrl-C during an evaluation) goes
+    // to a directory of its own; the pointer moves only once it is complete.
+    let optim = bit_optimizer();
+    let second_dir = checkpoint::save(&run, &outcome.model, &optim, &first.state).unwrap();
+    assert_ne!(first.dir, second_dir);
+    assert!(!first.dir.exists(), "the replaced checkpoint is removed");
+    let second = checkpoint::find(&run).unwrap().unwrap();
+    assert_eq!((second.dir.clone(), second.state.step), (second_dir, 1));
+
+    // A run left by an earlier version, killed between deleting `step-N` and renaming its
+    // complete `step-N.tmp-<pid>` over it: the complete copy is used.
+    let legacy = run.join("checkpoints/step-000001");
+    std::fs::rename(&second.dir, run.join("checkpoints/step-000001.tmp-4242")).unwrap();
+    std::fs::write(
+        run.join("checkpoint.json"),
+        r#"{"dir": "checkpoints/step-000001"}"#,
+    )
+    .unwrap();
+    let recovered = checkpoint::find(&run).unwrap().unwrap();
+    assert_eq!((recovered.dir.clone(), recovered.state.step), (legacy, 1));
+    assert_eq!(train(&short, &quiet).unwrap().steps, 1);
+    std::fs::remove_dir_all(&run).ok();
+}
+
+#[test]
+fn a_second_process_on_the_same_run_is_turned_away() {
+    let config = config("locked");
+    std::fs::remove_dir_all(config.run_dir()).ok();
+    // What another `bit train` on this --logdir/--name holds while it runs.
+    let held = checkpoint::lock(&config.run_dir()).unwrap();
+    let err = train(&config, &TrainOptions::default()).unwrap_err();
+    match &err {
+        TrainError::RunInUse { pid, .. } => assert_eq!(*pid, Some(std::process::id())),
+        other => panic!("expected RunInUse, got {other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .contains(&format!("PID {}", std::process::id())),
+        "{err}"
+    );
+    drop(held);
     std::fs::remove_dir_all(config.run_dir()).ok();
 }
