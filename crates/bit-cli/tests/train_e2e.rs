@@ -156,6 +156,18 @@ fn killed_run_resumes_from_its_checkpoint_and_beats_chance() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(top1 > 25.0, "top-1 {top1}% is not clearly above chance");
+
+    // The same command never interrupted ends with the same model: the kill cost nothing.
+    let straight = logdir.join("straight");
+    let uninterrupted = bit_train(&straight).output().unwrap();
+    assert!(uninterrupted.status.success());
+    let final_line = |run: &Path| {
+        let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+        log.lines()
+            .find_map(|l| l.split_once("Validation@end ").map(|(_, v)| v.to_string()))
+            .expect("a final validation line")
+    };
+    assert_eq!(final_line(&straight.join("fm")), final_line(&run));
     std::fs::remove_dir_all(&logdir).ok();
 }
 

@@ -68,6 +68,21 @@ impl Cifar {
         }
     }
 
+    fn name(self) -> &'static str {
+        match self {
+            Self::Cifar10 => "CIFAR-10",
+            Self::Cifar100 => "CIFAR-100",
+        }
+    }
+
+    /// How many records each of the split's files holds in the official release.
+    fn records_per_file(self, split: Split) -> usize {
+        match (self, split) {
+            (Self::Cifar100, Split::Train) => 50_000,
+            _ => 10_000,
+        }
+    }
+
     fn names_file(self) -> &'static str {
         match self {
             Self::Cifar10 => "batches.meta.txt",
@@ -136,17 +151,36 @@ impl Cifar {
             Self::Cifar100 => 2,
         };
         let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+        let record = label_bytes + IMAGE_BYTES;
+        let expected = self.records_per_file(split);
         for file in self.files(split) {
             let path = dir.join(file);
-            let bytes = std::fs::read(&path).map_err(DataError::io(&path))?;
-            let record = label_bytes + IMAGE_BYTES;
-            if bytes.is_empty() || bytes.len() % record != 0 {
+            // The exact size of the release's file, checked before reading it: a file cut at a
+            // record boundary (or padded) is as wrong as one cut mid-record, and training on
+            // part of CIFAR is silent data loss.
+            let len = std::fs::metadata(&path)
+                .map_err(DataError::io(&path))?
+                .len();
+            if len != (expected * record) as u64 {
+                let whole = if len % record as u64 == 0 {
+                    format!("{} records", len / record as u64)
+                } else {
+                    "not a whole number of records".to_string()
+                };
                 return Err(DataError::Format {
                     path,
                     reason: format!(
-                        "{} bytes is not a whole number of {record}-byte records",
-                        bytes.len()
+                        "{len} bytes ({whole}); the release's file holds exactly {expected} \
+                         {record}-byte records: truncated, or not {}",
+                        self.name()
                     ),
+                });
+            }
+            let bytes = std::fs::read(&path).map_err(DataError::io(&path))?;
+            if bytes.len() != expected * record {
+                return Err(DataError::Format {
+                    path,
+                    reason: "changed while being read".to_string(),
                 });
             }
             for rec in bytes.chunks_exact(record) {

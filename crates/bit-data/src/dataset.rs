@@ -28,6 +28,29 @@ pub trait ImageDataset: Send + Sync {
 
     /// Typical `(height, width)` of the images, for the BiT-HyperRule resolution.
     fn image_size(&self) -> Option<(usize, usize)>;
+
+    /// Files found but skipped because they are not images (see
+    /// [`NonImagePolicy`](crate::NonImagePolicy)), for the run's log.
+    fn skipped(&self) -> &[std::path::PathBuf] {
+        &[]
+    }
+}
+
+/// Decodes every image of `dataset` (in parallel) and returns the first failure: run before a
+/// long job, so that a broken file costs seconds, not the job.
+///
+/// ```
+/// use bit_data::{InMemoryDataset, check_decodes};
+///
+/// let data = InMemoryDataset::new(vec!["a".into()], [2, 2, 3], vec![0; 12], vec![0])?;
+/// check_decodes(&data)?;
+/// # Ok::<(), bit_data::DataError>(())
+/// ```
+pub fn check_decodes(dataset: &dyn ImageDataset) -> Result<()> {
+    use rayon::prelude::*;
+    (0..dataset.len())
+        .into_par_iter()
+        .try_for_each(|i| dataset.image(i).map(drop))
 }
 
 /// Images of one size held in memory (CIFAR, MNIST): `pixels` is `len * height * width *
@@ -160,5 +183,9 @@ impl ImageDataset for Subset {
 
     fn image_size(&self) -> Option<(usize, usize)> {
         self.inner.image_size()
+    }
+
+    fn skipped(&self) -> &[std::path::PathBuf] {
+        self.inner.skipped()
     }
 }

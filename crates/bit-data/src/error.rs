@@ -58,7 +58,7 @@ pub enum DataError {
     /// A file in a class folder is not an image this crate reads.
     #[error(
         "{path} is not an image (readable: {extensions}); remove it from the class folder, or skip \
-         such files explicitly (`--skip-non-images`)",
+         such files explicitly (`--skip_non_images`)",
         extensions = crate::folder::IMAGE_EXTENSIONS.join(", ")
     )]
     NotAnImage {
@@ -111,6 +111,11 @@ pub enum DataError {
     UnknownDataset(String),
 
     /// A parameter out of range (batch size 0, crop larger than the resize, ...).
+    /// The background loader failed (a panic in a worker is reported here, not swallowed).
+    #[error("the data loader failed: {0}")]
+    Loader(String),
+
+    /// A value out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

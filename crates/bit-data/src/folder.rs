@@ -64,41 +64,55 @@ pub struct FolderDataset {
     root: PathBuf,
     classes: Vec<String>,
     items: Vec<(PathBuf, usize)>,
+    skipped: Vec<PathBuf>,
     image_size: Option<(usize, usize)>,
 }
 
 impl FolderDataset {
-    /// Scans `root/<class>/<file>` (one level; files sorted by name within a class).
+    /// Scans `root/<class>/<file>` (one level; files sorted by name within a class). Only
+    /// regular files (or links to them) with an image extension are images: anything else (a
+    /// FIFO named `.png` included, which would block a reader) is a non-image, an error or
+    /// skipped by `non_images`. Class folders whose names are not UTF-8 are read all the same
+    /// (their class name is the lossy conversion).
     pub fn open(root: impl AsRef<Path>, non_images: NonImagePolicy) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
-        let mut classes: Vec<String> = sorted_entries(&root)?
+        // Sorted by directory name, as the reference's ImageFolder does.
+        let class_dirs: Vec<PathBuf> = sorted_entries(&root)?
             .into_iter()
             .filter(|p| p.is_dir())
-            .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
             .collect();
-        classes.sort();
-        if classes.is_empty() {
+        if class_dirs.is_empty() {
             return Err(DataError::NoClasses { path: root });
         }
-        let mut items = Vec::new();
-        for (label, class) in classes.iter().enumerate() {
-            let dir = root.join(class);
+        let classes: Vec<String> = class_dirs
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let (mut items, mut skipped) = (Vec::new(), Vec::new());
+        for (label, (dir, class)) in class_dirs.iter().zip(&classes).enumerate() {
             let before = items.len();
-            for path in sorted_entries(&dir)? {
-                if path.is_dir() {
+            for path in sorted_entries(dir)? {
+                let metadata = std::fs::metadata(&path).map_err(DataError::io(&path))?;
+                if metadata.is_dir() {
                     continue;
                 }
-                if is_image(&path) {
+                if metadata.is_file() && is_image(&path) {
                     items.push((path, label));
                 } else if non_images == NonImagePolicy::Error {
                     return Err(DataError::NotAnImage { path });
                 } else {
                     tracing::warn!(file = %path.display(), "skipping a file that is not an image");
+                    skipped.push(path);
                 }
             }
             if items.len() == before {
                 return Err(DataError::EmptyClass {
-                    path: dir,
+                    path: dir.clone(),
                     class: class.clone(),
                 });
             }
@@ -108,6 +122,7 @@ impl FolderDataset {
             root,
             classes,
             items,
+            skipped,
             image_size,
         })
     }
@@ -143,6 +158,10 @@ impl ImageDataset for FolderDataset {
     fn image_size(&self) -> Option<(usize, usize)> {
         self.image_size
     }
+
+    fn skipped(&self) -> &[PathBuf] {
+        &self.skipped
+    }
 }
 
 /// A list of image files without labels (every label is 0, of one class `unlabelled`), in
@@ -165,10 +184,15 @@ pub struct ImageFiles {
 }
 
 impl ImageFiles {
-    /// The files `paths`, which must exist (they are decoded when read).
+    /// The files `paths`, which must exist and be regular files (they are decoded when read).
     pub fn new(paths: Vec<PathBuf>) -> Result<Self> {
         for path in &paths {
-            std::fs::metadata(path).map_err(DataError::io(path))?;
+            if !std::fs::metadata(path)
+                .map_err(DataError::io(path))?
+                .is_file()
+            {
+                return Err(DataError::NotAnImage { path: path.clone() });
+            }
         }
         let items: Vec<(PathBuf, usize)> = paths.iter().map(|p| (p.clone(), 0)).collect();
         Ok(Self {

@@ -68,45 +68,68 @@ fn find(dir: &Path, name: &str) -> Result<PathBuf> {
         })
 }
 
-/// Reads an unsigned-byte IDX file of `rank` dimensions: (dims, data).
+/// The largest IDX payload this reader accepts (MNIST-style files are tens of MB): a header
+/// that declares more is refused before anything is allocated for it.
+const MAX_IDX_BYTES: u64 = 1 << 30;
+
+/// Reads an unsigned-byte IDX file of `rank` dimensions: (dims, data). The header is read
+/// first; the data must then be exactly the size it declares (checked arithmetic, and never
+/// more read than declared, so a gzip bomb cannot exhaust memory).
 fn read_idx(path: &Path, dtype: u8, rank: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    let raw = std::fs::read(path).map_err(DataError::io(path))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Format {
-                path: path.to_path_buf(),
-                reason: format!("bad gzip stream: {e}"),
-            })?;
-        out
+    let file = std::fs::File::open(path).map_err(DataError::io(path))?;
+    let mut file = std::io::BufReader::new(file);
+    let gzip = {
+        let head = std::io::BufRead::fill_buf(&mut file).map_err(DataError::io(path))?;
+        head.starts_with(&[0x1f, 0x8b])
+    };
+    let mut reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::read::GzDecoder::new(file))
     } else {
-        raw
+        Box::new(file)
     };
     let bad = |reason: String| DataError::Format {
         path: path.to_path_buf(),
         reason,
     };
-    let header = 4 + 4 * rank;
-    if bytes.len() < header
-        || bytes[..2] != [0, 0]
-        || bytes[2] != dtype
-        || bytes[3] as usize != rank
-    {
+    let stream = |e: std::io::Error| bad(format!("unreadable data: {e}"));
+    let mut header = vec![0u8; 4 + 4 * rank];
+    reader.read_exact(&mut header).map_err(|_| {
+        bad(format!(
+            "not an IDX file of unsigned bytes with {rank} dimensions (too short)"
+        ))
+    })?;
+    if header[..2] != [0, 0] || header[2] != dtype || header[3] as usize != rank {
         return Err(bad(format!(
             "not an IDX file of unsigned bytes with {rank} dimensions"
         )));
     }
-    let dims: Vec<usize> = bytes[4..header]
+    let dims: Vec<usize> = header[4..]
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let expected = dims.iter().product::<usize>();
-    if bytes.len() - header != expected {
+    let expected = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .filter(|&n| n <= MAX_IDX_BYTES)
+        .ok_or_else(|| {
+            bad(format!(
+                "dimensions {dims:?} declare more than the {MAX_IDX_BYTES} bytes this reader accepts"
+            ))
+        })?;
+    let mut data = Vec::new();
+    reader
+        .by_ref()
+        .take(expected)
+        .read_to_end(&mut data)
+        .map_err(stream)?;
+    let mut extra = [0u8; 1];
+    let trailing = reader.read(&mut extra).map_err(stream)?;
+    if data.len() as u64 != expected || trailing != 0 {
         return Err(bad(format!(
-            "{} data bytes, expected {expected} for dimensions {dims:?}",
-            bytes.len() - header
+            "{}{} data bytes, expected {expected} for dimensions {dims:?}",
+            data.len(),
+            if trailing != 0 { " or more" } else { "" }
         )));
     }
-    Ok((dims, bytes[header..].to_vec()))
+    Ok((dims, data))
 }

@@ -44,12 +44,12 @@ use rand::rngs::Xoshiro256PlusPlus;
 
 pub use bit_hub::{FetchError, RemoteFile};
 pub use cifar::{CIFAR_BASE_URL, CIFAR_BASE_URL_ENV, Cifar, extract_tar_gz};
-pub use dataset::{ImageDataset, InMemoryDataset, Subset};
+pub use dataset::{ImageDataset, InMemoryDataset, Subset, check_decodes};
 pub use error::{DataError, Result};
 pub use fewshot::few_shot;
 pub use folder::{FolderDataset, IMAGE_EXTENSIONS, ImageFiles, NonImagePolicy};
 pub use idx::{DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, load_idx};
-pub use loader::{Batch, BatchStream, LoaderConfig};
+pub use loader::{Batch, BatchStream, LoaderConfig, MAX_WORKERS};
 pub use mixup::{Mixup, MixupStep};
 pub use transform::{MAX_RESOLUTION, Preprocess};
 

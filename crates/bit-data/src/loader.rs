@@ -21,6 +21,9 @@ const EPOCH_STREAM: u64 = 1;
 const REPLACEMENT_STREAM: u64 = 2;
 const AUGMENT_STREAM: u64 = 3;
 
+/// The most loader threads a stream starts.
+pub const MAX_WORKERS: usize = 256;
+
 /// How batches are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoaderConfig {
@@ -103,11 +106,17 @@ enum Plan {
     Eval,
 }
 
-/// An iterator over prepared batches; dropping it stops the background work.
+/// An iterator over prepared batches; dropping it stops the background work. A failure of the
+/// background threads (a decoding error, or a panic) is an `Err` item, never a silently shorter
+/// stream.
 pub struct BatchStream {
     receiver: Receiver<Result<Batch>>,
     producer: Option<JoinHandle<()>>,
     batches: Option<u64>,
+    /// Batches handed out so far.
+    received: u64,
+    /// Whether the stream has ended (after its last batch or its error).
+    done: bool,
 }
 
 impl BatchStream {
@@ -152,6 +161,12 @@ impl BatchStream {
         if dataset.is_empty() {
             return Err(DataError::InvalidArgument("the dataset is empty".into()));
         }
+        if config.workers > MAX_WORKERS {
+            return Err(DataError::InvalidArgument(format!(
+                "{} workers: at most {MAX_WORKERS} (a few per core is plenty)",
+                config.workers
+            )));
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.workers.max(1))
             .thread_name(|i| format!("bit-data-{i}"))
@@ -182,8 +197,15 @@ impl BatchStream {
                             ..((b as usize + 1) * config.batch_size).min(n))
                             .collect(),
                     };
-                    let batch =
-                        pool.install(|| prepare(&*dataset, preprocess, &indices, config.seed, b));
+                    let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        pool.install(|| prepare(&*dataset, preprocess, &indices, config.seed, b))
+                    }))
+                    .unwrap_or_else(|panic| {
+                        Err(DataError::Loader(format!(
+                            "batch {b}: {}",
+                            panic_message(panic.as_ref())
+                        )))
+                    });
                     let failed = batch.is_err();
                     if sender.send(batch).is_err() || failed {
                         return;
@@ -197,15 +219,47 @@ impl BatchStream {
             receiver,
             producer: Some(producer),
             batches,
+            received: 0,
+            done: false,
         })
     }
+}
+
+/// The text of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "the loader panicked".into())
 }
 
 impl Iterator for BatchStream {
     type Item = Result<Batch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.receiver.recv().ok()
+        if self.done || self.batches.is_some_and(|n| self.received >= n) {
+            return None;
+        }
+        match self.receiver.recv() {
+            Ok(batch) => {
+                self.received += 1;
+                self.done = batch.is_err();
+                Some(batch)
+            }
+            // The producer is gone before the last batch: say why instead of ending quietly.
+            Err(_) => {
+                self.done = true;
+                let why = match self.producer.take().map(JoinHandle::join) {
+                    Some(Err(panic)) => panic_message(panic.as_ref()),
+                    _ => "the loader thread stopped".into(),
+                };
+                Some(Err(DataError::Loader(format!(
+                    "after {} batches: {why}",
+                    self.received
+                ))))
+            }
+        }
     }
 }
 

@@ -7,11 +7,28 @@ use std::path::{Path, PathBuf};
 use bit_data::{Cifar, DataError, FetchError, ImageDataset, RemoteFile, Split};
 use bit_testkit::HttpServer;
 
-fn scratch(name: &str) -> PathBuf {
+/// A fresh directory, removed with everything in it when dropped (the release-size files are
+/// large).
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("bit-data-cifar-{}-{name}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 /// Pixel `p` of channel `c` of record `r`: a recognisable pattern.
@@ -19,7 +36,8 @@ fn pixel(r: usize, c: usize, p: usize) -> u8 {
     (r * 31 + c * 7 + p) as u8
 }
 
-/// A CIFAR archive with `per_file` records in each of the official member files.
+/// A CIFAR archive with the official member files: `per_file` records in each, except CIFAR-100's
+/// `train.bin`, five times as long as in the release.
 fn cifar_archive(kind: Cifar, per_file: usize, extra: Option<(&str, &[u8])>) -> Vec<u8> {
     let (dir, files, names_file, classes, label_bytes) = match kind {
         Cifar::Cifar10 => (
@@ -56,7 +74,12 @@ fn cifar_archive(kind: Cifar, per_file: usize, extra: Option<(&str, &[u8])>) -> 
     };
     for file in &files {
         let mut data = Vec::new();
-        for r in 0..per_file {
+        let records = if *file == "train.bin" {
+            5 * per_file
+        } else {
+            per_file
+        };
+        for r in 0..records {
             if label_bytes == 2 {
                 data.push((r % 20) as u8); // coarse
             }
@@ -81,6 +104,16 @@ fn cifar_archive(kind: Cifar, per_file: usize, extra: Option<(&str, &[u8])>) -> 
         tar.append(&header, data).unwrap();
     }
     tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// Records per file in the release (CIFAR-10 files, CIFAR-100 test): the loader accepts exactly
+/// these sizes.
+const RELEASE_RECORDS: usize = 10_000;
+
+/// A full-size CIFAR-10 archive, built once for the tests that load it (~180 MB of records).
+fn release_cifar10() -> &'static [u8] {
+    static ARCHIVE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    ARCHIVE.get_or_init(|| cifar_archive(Cifar::Cifar10, RELEASE_RECORDS, None))
 }
 
 fn serve(name: &str, body: Vec<u8>, cut_first: bool) -> HttpServer {
@@ -123,18 +156,18 @@ fn check_cifar10(ds: &dyn ImageDataset, per_file: usize, files: usize) {
 
 #[test]
 fn downloads_verifies_extracts_and_parses_cifar10() {
-    let body = cifar_archive(Cifar::Cifar10, 7, None);
+    let body = release_cifar10().to_vec();
     let server = serve("cifar-10-binary.tar.gz", body.clone(), false);
     let dir = scratch("download");
     let remote = remote_for(server.base_url(), "cifar-10-binary.tar.gz", &body);
     let train = Cifar::Cifar10
         .load_from(&dir, Split::Train, &remote)
         .unwrap();
-    check_cifar10(&train, 7, 5);
+    check_cifar10(&train, RELEASE_RECORDS, 5);
     let test = Cifar::Cifar10
         .load_from(&dir, Split::Test, &remote)
         .unwrap();
-    assert_eq!(test.len(), 7);
+    assert_eq!(test.len(), RELEASE_RECORDS);
     assert_eq!(server.hits(), 1, "the archive is downloaded once");
     assert!(dir.join("cifar-10-binary.tar.gz").is_file());
     // Offline afterwards: the extracted folder is enough.
@@ -148,13 +181,13 @@ fn downloads_verifies_extracts_and_parses_cifar10() {
             .load_from(&dir, Split::Train, &offline)
             .unwrap()
             .len(),
-        35
+        5 * RELEASE_RECORDS
     );
 }
 
 #[test]
 fn interrupted_download_resumes_with_a_range_request() {
-    let body = cifar_archive(Cifar::Cifar10, 5, None);
+    let body = release_cifar10().to_vec();
     let server = serve("cifar-10-binary.tar.gz", body.clone(), true);
     let dir = scratch("resume");
     let remote = remote_for(server.base_url(), "cifar-10-binary.tar.gz", &body);
@@ -175,7 +208,7 @@ fn interrupted_download_resumes_with_a_range_request() {
         &Cifar::Cifar10
             .load_from(&dir, Split::Train, &remote)
             .unwrap(),
-        5,
+        RELEASE_RECORDS,
         5,
     );
     assert_eq!(server.hits(), 2);
@@ -184,14 +217,14 @@ fn interrupted_download_resumes_with_a_range_request() {
 
 #[test]
 fn cifar100_uses_fine_labels() {
-    let body = cifar_archive(Cifar::Cifar100, 30, None);
+    let body = cifar_archive(Cifar::Cifar100, RELEASE_RECORDS, None);
     let dir = scratch("c100");
     std::fs::write(dir.join("cifar-100-binary.tar.gz"), &body).unwrap();
     let remote = remote_for("http://127.0.0.1:9", "cifar-100-binary.tar.gz", &body);
     let ds = Cifar::Cifar100
         .load_from(&dir, Split::Train, &remote)
         .unwrap();
-    assert_eq!((ds.len(), ds.classes().len()), (30, 100));
+    assert_eq!((ds.len(), ds.classes().len()), (5 * RELEASE_RECORDS, 100));
     assert_eq!(ds.label(25), 25); // the coarse label of record 25 is 5
 }
 
@@ -309,7 +342,7 @@ fn corrupt_record_file_is_a_format_error() {
         "data_batch_4.bin",
         "data_batch_5.bin",
     ] {
-        std::fs::write(inner.join(f), vec![0u8; 3073 * 2]).unwrap();
+        release_size(&inner.join(f), 0);
     }
     std::fs::write(inner.join("data_batch_3.bin"), vec![0u8; 3073 + 100]).unwrap();
     std::fs::write(
@@ -322,17 +355,42 @@ fn corrupt_record_file_is_a_format_error() {
         size: None,
         md5: None,
     };
-    match Cifar::Cifar10
-        .load_from(&dir, Split::Train, &remote)
-        .unwrap_err()
-    {
-        DataError::Format { path, .. } => assert!(path.ends_with("data_batch_3.bin")),
+    let load = || Cifar::Cifar10.load_from(&dir, Split::Train, &remote);
+    match load().unwrap_err() {
+        DataError::Format { path, reason } => {
+            assert!(path.ends_with("data_batch_3.bin"), "{path:?}");
+            assert!(reason.contains("not a whole number"), "{reason}");
+        }
         other => panic!("expected Format, got {other:?}"),
     }
+    // Cut at a record boundary, or one record too many: whole records, but not the release's.
+    for (delta, records) in [(-1, "9999 records"), (1, "10001 records")] {
+        release_size(&inner.join("data_batch_3.bin"), delta);
+        match load().unwrap_err() {
+            DataError::Format { path, reason } => {
+                assert!(path.ends_with("data_batch_3.bin"), "{path:?}");
+                assert!(
+                    reason.contains(records) && reason.contains("exactly 10000"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected Format, got {other:?}"),
+        }
+    }
+    release_size(&inner.join("data_batch_3.bin"), 0);
+    assert_eq!(load().unwrap().len(), 5 * RELEASE_RECORDS);
+    // Loading never modifies the files.
     let mut bytes = Vec::new();
     std::fs::File::open(inner.join("data_batch_1.bin"))
         .unwrap()
         .read_to_end(&mut bytes)
         .unwrap();
-    assert_eq!(bytes.len(), 3073 * 2);
+    assert_eq!(bytes.len(), 3073 * RELEASE_RECORDS);
+}
+
+/// Makes `path` a (sparse, all-zero) CIFAR-10 batch file of `RELEASE_RECORDS + delta` records.
+fn release_size(path: &Path, delta: isize) {
+    let records = RELEASE_RECORDS.checked_add_signed(delta).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    file.set_len((3073 * records) as u64).unwrap();
 }

@@ -109,3 +109,69 @@ fn validation_classes_must_match_training() {
         .unwrap();
     assert!(matches!(err, DataError::ClassMismatch { .. }), "{err:?}");
 }
+
+#[test]
+fn fifos_non_utf8_class_names_and_skipped_files() {
+    use std::os::unix::ffi::OsStrExt;
+    let root = scratch("special-files");
+    make_split(&root, &["cats"], 2);
+    // A class folder whose name is not UTF-8.
+    let odd = root.join(std::ffi::OsStr::from_bytes(b"d\xffgs"));
+    std::fs::create_dir_all(&odd).unwrap();
+    RgbImage::new(8, 8).save(odd.join("a.png")).unwrap();
+    // A FIFO named like an image: opening it would block forever.
+    let fifo = root.join("cats").join("pipe.png");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    match FolderDataset::open(&root, NonImagePolicy::Error) {
+        Err(DataError::NotAnImage { path }) => assert_eq!(path, fifo),
+        other => panic!("expected NotAnImage, got {other:?}"),
+    }
+    let ds = FolderDataset::open(&root, NonImagePolicy::SkipWithWarning).unwrap();
+    assert_eq!(ds.skipped(), [fifo]);
+    assert_eq!(ds.classes(), ["cats", "d\u{fffd}gs"]);
+    assert_eq!(ds.len(), 3);
+    assert_eq!(ds.image(2).unwrap().dimensions(), (8, 8));
+}
+
+/// A dataset whose decoder panics on one image, like a bug in a codec.
+struct Panicking;
+
+impl ImageDataset for Panicking {
+    fn len(&self) -> usize {
+        10
+    }
+    fn classes(&self) -> &[String] {
+        &[]
+    }
+    fn label(&self, _: usize) -> usize {
+        0
+    }
+    fn image(&self, index: usize) -> bit_data::Result<RgbImage> {
+        assert_ne!(index, 7, "decoder bug on image 7");
+        Ok(RgbImage::new(4, 4))
+    }
+    fn image_size(&self) -> Option<(usize, usize)> {
+        None
+    }
+}
+
+#[test]
+fn a_panicking_worker_is_an_error_not_a_short_stream() {
+    let stream = BatchStream::eval(Arc::new(Panicking), 4, LoaderConfig::new(3)).unwrap();
+    let items: Vec<_> = stream.collect();
+    assert_eq!(items.len(), 3, "two good batches, then the error");
+    assert!(items[..2].iter().all(Result::is_ok));
+    match &items[2] {
+        Err(DataError::Loader(message)) => assert!(message.contains("decoder bug"), "{message}"),
+        other => panic!("expected a loader error, got {other:?}"),
+    }
+    let too_many = LoaderConfig::new(3).with_workers(bit_data::MAX_WORKERS + 1);
+    assert!(matches!(
+        BatchStream::eval(Arc::new(Panicking), 4, too_many),
+        Err(DataError::InvalidArgument(_))
+    ));
+}

@@ -11,6 +11,19 @@ use md5::{Digest, Md5};
 
 use crate::error::{FetchError, Result};
 
+/// Environment variable: seconds a download may go without receiving a byte before it fails
+/// (default 60). The partial file stays, and the next attempt resumes it.
+pub const IDLE_TIMEOUT_ENV: &str = "BIT_DOWNLOAD_IDLE_TIMEOUT";
+
+/// The idle timeout of downloads: [`IDLE_TIMEOUT_ENV`], else 60 seconds.
+fn idle_timeout() -> Duration {
+    std::env::var(IDLE_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+}
+
 /// A file published at a URL, with what is known of it.
 ///
 /// ```no_run
@@ -113,11 +126,14 @@ pub(crate) fn part_path(dest: &Path) -> PathBuf {
 /// honours a range request. Errors are returned as text for [`FetchError::Download`].
 fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), String> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-    // Generous limits for slow links, but a dead server must not hang a training run forever.
+    // Generous limits for slow links, but a dead server must not hang a training run forever:
+    // a transfer that stops mid-body fails after the idle timeout, keeping what it received.
+    let idle = idle_timeout();
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_per_read(Some(idle))
         .build()
         .new_agent();
     let mut request = agent.get(url);
@@ -186,8 +202,17 @@ fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), Stri
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
+                file.sync_all().ok();
+                let why = if is_timeout(&e) {
+                    format!(
+                        "no data for {} s (${IDLE_TIMEOUT_ENV} sets the limit)",
+                        idle.as_secs()
+                    )
+                } else {
+                    e.to_string()
+                };
                 return Err(format!(
-                    "interrupted after {} bytes ({e}); run again to resume",
+                    "interrupted after {} bytes ({why}); run again to resume",
                     start + received
                 ));
             }
@@ -220,4 +245,12 @@ pub fn md5_file(path: &Path) -> Result<String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+/// Whether a read failed because the idle timeout ran out.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    ) || e.to_string().to_ascii_lowercase().contains("timeout")
 }

@@ -4,8 +4,9 @@
 //! intact: a [`RemoteFile`] downloads with a progress bar into `<file>.part`, resumes an
 //! interrupted transfer with an HTTP range request, checks the server's length, the published
 //! size and MD5 and a format check (a full CRC read of an `.npz`: [`verify_npz`]), and only
-//! then renames the file into place. A [`Cache`] (`$BIT_HOME`) keeps verified files and
-//! fetches a damaged one again.
+//! then renames the file into place. A transfer that stalls fails after an idle timeout
+//! ([`IDLE_TIMEOUT_ENV`], 60 s by default) and is resumed by the next attempt. A [`Cache`]
+//! (`$BIT_HOME`) keeps verified files and fetches a damaged one again.
 //!
 //! ```no_run
 //! use bit_hub::{Cache, RemoteFile, verify_npz};
@@ -18,12 +19,14 @@
 //! ```
 #![warn(missing_docs)]
 
+mod atomic;
 mod cache;
 mod check;
 mod download;
 mod error;
 
+pub use atomic::write_atomically;
 pub use cache::{BIT_HOME_ENV, Cache};
 pub use check::{verify_lines, verify_npz};
-pub use download::{RemoteFile, md5_file};
+pub use download::{IDLE_TIMEOUT_ENV, RemoteFile, md5_file};
 pub use error::{FetchError, Result};

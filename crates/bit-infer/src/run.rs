@@ -241,28 +241,20 @@ pub fn embed(
     })
 }
 
-/// Writes a C-order `.npy` to a temporary sibling, then renames it over `path`.
+/// Writes a C-order `.npy` atomically ([`bit_hub::write_atomically`]).
 fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
     path: &Path,
     shape: &[u64],
     data: &[T],
 ) -> Result<()> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(name);
-    let written = (|| -> std::io::Result<()> {
-        let file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    bit_hub::write_atomically(path, |file| {
         let mut writer = npyz::WriteOptions::new()
             .default_dtype()
             .shape(shape)
             .writer(file)
             .begin_nd()?;
         writer.extend(data.iter().copied())?;
-        writer.finish()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        std::fs::remove_file(&tmp).ok();
-    }
-    written.map_err(InferError::io(path))
+        writer.finish()
+    })
+    .map_err(InferError::io(path))
 }

@@ -59,16 +59,22 @@ impl ResNetV2 {
         metadata: &[(&str, String)],
     ) -> Result<()> {
         let path = path.as_ref();
-        let mut store = SafetensorsStore::from_file(path)
-            .overwrite(true)
+        let failed = |reason: String| Error::Save {
+            path: path.to_path_buf(),
+            reason,
+        };
+        // Serialized in memory, then written through our own atomic write: Burn's file store
+        // leaves a full-size temporary file behind when killed, created with mode 0600.
+        let mut store = SafetensorsStore::from_bytes(None)
             .metadata(CONFIG_METADATA_KEY, self.config().to_string());
         for (key, value) in metadata {
             store = store.metadata(*key, value.clone());
         }
-        self.save_into(&mut store).map_err(|e| Error::Save {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        self.save_into(&mut store)
+            .map_err(|e| failed(e.to_string()))?;
+        let bytes = store.get_bytes().map_err(|e| failed(e.to_string()))?;
+        bit_hub::write_atomically(path, |file| std::io::Write::write_all(file, &bytes))
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// Loads a file written by [`save_safetensors`](Self::save_safetensors).

@@ -89,10 +89,14 @@ impl NpzCheckpoint {
     fn infer_architecture(&mut self) -> Result<()> {
         let root = self.shape(ROOT_KERNEL)?;
         let (in_channels, width) = match root[..] {
-            [7, 7, c, w] if w > 0 && w % 64 == 0 => (c, w / 64),
+            [7, 7, c, w] if c > 0 && w > 0 && w % 64 == 0 && w / 64 <= MAX_WIDTH_FACTOR => {
+                (c, w / 64)
+            }
             _ => {
                 return Err(self.not_bit(format!(
-                    "root kernel `{ROOT_KERNEL}` has shape {root:?}, expected [7, 7, in, 64 * width]"
+                    "root kernel `{ROOT_KERNEL}` has shape {root:?}, expected [7, 7, in, 64 * \
+                     width] with at least one input channel and a width of 1 to \
+                     {MAX_WIDTH_FACTOR}"
                 )));
             }
         };
@@ -122,6 +126,9 @@ impl NpzCheckpoint {
             (false, true) => self.shape(HEAD_KERNEL)?.last().copied(),
             (false, false) => None,
         };
+        if self.head_size == Some(0) {
+            return Err(self.not_bit("the head has no classes".into()));
+        }
         Ok(())
     }
 
@@ -284,12 +291,32 @@ impl NpzCheckpoint {
         used: &mut BTreeSet<String>,
     ) -> Result<Vec<f32>> {
         let name = self.stored_name(key)?.to_string();
+        // The array needs 4 bytes per value plus a small header: an entry that holds (or
+        // decompresses to) more is refused before it is read into memory.
+        let limit = (expected.iter().product::<usize>() as u64)
+            .saturating_mul(4)
+            .saturating_add(MAX_NPY_HEADER);
         let mut bytes = Vec::new();
-        self.archive
+        let read = self
+            .archive
             .zip_archive()
             .by_name(&npyz::npz::file_name_from_array_name(&name))
-            .and_then(|mut entry| Ok(entry.read_to_end(&mut bytes)?))
-            .map_err(|e| self.corrupt_array(key, &e.to_string()))?;
+            .map_err(|e| e.to_string())
+            .and_then(|entry| {
+                if entry.size() > limit {
+                    return Err(format!(
+                        "{} bytes where shape {expected:?} needs at most {limit}",
+                        entry.size()
+                    ));
+                }
+                let mut entry = entry.take(limit + 1);
+                entry.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+                if bytes.len() as u64 > limit {
+                    return Err(format!("more than the {limit} bytes its size declares"));
+                }
+                Ok(())
+            });
+        read.map_err(|reason| self.corrupt_array(key, &reason))?;
         let npy = NpyFile::new(&bytes[..]).map_err(|e| self.corrupt_array(key, &e.to_string()))?;
         let found: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
         let dtype = type_string(&npy.dtype());
@@ -422,9 +449,8 @@ impl ResNetV2 {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
-        let tmp = temp_sibling(path);
-        let written = (|| {
-            let mut npz = npyz::npz::NpzWriter::create(&tmp)?;
+        bit_hub::write_atomically(path, |file| {
+            let mut npz = npyz::npz::NpzWriter::new(file);
             for (key, shape, data) in self.bit_arrays() {
                 let options = npyz::zip::write::FileOptions::default()
                     .compression_method(npyz::zip::CompressionMethod::Stored)
@@ -438,17 +464,10 @@ impl ResNetV2 {
                 writer.extend(data)?;
                 writer.finish()?;
             }
-            npz.zip_writer()
-                .finish()?
-                .into_inner()
-                .map_err(|e| e.into_error())?
-                .sync_all()?;
-            std::fs::rename(&tmp, path)
-        })();
-        if written.is_err() {
-            std::fs::remove_file(&tmp).ok();
-        }
-        written.map_err(save_error)
+            npz.zip_writer().finish()?;
+            Ok(())
+        })
+        .map_err(save_error)
     }
 
     /// Every parameter under its BiT key, in the checkpoint's layout.
@@ -516,14 +535,12 @@ fn to_vec(data: TensorData) -> Vec<f32> {
         .expect("converted to f32 above")
 }
 
-/// `dir/name` -> `dir/.name.tmp-<pid>`: same filesystem, so the final rename is atomic.
-fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
+/// The widest ResNetV2 a checkpoint may describe: BiT's widest is x4; far beyond, the sizes
+/// derived from the width stop making sense (and would overflow).
+const MAX_WIDTH_FACTOR: usize = 64;
+
+/// Room for an `.npy` header (they are a few hundred bytes).
+const MAX_NPY_HEADER: u64 = 64 * 1024;
 
 /// `.../standardized_conv2d_<n>/...` -> `.../standardized_conv2d/...`.
 fn normalize_key(name: &str) -> String {

@@ -324,3 +324,79 @@ fn non_finite_weights_are_refused_by_name() {
     // The body alone is fine: a new head replaces the broken one.
     assert!(ResNetV2::from_npz_with_zero_head(&npz, 3, &Device::flex()).is_ok());
 }
+
+#[test]
+fn an_entry_larger_than_its_array_is_refused_before_it_is_read() {
+    use std::io::Write;
+    // The reference with its head bias replaced by a valid 5-value array followed by 64 MiB of
+    // deflated zeros: a decompression bomb the size of a small file.
+    let mut src = NpzArchive::open(&reference().1).unwrap();
+    let names: Vec<String> = src.array_names().map(String::from).collect();
+    let dst = scratch("bomb.npz");
+    let mut out = NpzWriter::create(&dst).unwrap();
+    for key in names {
+        let npy = src.by_name(&key).unwrap().unwrap();
+        let shape = npy.shape().to_vec();
+        let values: Vec<f32> = npy.into_vec().unwrap();
+        if key != "resnet/head/conv2d/bias" {
+            write_array(&mut out, &key, &shape, values);
+            continue;
+        }
+        let mut bytes = Vec::new();
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(&mut bytes)
+            .begin_nd()
+            .unwrap();
+        w.extend(values).unwrap();
+        w.finish().unwrap();
+        bytes.resize(bytes.len() + (64 << 20), 0);
+        let options = npyz::zip::write::FileOptions::default()
+            .compression_method(npyz::zip::CompressionMethod::Deflated);
+        let zip = out.zip_writer();
+        zip.start_file(format!("{key}.npy"), options).unwrap();
+        zip.write_all(&bytes).unwrap();
+    }
+    out.zip_writer().finish().unwrap();
+    assert!(std::fs::metadata(&dst).unwrap().len() < 64 << 20);
+    match load_err(&dst) {
+        Error::Corrupt { reason, .. } => {
+            assert!(reason.contains("bytes where shape [5]"), "{reason}")
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn absurd_widths_no_input_channels_and_empty_heads_are_not_bit() {
+    for (name, edit) in [
+        // Width 65: past what any ResNetV2 checkpoint describes (BiT's widest is 4).
+        ("wide.npz", [7u64, 7, 3, 64 * 65]),
+        ("no-input.npz", [7, 7, 0, 64]),
+    ] {
+        let path = rewrite(name, |key, shape, v| {
+            if key == "resnet/root_block/standardized_conv2d/kernel" {
+                let n = edit.iter().product::<u64>() as usize;
+                vec![(key.into(), edit.to_vec(), Array::F32(vec![0.5; n]))]
+            } else {
+                keep(key, shape, v)
+            }
+        });
+        assert!(
+            matches!(NpzCheckpoint::open(&path), Err(Error::Architecture { .. })),
+            "{name}"
+        );
+    }
+    let empty_head = rewrite("empty-head.npz", |key, shape, v| match key {
+        "resnet/head/conv2d/bias" => vec![(key.into(), vec![0], Array::F32(vec![]))],
+        "resnet/head/conv2d/kernel" => {
+            vec![(key.into(), vec![1, 1, shape[2], 0], Array::F32(vec![]))]
+        }
+        _ => keep(key, shape, v),
+    });
+    assert!(matches!(
+        NpzCheckpoint::open(&empty_head),
+        Err(Error::Architecture { .. })
+    ));
+}

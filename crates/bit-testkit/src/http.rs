@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 file server on 127.0.0.1 for download tests: `Range: bytes=N-` is honoured
 //! (206 with `Content-Range`, 416 past the end), missing paths are 404, files can be replaced
-//! while it runs, and chosen responses can be cut off half-way to simulate a dropped link.
+//! while it runs, and chosen responses can be cut off half-way to simulate a dropped link, or
+//! stall after their first bytes to simulate a link that hangs.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -13,6 +14,8 @@ struct State {
     files: HashMap<String, Vec<u8>>,
     /// Responses still to cut after half their body.
     cut: usize,
+    /// Responses still to stall after their first bytes (the connection stays open, silent).
+    stall: usize,
     /// Answer every request with the whole file, like a server without range support.
     ignore_ranges: bool,
     /// Request lines and their `Range` header, in arrival order.
@@ -37,7 +40,9 @@ impl HttpServer {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 h.fetch_add(1, Ordering::SeqCst);
-                respond(stream, &s);
+                // One thread per connection, so a stalled response does not block the next.
+                let s = s.clone();
+                std::thread::spawn(move || respond(stream, &s));
             }
         });
         Self { base, state, hits }
@@ -68,6 +73,12 @@ impl HttpServer {
     /// Cuts the next `n` responses after half of their body (the length header stays whole).
     pub fn cut_next(&self, n: usize) {
         self.state.lock().unwrap().cut = n;
+    }
+
+    /// Stalls the next `n` responses after [`STALL_AFTER`] bytes of their body: the connection
+    /// stays open and silent for a minute, as a hung server or a dead link behaves.
+    pub fn stall_next(&self, n: usize) {
+        self.state.lock().unwrap().stall = n;
     }
 
     /// From now on, answer `Range` requests with the whole file (200), as servers without
@@ -110,7 +121,7 @@ fn respond(mut stream: TcpStream, state: &Mutex<State>) {
         .unwrap_or("/")
         .trim_start_matches('/')
         .to_string();
-    let (body, cut) = {
+    let (body, cut, stall) = {
         let mut s = state.lock().unwrap();
         s.requests.push((request_line.trim().to_string(), from));
         let body = s.files.get(&path).cloned();
@@ -118,10 +129,14 @@ fn respond(mut stream: TcpStream, state: &Mutex<State>) {
         if cut {
             s.cut -= 1;
         }
+        let stall = body.is_some() && !cut && s.stall > 0;
+        if stall {
+            s.stall -= 1;
+        }
         if s.ignore_ranges {
             from = None;
         }
-        (body, cut)
+        (body, cut, stall)
     };
     let Some(body) = body else {
         stream
@@ -154,8 +169,17 @@ fn respond(mut stream: TcpStream, state: &Mutex<State>) {
         ),
     };
     stream.write_all(head.as_bytes()).ok();
+    if stall {
+        stream.write_all(&rest[..rest.len().min(STALL_AFTER)]).ok();
+        stream.flush().ok();
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        return;
+    }
     let sent = if cut { &rest[..rest.len() / 2] } else { rest };
     stream.write_all(sent).ok();
     stream.flush().ok();
     stream.shutdown(Shutdown::Both).ok();
 }
+
+/// Body bytes a stalled response sends before it goes silent.
+pub const STALL_AFTER: usize = 1000;

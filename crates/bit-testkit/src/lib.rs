@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 mod http;
 
-pub use http::HttpServer;
+pub use http::{HttpServer, STALL_AFTER};
 
 /// The reference vectors (`shared/golden`): `$BIT_GOLDEN_DIR`, else `../shared/golden` beside
 /// the checkout. Panics when they are absent, so numerical tests fail instead of skipping.

@@ -83,15 +83,12 @@ pub fn save(
         // Last: a directory with a state file is complete.
         write_json(&tmp.join(STATE), state)?;
         std::fs::rename(&tmp, &dir).map_err(TrainError::io(&dir))?;
-        let pointer = run_dir.join(POINTER);
-        let pointer_tmp = run_dir.join(format!("{POINTER}.tmp"));
         write_json(
-            &pointer_tmp,
+            &run_dir.join(POINTER),
             &Pointer {
                 dir: format!("checkpoints/{name}"),
             },
-        )?;
-        std::fs::rename(&pointer_tmp, &pointer).map_err(TrainError::io(&pointer))
+        )
     })();
     if let Err(e) = written {
         std::fs::remove_dir_all(&tmp).ok();
@@ -183,14 +180,16 @@ fn recover(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes `value` as JSON, atomically.
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Io {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let mut file = std::fs::File::create(path).map_err(TrainError::io(path))?;
-    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(TrainError::io(path))?;
-    file.sync_all().map_err(TrainError::io(path))
+    bit_hub::write_atomically(path, |file| {
+        std::io::Write::write_all(file, text.as_bytes())
+    })
+    .map_err(TrainError::io(path))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {

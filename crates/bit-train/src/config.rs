@@ -129,6 +129,13 @@ impl TrainConfig {
         if self.max_eval_examples == Some(0) {
             return bad("--max_eval_examples must be at least 1".into());
         }
+        if self.workers > bit_data::MAX_WORKERS {
+            return bad(format!(
+                "--workers {}: at most {}",
+                self.workers,
+                bit_data::MAX_WORKERS
+            ));
+        }
         Ok(self.dataset.parse()?)
     }
 

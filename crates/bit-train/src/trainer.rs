@@ -105,6 +105,11 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         "Using a validation set with {} images.",
         valid.len()
     ));
+    for path in train.skipped().iter().chain(valid.skipped()) {
+        log.warn(&format!("Skipped {} (not an image)", path.display()));
+    }
+    // A file that does not decode must cost seconds now, not the whole run at its end.
+    bit_data::check_decodes(&*valid)?;
 
     let image_size = train.image_size().unwrap_or((224, 224));
     let mut rule = HyperRule::new(image_size, train.len())

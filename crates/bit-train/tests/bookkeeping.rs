@@ -117,6 +117,24 @@ fn bad_settings_are_refused_before_any_work() {
         Err(TrainError::InvalidConfig(_))
     ));
     let mut c = config("bad");
+    c.max_eval_examples = Some(0);
+    assert!(matches!(
+        train(&c, &TrainOptions::default()),
+        Err(TrainError::InvalidConfig(_))
+    ));
+    let mut c = config("bad");
+    c.workers = 100_000;
+    assert!(matches!(
+        train(&c, &TrainOptions::default()),
+        Err(TrainError::InvalidConfig(_))
+    ));
+    let mut c = config("bad");
+    c.resolution = Some((100_000, 100_000));
+    assert!(matches!(
+        train(&c, &TrainOptions::default()),
+        Err(TrainError::InvalidConfig(_))
+    ));
+    let mut c = config("bad");
     c.dataset = "svhn".into();
     assert!(matches!(
         train(&c, &TrainOptions::default()),
@@ -241,4 +259,61 @@ fn a_second_process_on_the_same_run_is_turned_away() {
     );
     drop(held);
     std::fs::remove_dir_all(config.run_dir()).ok();
+}
+
+/// `root/{train,val}/<class>/<i>.png` of solid colours, and the config to train on them.
+fn folder_run(name: &str) -> (TrainConfig, std::path::PathBuf) {
+    let root = std::env::temp_dir().join(format!("bit-train-folder-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&root).ok();
+    for split in ["train", "val"] {
+        for (c, class) in ["a", "b"].iter().enumerate() {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..2 {
+                image::RgbImage::from_pixel(20, 20, image::Rgb([c as u8 * 200, i * 50, 9]))
+                    .save(dir.join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+    }
+    let mut c = config(name);
+    c.dataset = "folder".into();
+    c.datadir = root.clone();
+    c.examples_per_class = None;
+    c.steps = Some(1);
+    c.batch = 4;
+    c.batch_split = 1;
+    c.resolution = Some((24, 16));
+    (c, root)
+}
+
+#[test]
+fn skipped_files_are_logged_and_a_broken_validation_image_fails_before_training() {
+    let (mut config, root) = folder_run("skips");
+    std::fs::write(root.join("train/a/README.txt"), "not an image").unwrap();
+    config.skip_non_images = true;
+    std::fs::remove_dir_all(config.run_dir()).ok();
+    let quiet = TrainOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    train(&config, &quiet).unwrap();
+    let log = std::fs::read_to_string(config.run_dir().join("train.log")).unwrap();
+    assert!(log.contains("README.txt (not an image)"), "{log}");
+
+    // A zero-byte validation image: found before the first step, not after the last.
+    std::fs::write(root.join("val/b/1.png"), b"").unwrap();
+    let mut broken = config.clone();
+    broken.name = "broken-val".into();
+    std::fs::remove_dir_all(broken.run_dir()).ok();
+    let err = train(&broken, &quiet).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::Data(bit_data::DataError::Decode { path, .. }) if path.ends_with("val/b/1.png")),
+        "{err:?}"
+    );
+    let log = std::fs::read_to_string(broken.run_dir().join("train.log")).unwrap();
+    assert!(!log.contains("]: loss="), "no step was trained");
+    std::fs::remove_dir_all(&root).ok();
+    std::fs::remove_dir_all(config.run_dir()).ok();
+    std::fs::remove_dir_all(broken.run_dir()).ok();
 }
