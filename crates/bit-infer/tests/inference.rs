@@ -366,6 +366,28 @@ fn a_nan_model_is_never_correct_and_its_loss_is_nan() {
 }
 
 #[test]
+fn a_zero_head_scores_nothing() {
+    // Every logit equal (a fresh zero head, each run's first evaluation): ties count against
+    // the label, so neither top-1 nor top-5 of 10 classes is ever right.
+    use bit_data::InMemoryDataset;
+    let device = Device::flex();
+    let model = bit_model::ResNetV2Config::new([1, 1, 1, 1], 1, 10)
+        .with_zero_head(true)
+        .init(&device);
+    let data = InMemoryDataset::new(
+        (0..10).map(|c| format!("c{c}")).collect(),
+        [8, 8, 3],
+        (0..10 * 192).map(|i| (i * 37 % 251) as u8).collect(),
+        (0..10).collect(),
+    )
+    .unwrap();
+    let r = evaluate_dataset(&model, Arc::new(data), &Feed::new(4), &device).unwrap();
+    assert_eq!((r.examples, r.top1, r.top5), (10, 0.0, 0.0));
+    // The loss of uniform logits is ln(10).
+    assert!((r.loss - 10f64.ln()).abs() < 1e-5, "{}", r.loss);
+}
+
+#[test]
 fn models_that_do_not_take_rgb_images_or_absurd_resolutions_are_refused_at_load() {
     let dir = scratch("not-rgb");
     // No server: local files only.
