@@ -139,6 +139,26 @@ impl TrainConfig {
         Ok(self.dataset.parse()?)
     }
 
+    /// The training loader: micro-batches of `batch / batch_split`.
+    pub(crate) fn loader(&self) -> bit_data::LoaderConfig {
+        bit_data::LoaderConfig {
+            batch_size: self.batch / self.batch_split,
+            workers: self.workers,
+            seed: self.seed,
+            prefetch: 2,
+        }
+    }
+
+    /// The loop's settings, with gradients clipped to `clip_global_norm` if given.
+    pub(crate) fn loop_settings(&self, clip_global_norm: Option<f32>) -> crate::run::LoopSettings {
+        crate::run::LoopSettings {
+            batch_split: self.batch_split,
+            eval_every: self.eval_every,
+            save: self.save,
+            clip_global_norm,
+        }
+    }
+
     /// The `.npz` to start from: `--model` itself if it is a file, else
     /// `{bit_pretrained_dir}/{model}.npz`, else the released model of that name from the cache
     /// (`$BIT_HOME`), downloaded and verified if needed.

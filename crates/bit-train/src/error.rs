@@ -97,6 +97,14 @@ pub enum TrainError {
         run: PathBuf,
     },
 
+    /// The training stream ran dry although the schedule has steps left (a loader bug: the
+    /// stream is endless).
+    #[error("the training data stream ended at step {step}")]
+    StreamEnded {
+        /// The step that found no batch.
+        step: usize,
+    },
+
     /// A setting out of range.
     #[error("invalid setting: {0}")]
     InvalidConfig(String),

@@ -24,6 +24,7 @@ mod config;
 mod error;
 mod log;
 mod parallel;
+mod run;
 mod trainer;
 
 pub use bit_infer::{EvalResult, evaluate};

@@ -1,0 +1,405 @@
+//! The optimization loop every objective shares (fine-tuning on labels, distillation from a
+//! teacher): a [`Run`] owns the run directory (its lock and logs); [`Run::drive`] steps a model
+//! through a learning-rate schedule, one optimizer update per `batch_split` micro-batches,
+//! stops on request or on a non-finite loss, evaluates and checkpoints every `eval_every` steps
+//! and at the end, never checkpointing weights that went non-finite.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bit_data::{Batch, BatchStream, Mixup, MixupStep};
+use bit_model::ResNetV2;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
+use serde_json::json;
+
+use crate::checkpoint::{self, RunLock, TrainState};
+use crate::error::{Result, TrainError};
+use crate::log::{RunLog, python_exp};
+use crate::parallel::Targets;
+
+/// What a loop optimizes and how it is evaluated.
+pub(crate) trait Objective {
+    /// An evaluation's result.
+    type Eval;
+
+    /// Gradients of `scale * loss` on micro-batch `batch` of optimizer step `step`, on the
+    /// model's device, and the unscaled loss.
+    fn gradients(
+        &mut self,
+        model: &ResNetV2,
+        batch: &Batch,
+        step: usize,
+        scale: f32,
+    ) -> Result<(GradientsParams, f32)>;
+
+    /// Evaluates `model` (with autodiff) on the held-out data.
+    fn evaluate(&mut self, model: &ResNetV2) -> Result<Self::Eval>;
+
+    /// The evaluation's loss: a non-finite one means the run diverged.
+    fn eval_loss(eval: &Self::Eval) -> f64;
+
+    /// Writes an evaluation to the logs; `at` is the step or `end`.
+    fn log_eval(eval: &Self::Eval, at: &str, log: &mut RunLog);
+}
+
+/// The loop's settings, common to every objective.
+#[derive(Debug, Clone)]
+pub(crate) struct LoopSettings {
+    /// Micro-batches per optimizer update.
+    pub batch_split: usize,
+    /// Evaluate and checkpoint every this many steps (and always at the end).
+    pub eval_every: Option<usize>,
+    /// Write checkpoints.
+    pub save: bool,
+    /// Rescale the summed gradients to at most this global L2 norm before each update.
+    pub clip_global_norm: Option<f32>,
+}
+
+/// Where the loop stands: what a checkpoint holds.
+pub(crate) struct Position {
+    /// The model being trained (on the autodiff device).
+    pub model: ResNetV2,
+    /// Its optimizer.
+    pub optim: ModuleOptimizer,
+    /// Optimizer steps done.
+    pub step: usize,
+    /// The next micro-batch of the training stream.
+    pub next_batch: u64,
+}
+
+/// How a loop ended.
+pub(crate) struct Finished<E> {
+    /// Where it stopped.
+    pub at: Position,
+    /// The final evaluation.
+    pub eval: E,
+    /// Stopped on request before the end of the schedule.
+    pub interrupted: bool,
+}
+
+/// A run directory held by this process: its lock, its logs, the time spent in each phase.
+pub(crate) struct Run {
+    /// `{logdir}/{name}`.
+    pub dir: PathBuf,
+    /// `train.log`, `metrics.jsonl` and the progress bar.
+    pub log: RunLog,
+    timings: Timings,
+    images_seen: usize,
+    train_secs: f64,
+    _lock: RunLock,
+}
+
+impl Run {
+    /// Takes the run directory (two processes on one would overwrite each other's checkpoints
+    /// and logs) and opens its logs.
+    pub fn open(dir: PathBuf, quiet: bool) -> Result<Self> {
+        let lock = checkpoint::lock(&dir)?;
+        let log = RunLog::open(&dir, quiet)?;
+        Ok(Self {
+            dir,
+            log,
+            timings: Timings::default(),
+            images_seen: 0,
+            train_secs: 0.0,
+            _lock: lock,
+        })
+    }
+
+    /// Runs `objective` from `at` while `lr(step)` gives a learning rate (`total` steps in
+    /// all), then evaluates and checkpoints; `state` describes a checkpoint of a position.
+    #[allow(clippy::too_many_arguments)]
+    pub fn drive<O: Objective>(
+        &mut self,
+        mut at: Position,
+        objective: &mut O,
+        batches: &mut BatchStream,
+        settings: &LoopSettings,
+        (lr, total): (&dyn Fn(usize) -> Option<f64>, usize),
+        state: &dyn Fn(&Position) -> TrainState,
+        stop: &AtomicBool,
+    ) -> Result<Finished<O::Eval>> {
+        self.log.info("Starting training!");
+        self.log.start_progress(at.step, total);
+        let started = Instant::now();
+        let mut interrupted = false;
+        while let Some(rate) = lr(at.step) {
+            if stop.load(Ordering::SeqCst) {
+                self.log
+                    .warn(&format!("Stop requested: finishing at step {}", at.step));
+                interrupted = true;
+                break;
+            }
+            let grads = self.step_gradients(&mut at, objective, batches, settings, rate)?;
+            let grads = match settings.clip_global_norm {
+                Some(max) => clip_global_norm(&at.model, grads, max),
+                None => grads,
+            };
+            let start = Instant::now();
+            at.model = at.optim.step(rate, at.model, grads);
+            self.timings.add("update", start);
+            at.step += 1;
+            self.log.progress(at.step, String::new());
+            let due = settings
+                .eval_every
+                .is_some_and(|n| at.step.is_multiple_of(n));
+            if due && lr(at.step).is_some() {
+                let eval = self.evaluate(objective, &at.model, &at.step.to_string());
+                self.checkpoint_unless_diverged::<O>(eval, &at, settings, state)?;
+            }
+        }
+        // Training time proper: evaluations inside the loop are not training.
+        self.train_secs = started.elapsed().as_secs_f64() - self.timings.total("eval");
+        self.log.finish_progress();
+        let eval = self.evaluate(objective, &at.model, "end");
+        let eval = self.checkpoint_unless_diverged::<O>(eval, &at, settings, state)?;
+        Ok(Finished {
+            at,
+            eval,
+            interrupted,
+        })
+    }
+
+    /// The summed gradients of one optimizer step's micro-batches, logged one by one.
+    fn step_gradients<O: Objective>(
+        &mut self,
+        at: &mut Position,
+        objective: &mut O,
+        batches: &mut BatchStream,
+        settings: &LoopSettings,
+        rate: f64,
+    ) -> Result<GradientsParams> {
+        let step = at.step;
+        let split = settings.batch_split;
+        let mut sum = GradientsAccumulator::<ResNetV2>::new();
+        for micro in 1..=split {
+            let start = Instant::now();
+            let batch = batches.next().ok_or(TrainError::StreamEnded { step })??;
+            at.next_batch += 1;
+            self.images_seen += batch.len();
+            self.timings.add("load", start);
+            let start = Instant::now();
+            let (grads, loss) = objective.gradients(&at.model, &batch, step, 1.0 / split as f32)?;
+            self.timings.add("fprop+grads", start);
+            if !loss.is_finite() {
+                self.log
+                    .warn(&format!("[step {step}]: loss={loss}: stopping"));
+                self.log.finish_progress();
+                return Err(TrainError::NonFiniteLoss { step, loss });
+            }
+            sum.accumulate(&at.model, grads);
+            let of = if split > 1 {
+                format!(" ({micro}/{split})")
+            } else {
+                String::new()
+            };
+            let lr = python_exp(rate);
+            self.log
+                .info(&format!("[step {step}{of}]: loss={loss:.5} (lr={lr})"));
+            self.log.metric(json!({"event": "train", "step": step, "micro_batch": micro, "loss": loss, "lr": rate}));
+            self.log.progress(step, format!("loss {loss:.4} lr {lr}"));
+        }
+        Ok(sum.grads())
+    }
+
+    fn evaluate<O: Objective>(
+        &mut self,
+        objective: &mut O,
+        model: &ResNetV2,
+        at: &str,
+    ) -> Result<O::Eval> {
+        let start = Instant::now();
+        let eval = objective.evaluate(model)?;
+        self.timings.add("eval", start);
+        O::log_eval(&eval, at, &mut self.log);
+        Ok(eval)
+    }
+
+    /// After an evaluation: saves the checkpoint unless the run diverged (a non-finite loss or
+    /// weights are never checkpointed, so a rerun resumes the last good ones), and returns the
+    /// evaluation. A failed evaluation still gets the trained steps checkpointed before its
+    /// error is reported.
+    fn checkpoint_unless_diverged<O: Objective>(
+        &mut self,
+        eval: Result<O::Eval>,
+        at: &Position,
+        settings: &LoopSettings,
+        state: &dyn Fn(&Position) -> TrainState,
+    ) -> Result<O::Eval> {
+        let step = at.step;
+        let save = || -> Result<()> {
+            if !at.model.non_finite_parameters().is_empty() {
+                return Err(TrainError::NonFiniteLoss {
+                    step,
+                    loss: f32::NAN,
+                });
+            }
+            if settings.save {
+                checkpoint::save(&self.dir, &at.model, &at.optim, &state(at))?;
+            }
+            Ok(())
+        };
+        match eval {
+            Ok(eval) if !O::eval_loss(&eval).is_finite() => {
+                let loss = O::eval_loss(&eval);
+                self.log.warn(&format!(
+                    "Validation loss is {loss} at step {step}: not checkpointing a diverged model"
+                ));
+                Err(TrainError::NonFiniteLoss {
+                    step,
+                    loss: loss as f32,
+                })
+            }
+            Ok(eval) => save().map(|()| eval),
+            Err(error) => {
+                save()?;
+                Err(error)
+            }
+        }
+    }
+
+    /// Writes the trained model to `{run}/model.safetensors` with its input resolution and
+    /// class names, so `bit predict`/`bit eval` need nothing else.
+    pub fn export(
+        &mut self,
+        model: &ResNetV2,
+        crop: usize,
+        classes: Option<&[String]>,
+    ) -> Result<PathBuf> {
+        let path = self.dir.join("model.safetensors");
+        model
+            .clone()
+            .valid()
+            .save_safetensors_with_metadata(&path, &bit_infer::metadata(crop, classes))?;
+        self.log
+            .info(&format!("Saved the trained model to '{}'", path.display()));
+        Ok(path)
+    }
+
+    /// Logs the training throughput and the mean time of each phase.
+    pub fn report(&mut self) {
+        if self.images_seen > 0 {
+            self.log.info(&format!("Throughput: {:.2} img/s over {} training images (loader, model and optimizer; evaluations excluded)", self.images_seen as f64 / self.train_secs, self.images_seen));
+        }
+        self.log
+            .info(&format!("Timings:\n{}", self.timings.report()));
+    }
+}
+
+/// The augmented views of a run's training batches: images on the model's device, mixed with
+/// a partner from the same micro-batch when mixup is on (one λ per optimizer step, as the
+/// reference).
+pub(crate) struct Views {
+    mixup: Mixup,
+    current: Option<(usize, MixupStep)>,
+    device: Device,
+}
+
+impl Views {
+    /// Views on `device` (an autodiff device for training).
+    pub fn new(mixup: Mixup, device: Device) -> Self {
+        Self {
+            mixup,
+            current: None,
+            device,
+        }
+    }
+
+    /// The images of `batch` at optimizer step `step` and what they should be trained on.
+    pub fn of(&mut self, batch: &Batch, step: usize) -> (Tensor<4>, Targets) {
+        let (x, labels) = batch.to_tensors(&self.device);
+        if !self.mixup.enabled() {
+            return (
+                x,
+                Targets {
+                    labels,
+                    mixed: None,
+                },
+            );
+        }
+        if self.current.as_ref().is_none_or(|(s, _)| *s != step) {
+            self.current = Some((step, self.mixup.step(step as u64)));
+        }
+        let (_, mix) = self.current.as_mut().expect("set above");
+        let (x, partners) = mix.mix(x, labels.clone());
+        let mixed = Some((partners, mix.lambda));
+        (x, Targets { labels, mixed })
+    }
+}
+
+/// Rescales `grads` so that their global L2 norm (over every parameter of `model`) is at most
+/// `max`, as `optax.clip_by_global_norm`.
+pub(crate) fn clip_global_norm(
+    model: &ResNetV2,
+    mut grads: GradientsParams,
+    max: f32,
+) -> GradientsParams {
+    struct SumSquares<'a>(&'a GradientsParams, Option<Tensor<1>>);
+    impl ModuleVisitor for SumSquares<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(param.id) {
+                let s = g.powi_scalar(2).sum();
+                self.1 = Some(match self.1.take() {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    struct Scale<'a>(&'a mut GradientsParams, f32);
+    impl ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.remove::<D>(param.id) {
+                self.0.register(param.id, g * self.1);
+            }
+        }
+    }
+    let mut sum = SumSquares(&grads, None);
+    model.visit(&mut sum);
+    let Some(total) = sum.1 else {
+        return grads;
+    };
+    let norm = total
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_or(f32::NAN, |v| v[0].sqrt());
+    // A non-finite norm is left alone: the loss check reports the divergence.
+    if norm.is_finite() && norm > max {
+        model.visit(&mut Scale(&mut grads, max / norm));
+    }
+    grads
+}
+
+/// Mean seconds per phase, like the reference's `chrono` report.
+#[derive(Default)]
+struct Timings(BTreeMap<&'static str, (f64, usize)>);
+
+impl Timings {
+    fn add(&mut self, name: &'static str, start: Instant) {
+        let entry = self.0.entry(name).or_default();
+        entry.0 += start.elapsed().as_secs_f64();
+        entry.1 += 1;
+    }
+
+    fn total(&self, name: &str) -> f64 {
+        self.0.get(name).map_or(0.0, |(t, _)| *t)
+    }
+
+    fn report(&self) -> String {
+        let mut means: Vec<(&str, f64)> = self
+            .0
+            .iter()
+            .map(|(k, (t, n))| (*k, t / *n as f64))
+            .collect();
+        means.sort_by(|a, b| b.1.total_cmp(&a.1));
+        means
+            .iter()
+            .map(|(k, t)| format!("{k}: {t:.5}s"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
