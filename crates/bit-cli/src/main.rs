@@ -22,6 +22,10 @@ struct Cli {
 enum Command {
     /// Fine-tune a BiT model on a dataset with the BiT-HyperRule (the reference `train.py`).
     Train(Box<TrainArgs>),
+    /// Distill a teacher into a student by function matching (Beyer et al. 2022): both see the
+    /// same inception-crop + mixup view, the student matches the teacher's softmax (KL at
+    /// --temperature) with Adam, global-norm clipping and warmup + cosine; resumable like train.
+    Distill(Box<bit_train::DistillConfig>),
     /// Show the architecture stored in a BiT `.npz` checkpoint (read from its keys and shapes).
     Inspect {
         /// The checkpoint, e.g. `BiT-M-R50x1.npz`.
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match Cli::parse().command {
         Command::Inspect { checkpoint } => inspect(&checkpoint).map_err(Into::into),
         Command::Train(args) => train(*args),
+        Command::Distill(config) => distill(&config),
         Command::Models { filter, urls } => infer::models(&filter, urls),
         Command::Download { models } => infer::download(&models),
         Command::Predict(args) => infer::predict(args),
@@ -189,16 +194,7 @@ fn train(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     config.max_eval_examples = args.max_eval_examples;
     config.skip_non_images = args.skip_non_images;
 
-    let options = TrainOptions::default();
-    let stop = options.stop.clone();
-    ctrlc::set_handler(move || {
-        if stop.swap(true, Ordering::SeqCst) {
-            // A second Ctrl-C means now.
-            std::process::exit(130);
-        }
-        eprintln!("stopping after this step (Ctrl-C again to abort)");
-    })?;
-    let outcome = bit_train::train(&config, &options)?;
+    let outcome = bit_train::train(&config, &stop_on_ctrl_c()?)?;
     println!(
         "{} after {} steps: validation loss {:.5}, top-1 {:.2}%, top-5 {:.2}% ({} examples); run in {}",
         if outcome.interrupted {
@@ -211,6 +207,46 @@ fn train(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
         100.0 * outcome.eval.top1,
         100.0 * outcome.eval.top5,
         outcome.eval.examples,
+        outcome.run_dir.display()
+    );
+    Ok(())
+}
+
+/// Run options whose stop flag the first Ctrl-C sets (the run then evaluates, checkpoints and
+/// ends); a second Ctrl-C exits at once.
+fn stop_on_ctrl_c() -> Result<TrainOptions, ctrlc::Error> {
+    let options = TrainOptions::default();
+    let stop = options.stop.clone();
+    ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("stopping after this step (Ctrl-C again to abort)");
+    })?;
+    Ok(options)
+}
+
+fn distill(config: &bit_train::DistillConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let outcome = bit_train::distill(config, &stop_on_ctrl_c()?)?;
+    let e = outcome.eval;
+    let student = e.student_top.map_or(String::new(), |(top1, top5)| {
+        format!(
+            ", student top-1 {:.2}%, top-5 {:.2}%",
+            100.0 * top1,
+            100.0 * top5
+        )
+    });
+    println!(
+        "{} after {} steps: KL {:.5}, agreement top-1 {:.2}%{student} ({} examples); run in {}",
+        if outcome.interrupted {
+            "stopped"
+        } else {
+            "done"
+        },
+        outcome.steps,
+        e.kl,
+        100.0 * e.agree_top1,
+        e.examples,
         outcome.run_dir.display()
     );
     Ok(())

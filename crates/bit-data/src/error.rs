@@ -73,6 +73,13 @@ pub enum DataError {
         path: PathBuf,
     },
 
+    /// A directory of unlabelled images without any.
+    #[error("{path} holds no images (at any depth)")]
+    NoImages {
+        /// The directory.
+        path: PathBuf,
+    },
+
     /// A class directory without images.
     #[error("class `{class}` ({path}) has no images")]
     EmptyClass {
@@ -106,16 +113,15 @@ pub enum DataError {
 
     /// A dataset name this crate does not know.
     #[error(
-        "unknown dataset `{0}`; expected one of cifar10, cifar100, imagenet2012, folder, fashion_mnist, mnist"
+        "unknown dataset `{0}`; expected one of cifar10, cifar100, imagenet2012, folder, fashion_mnist, mnist, images"
     )]
     UnknownDataset(String),
 
-    /// A parameter out of range (batch size 0, crop larger than the resize, ...).
     /// The background loader failed (a panic in a worker is reported here, not swallowed).
     #[error("the data loader failed: {0}")]
     Loader(String),
 
-    /// A value out of range.
+    /// A parameter out of range (batch size 0, crop larger than the resize, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

@@ -181,6 +181,7 @@ pub struct ImageFiles {
     paths: Vec<PathBuf>,
     classes: Vec<String>,
     image_size: Option<(usize, usize)>,
+    skipped: Vec<PathBuf>,
 }
 
 impl ImageFiles {
@@ -199,6 +200,61 @@ impl ImageFiles {
             image_size: typical_size(&items),
             paths,
             classes: vec!["unlabelled".into()],
+            skipped: Vec::new(),
+        })
+    }
+
+    /// Every image under `root`, at any depth (class folders or none: labels are not read),
+    /// in path order. Only regular files with an image extension are images; anything else is
+    /// an error or skipped by `non_images`. Linked directories are not followed (no cycles).
+    ///
+    /// ```
+    /// use bit_data::{ImageDataset, ImageFiles, NonImagePolicy};
+    ///
+    /// let root = std::env::temp_dir().join("bit_data_doc_image_tree");
+    /// std::fs::create_dir_all(root.join("any/depth"))?;
+    /// image::RgbImage::new(8, 6).save(root.join("a.png"))?;
+    /// image::RgbImage::new(8, 6).save(root.join("any/depth/b.png"))?;
+    /// let files = ImageFiles::under(&root, NonImagePolicy::Error)?;
+    /// assert_eq!((files.len(), files.classes().len()), (2, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn under(root: impl AsRef<Path>, non_images: NonImagePolicy) -> Result<Self> {
+        let root = root.as_ref();
+        let (mut paths, mut skipped) = (Vec::new(), Vec::new());
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for path in sorted_entries(&dir)?.into_iter().rev() {
+                let link = std::fs::symlink_metadata(&path).map_err(DataError::io(&path))?;
+                if link.is_dir() {
+                    pending.push(path);
+                    continue;
+                }
+                let metadata = std::fs::metadata(&path).map_err(DataError::io(&path))?;
+                if metadata.is_file() && is_image(&path) {
+                    paths.push(path);
+                } else if metadata.is_dir() {
+                    continue;
+                } else if non_images == NonImagePolicy::Error {
+                    return Err(DataError::NotAnImage { path });
+                } else {
+                    tracing::warn!(file = %path.display(), "skipping a file that is not an image");
+                    skipped.push(path);
+                }
+            }
+        }
+        if paths.is_empty() {
+            return Err(DataError::NoImages {
+                path: root.to_path_buf(),
+            });
+        }
+        paths.sort();
+        let items: Vec<(PathBuf, usize)> = paths.iter().map(|p| (p.clone(), 0)).collect();
+        Ok(Self {
+            image_size: typical_size(&items),
+            paths,
+            classes: vec!["unlabelled".into()],
+            skipped,
         })
     }
 
@@ -227,6 +283,10 @@ impl ImageDataset for ImageFiles {
 
     fn image_size(&self) -> Option<(usize, usize)> {
         self.image_size
+    }
+
+    fn skipped(&self) -> &[PathBuf] {
+        &self.skipped
     }
 }
 

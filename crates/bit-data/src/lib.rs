@@ -35,7 +35,7 @@ mod loader;
 mod mixup;
 mod transform;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -77,6 +77,9 @@ pub enum DatasetName {
     FashionMnist,
     /// MNIST IDX files.
     Mnist,
+    /// Unlabelled images at any depth of `{datadir}/train` and `{datadir}/{val,validation,test}`
+    /// (for distillation, which needs no labels).
+    Images,
 }
 
 impl FromStr for DatasetName {
@@ -90,6 +93,7 @@ impl FromStr for DatasetName {
             "folder" => Self::Folder,
             "fashion_mnist" => Self::FashionMnist,
             "mnist" => Self::Mnist,
+            "images" => Self::Images,
             other => return Err(DataError::UnknownDataset(other.to_string())),
         })
     }
@@ -131,17 +135,20 @@ pub fn load_train_valid(
                 Arc::new(load_idx(datadir, Split::Test, classes)?),
             )
         }
+        DatasetName::Images => {
+            let valid_dir = held_out_dir(datadir, &["val", "validation", "test"]);
+            pair(
+                Arc::new(ImageFiles::under(datadir.join("train"), non_images)?),
+                Arc::new(ImageFiles::under(valid_dir, non_images)?),
+            )
+        }
         DatasetName::Imagenet2012 | DatasetName::Folder => {
             let candidates: &[&str] = if name == DatasetName::Imagenet2012 {
                 &["val"]
             } else {
                 &["val", "validation", "test"]
             };
-            let valid_dir = candidates
-                .iter()
-                .map(|d| datadir.join(d))
-                .find(|d| d.is_dir())
-                .unwrap_or_else(|| datadir.join(candidates[0]));
+            let valid_dir = held_out_dir(datadir, candidates);
             let train = FolderDataset::open(datadir.join("train"), non_images)?;
             let valid = FolderDataset::open(&valid_dir, non_images)?;
             if let Some((t, v)) = train
@@ -169,6 +176,16 @@ pub fn load_train_valid(
             pair(Arc::new(train), Arc::new(valid))
         }
     })
+}
+
+/// The first of `{datadir}/<candidate>` that is a directory (else the first candidate, whose
+/// absence the loader then reports).
+fn held_out_dir(datadir: &Path, candidates: &[&str]) -> PathBuf {
+    candidates
+        .iter()
+        .map(|d| datadir.join(d))
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| datadir.join(candidates[0]))
 }
 
 /// An independent, reproducible random stream for `(seed, stream, index)`.

@@ -1,7 +1,8 @@
 //! BiT's preprocessing (`bit_pytorch/train.py`): training resizes to the pre-crop square,
 //! takes a random crop and flips horizontally with probability 0.5; evaluation resizes
 //! straight to the crop square. Both scale pixels to `[-1, 1]` (`x / 127.5 - 1`) and write
-//! CHW planes. Resizing is bilinear as Pillow (and so torchvision) does it.
+//! CHW planes. Resizing is bilinear as Pillow (and so torchvision) does it. Distillation's
+//! views use the inception-style crop instead ([`Preprocess::Inception`]).
 
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
@@ -25,6 +26,13 @@ pub enum Preprocess {
         /// Crop size (128 or 480).
         crop: usize,
     },
+    /// Inception-style random crop, as big_vision's `inception_crop` (used by BiT
+    /// distillation): a region of 5-100 % of the image's area with an aspect ratio between
+    /// 3/4 and 4/3 (log-uniform), resized to `crop` x `crop`, then a random horizontal flip.
+    Inception {
+        /// Output size.
+        crop: usize,
+    },
     /// Resize to `crop` x `crop`.
     Eval {
         /// Output size.
@@ -36,7 +44,7 @@ impl Preprocess {
     /// The side of the output square.
     pub fn output_size(self) -> usize {
         match self {
-            Self::Train { crop, .. } | Self::Eval { crop } => crop,
+            Self::Train { crop, .. } | Self::Inception { crop } | Self::Eval { crop } => crop,
         }
     }
 
@@ -53,7 +61,7 @@ impl Preprocess {
     pub fn validate(self) -> Result<()> {
         let (precrop, crop) = match self {
             Self::Train { precrop, crop } => (precrop, crop),
-            Self::Eval { crop } => (crop, crop),
+            Self::Inception { crop } | Self::Eval { crop } => (crop, crop),
         };
         if precrop > MAX_RESOLUTION {
             return Err(DataError::InvalidArgument(format!(
@@ -85,6 +93,15 @@ impl Preprocess {
                 let y0 = rng.random_range(0..=precrop - crop);
                 (resized, x0, y0, rng.random_bool(0.5))
             }
+            Self::Inception { crop } => {
+                let region = inception_region(image.width(), image.height(), rng);
+                (
+                    resize_region(image, region, crop)?,
+                    0,
+                    0,
+                    rng.random_bool(0.5),
+                )
+            }
             Self::Eval { crop } => (resize(image, crop)?, 0, 0, false),
         };
         let plane = size * size;
@@ -103,13 +120,53 @@ impl Preprocess {
     }
 }
 
+/// `(left, top, width, height)` of an inception crop of a `width` x `height` image: up to ten
+/// draws of an area fraction in `[0.05, 1]` and a log-uniform aspect ratio in `[3/4, 4/3]`
+/// until the region fits, else the largest centred region of an allowed aspect ratio (as
+/// TensorFlow's `sample_distorted_bounding_box` and torchvision's `RandomResizedCrop`).
+fn inception_region(width: u32, height: u32, rng: &mut Xoshiro256PlusPlus) -> [f64; 4] {
+    let (w, h) = (f64::from(width), f64::from(height));
+    let (min_ratio, max_ratio) = (3.0f64 / 4.0, 4.0f64 / 3.0);
+    for _ in 0..10 {
+        let area = w * h * rng.random_range(0.05..=1.0);
+        let ratio = rng.random_range(min_ratio.ln()..=max_ratio.ln()).exp();
+        let (cw, ch) = ((area * ratio).sqrt().round(), (area / ratio).sqrt().round());
+        if (1.0..=w).contains(&cw) && (1.0..=h).contains(&ch) {
+            let left = rng.random_range(0.0..=w - cw).floor();
+            let top = rng.random_range(0.0..=h - ch).floor();
+            return [left, top, cw, ch];
+        }
+    }
+    let ratio = (w / h).clamp(min_ratio, max_ratio);
+    let (cw, ch) = if w / h > ratio {
+        ((h * ratio).round(), h)
+    } else {
+        (w, (w / ratio).round())
+    };
+    [((w - cw) / 2.0).floor(), ((h - ch) / 2.0).floor(), cw, ch]
+}
+
+/// Bilinear resize of a region `[left, top, width, height]` of `image` to a `side` square.
+fn resize_region(image: &RgbImage, region: [f64; 4], side: usize) -> Result<RgbImage> {
+    let [left, top, width, height] = region;
+    resize_with(
+        image,
+        side,
+        ResizeOptions::new().crop(left, top, width, height),
+    )
+}
+
 /// Bilinear resize to a `side` x `side` square (aspect ratio not kept, as in the reference).
 fn resize(image: &RgbImage, side: usize) -> Result<RgbImage> {
     if image.width() as usize == side && image.height() as usize == side {
         return Ok(image.clone());
     }
+    resize_with(image, side, ResizeOptions::new())
+}
+
+fn resize_with(image: &RgbImage, side: usize, options: ResizeOptions) -> Result<RgbImage> {
     let mut dst = RgbImage::new(side as u32, side as u32);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    let options = options.resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
     Resizer::new()
         .resize(image, &mut dst, &options)
         .map_err(|e| {
@@ -168,6 +225,31 @@ mod tests {
             assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));
         }
         assert!((150..250).contains(&flips), "{flips} flips of 400");
+    }
+
+    #[test]
+    fn inception_crops_vary_in_area_and_aspect_and_stay_inside() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        let (mut small, mut large) = (0, 0);
+        for (w, h) in [(64, 48), (48, 64), (300, 20), (1, 1)] {
+            for _ in 0..200 {
+                let [l, t, cw, ch] = inception_region(w, h, &mut rng);
+                let (w, h) = (f64::from(w), f64::from(h));
+                assert!(l >= 0.0 && t >= 0.0 && cw >= 1.0 && ch >= 1.0);
+                assert!(l + cw <= w && t + ch <= h, "{l} {t} {cw} {ch} in {w}x{h}");
+                let area = cw * ch / (w * h);
+                small += usize::from(area < 0.3);
+                large += usize::from(area > 0.7);
+            }
+        }
+        assert!(small > 50 && large > 50, "{small} small, {large} large");
+        // The whole pipeline: values in range, every pixel written.
+        let img = gradient(64, 48);
+        let mut out = vec![f32::NAN; 3 * 24 * 24];
+        Preprocess::Inception { crop: 24 }
+            .apply(&img, &mut rng, &mut out)
+            .unwrap();
+        assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));
     }
 
     #[test]

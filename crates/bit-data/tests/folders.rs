@@ -137,6 +137,38 @@ fn fifos_non_utf8_class_names_and_skipped_files() {
     assert_eq!(ds.image(2).unwrap().dimensions(), (8, 8));
 }
 
+#[test]
+fn unlabelled_images_are_found_at_any_depth_without_following_linked_folders() {
+    let root = scratch("images");
+    make_split(&root.join("train"), &["a", "b/deeper"], 2);
+    RgbImage::new(8, 8)
+        .save(root.join("train/top.png"))
+        .unwrap();
+    std::fs::write(root.join("train/b/notes.txt"), b"x").unwrap();
+    // A link back up the tree would loop forever if followed.
+    std::os::unix::fs::symlink(root.join("train"), root.join("train/a/loop")).unwrap();
+    make_split(&root.join("val"), &["x"], 1);
+    let err = load_train_valid(DatasetName::Images, &root, NonImagePolicy::Error).err();
+    assert!(
+        matches!(&err, Some(DataError::NotAnImage { path }) if path.ends_with("notes.txt")),
+        "{err:?}"
+    );
+    let data = load_train_valid(DatasetName::Images, &root, NonImagePolicy::SkipWithWarning)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((data.train.len(), data.valid.len()), (5, 1));
+    assert_eq!(data.train.classes(), ["unlabelled"]);
+    assert!(data.train.skipped()[0].ends_with("notes.txt"));
+    assert!((0..5).all(|i| data.train.label(i) == 0));
+    // A tree without images is an error naming it.
+    let empty = scratch("no-images");
+    std::fs::create_dir_all(empty.join("train/sub")).unwrap();
+    std::fs::create_dir_all(empty.join("val")).unwrap();
+    assert!(matches!(
+        load_train_valid(DatasetName::Images, &empty, NonImagePolicy::Error),
+        Err(DataError::NoImages { .. })
+    ));
+}
+
 /// A dataset whose decoder panics on one image, like a bug in a codec.
 struct Panicking;
 

@@ -66,10 +66,19 @@ pub fn evaluate(
     })
 }
 
-/// How many other classes score at least as high as `label`: ties count against the label
-/// (a constant head is right for no one), a NaN logit elsewhere counts as higher, and a NaN
-/// logit for the label ranks beyond any k, so a model that produces NaN is never correct.
-fn rank(row: &[f32], label: usize) -> usize {
+/// The rank of class `label` in a row of logits (0: top-1; below 5: top-5): how many other
+/// classes score at least as high. Ties count against the label (a constant head is right for
+/// no one), a NaN logit elsewhere counts as higher, and a NaN logit for the label ranks beyond
+/// any k, so a model that produces NaN is never correct.
+///
+/// ```
+/// use bit_infer::rank;
+///
+/// assert_eq!(rank(&[0.1, 0.9, 0.3], 2), 1);
+/// assert_eq!(rank(&[0.0; 10], 4), 9);
+/// assert_eq!(rank(&[f32::NAN, 0.0], 0), usize::MAX);
+/// ```
+pub fn rank(row: &[f32], label: usize) -> usize {
     let target = row[label];
     if target.is_nan() {
         return usize::MAX;

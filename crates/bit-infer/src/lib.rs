@@ -34,7 +34,7 @@ mod model;
 mod run;
 
 pub use error::{InferError, Result};
-pub use eval::{EvalResult, evaluate, evaluate_dataset};
+pub use eval::{EvalResult, evaluate, evaluate_dataset, rank};
 pub use labels::{Relabelled, map_classes, read_class_map, read_label_file};
 pub use model::{
     CLASSES_METADATA_KEY, DEFAULT_RESOLUTION, InferenceModel, LoadOptions, RESOLUTION_METADATA_KEY,

@@ -97,65 +97,46 @@ impl TrainConfig {
     /// Checks the settings that can be checked without touching data.
     pub fn validate(&self) -> Result<DatasetName> {
         let bad = |m: String| Err(TrainError::InvalidConfig(m));
-        if self.name.is_empty()
-            || self.name.contains(['/', '\\'])
-            || self.name == "."
-            || self.name == ".."
-        {
-            return bad(format!(
-                "--name `{}` must be a plain directory name",
-                self.name
-            ));
-        }
-        if self.batch == 0 || self.batch_split == 0 || !self.batch.is_multiple_of(self.batch_split)
-        {
-            return bad(format!(
-                "--batch {} must be a positive multiple of --batch_split {}",
-                self.batch, self.batch_split
-            ));
-        }
+        check_run_settings(
+            &self.name,
+            (self.batch, self.batch_split),
+            self.eval_every,
+            self.max_eval_examples,
+            self.workers,
+        )?;
         if !(self.base_lr.is_finite() && self.base_lr > 0.0) {
             return bad(format!("--base_lr {} must be positive", self.base_lr));
         }
-        if self.eval_every == Some(0) || self.steps == Some(0) || self.examples_per_class == Some(0)
-        {
-            return bad("--eval_every, --steps and --examples_per_class must be at least 1".into());
+        if self.steps == Some(0) || self.examples_per_class == Some(0) {
+            return bad("--steps and --examples_per_class must be at least 1".into());
         }
         if let Some((precrop, crop)) = self.resolution {
             bit_data::Preprocess::Train { precrop, crop }
                 .validate()
                 .map_err(|e| TrainError::InvalidConfig(format!("--resolution: {e}")))?;
         }
-        if self.max_eval_examples == Some(0) {
-            return bad("--max_eval_examples must be at least 1".into());
+        match self.dataset.parse()? {
+            DatasetName::Images => bad(
+                "--dataset images has no labels to fine-tune on: use class folders \
+                 (--dataset folder), or `bit distill`, which needs no labels"
+                    .into(),
+            ),
+            dataset => Ok(dataset),
         }
-        if self.workers > bit_data::MAX_WORKERS {
-            return bad(format!(
-                "--workers {}: at most {}",
-                self.workers,
-                bit_data::MAX_WORKERS
-            ));
-        }
-        Ok(self.dataset.parse()?)
     }
 
     /// The training loader: micro-batches of `batch / batch_split`.
     pub(crate) fn loader(&self) -> bit_data::LoaderConfig {
-        bit_data::LoaderConfig {
-            batch_size: self.batch / self.batch_split,
-            workers: self.workers,
-            seed: self.seed,
-            prefetch: 2,
-        }
+        loader(self.batch, self.batch_split, self.workers, self.seed)
     }
 
-    /// The loop's settings, with gradients clipped to `clip_global_norm` if given.
-    pub(crate) fn loop_settings(&self, clip_global_norm: Option<f32>) -> crate::run::LoopSettings {
+    /// The loop's settings (no gradient clipping, as the reference).
+    pub(crate) fn loop_settings(&self) -> crate::run::LoopSettings {
         crate::run::LoopSettings {
             batch_split: self.batch_split,
             eval_every: self.eval_every,
             save: self.save,
-            clip_global_norm,
+            clip_global_norm: None,
         }
     }
 
@@ -185,5 +166,64 @@ impl TrainConfig {
         ModelHub::from_env()
             .and_then(|hub| hub.fetch(&entry))
             .map_err(download)
+    }
+}
+
+/// The loader of a run: micro-batches of `batch / batch_split`.
+pub(crate) fn loader(
+    batch: usize,
+    batch_split: usize,
+    workers: usize,
+    seed: u64,
+) -> bit_data::LoaderConfig {
+    bit_data::LoaderConfig {
+        batch_size: batch / batch_split,
+        workers,
+        seed,
+        prefetch: 2,
+    }
+}
+
+/// The checks every run's settings share: a plain run name, a batch that splits evenly, and
+/// positive counts.
+pub(crate) fn check_run_settings(
+    name: &str,
+    (batch, batch_split): (usize, usize),
+    eval_every: Option<usize>,
+    max_eval_examples: Option<usize>,
+    workers: usize,
+) -> Result<()> {
+    let bad = |m: String| Err(TrainError::InvalidConfig(m));
+    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        return bad(format!("--name `{name}` must be a plain directory name"));
+    }
+    if batch == 0 || batch_split == 0 || !batch.is_multiple_of(batch_split) {
+        return bad(format!(
+            "--batch {batch} must be a positive multiple of --batch_split {batch_split}"
+        ));
+    }
+    if eval_every == Some(0) {
+        return bad("--eval_every must be at least 1".into());
+    }
+    if max_eval_examples == Some(0) {
+        return bad("--max_eval_examples must be at least 1".into());
+    }
+    if workers > bit_data::MAX_WORKERS {
+        return bad(format!(
+            "--workers {workers}: at most {}",
+            bit_data::MAX_WORKERS
+        ));
+    }
+    Ok(())
+}
+
+/// `datadir`, which only Fashion-MNIST may leave out (Debian installs it in a known place).
+pub(crate) fn datadir_or_default(dataset: DatasetName, datadir: Option<&Path>) -> Result<PathBuf> {
+    match (datadir, dataset) {
+        (Some(dir), _) => Ok(dir.to_path_buf()),
+        (None, DatasetName::FashionMnist) => Ok(PathBuf::from(bit_data::DEBIAN_FASHION_MNIST_DIR)),
+        (None, _) => Err(TrainError::InvalidConfig(
+            "--datadir is required for this dataset".into(),
+        )),
     }
 }

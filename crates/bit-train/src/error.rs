@@ -105,6 +105,40 @@ pub enum TrainError {
         step: usize,
     },
 
+    /// The distillation teacher did not load.
+    #[error("teacher `{teacher}`: {source}")]
+    Teacher {
+        /// The `--teacher` given.
+        teacher: String,
+        /// Why.
+        #[source]
+        source: Box<bit_infer::InferError>,
+    },
+
+    /// The distillation student did not load.
+    #[error("student `{student}`: {source}")]
+    Student {
+        /// The `--student` given.
+        student: String,
+        /// Why.
+        #[source]
+        source: Box<bit_infer::InferError>,
+    },
+
+    /// A student whose own head is kept must have the teacher's classes.
+    #[error(
+        "student `{student}` has a {student_head}-way head and the teacher a {teacher_head}-way \
+         one: drop --keep_student_head to start it with a new head of the teacher's size"
+    )]
+    HeadMismatch {
+        /// The `--student` given.
+        student: String,
+        /// Its head size.
+        student_head: usize,
+        /// The teacher's.
+        teacher_head: usize,
+    },
+
     /// A setting out of range.
     #[error("invalid setting: {0}")]
     InvalidConfig(String),

@@ -21,6 +21,7 @@
 
 pub mod checkpoint;
 mod config;
+mod distill;
 mod error;
 mod log;
 mod parallel;
@@ -29,7 +30,11 @@ mod trainer;
 
 pub use bit_infer::{EvalResult, evaluate};
 pub use config::TrainConfig;
+pub use distill::{
+    DistillConfig, DistillEval, DistillOutcome, TeacherTargets, WarmupCosine, distill,
+    distillation_loss,
+};
 pub use error::{Result, TrainError};
 pub use log::python_exp;
-pub use parallel::{DataParallel, Targets};
+pub use parallel::{DataParallel, ShardLoss, Targets};
 pub use trainer::{TrainOptions, TrainOutcome, bit_optimizer, train};

@@ -13,6 +13,13 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::error::{Result, TrainError};
 
+/// What a shard of a micro-batch is scored against: `loss` of the logits of examples
+/// `range` (a slice of the micro-batch), computed on `device`.
+pub trait ShardLoss: Sync {
+    /// The mean loss of `logits`, the model's output for examples `range.0..range.1`.
+    fn shard_loss(&self, logits: Tensor<2>, range: (usize, usize), device: &Device) -> Tensor<1>;
+}
+
 /// The labels a micro-batch is trained on: plain, or mixed with partners (mixup).
 #[derive(Debug, Clone)]
 pub struct Targets {
@@ -60,7 +67,7 @@ impl DataParallel {
         &self,
         model: &ResNetV2,
         images: Tensor<4>,
-        targets: &Targets,
+        targets: &impl ShardLoss,
         scale: f32,
     ) -> (GradientsParams, f32) {
         let n = images.dims()[0];
@@ -77,12 +84,7 @@ impl DataParallel {
                 model.clone().fork(device)
             };
             let x = images.clone().narrow(0, a, b - a).to_device(device);
-            let own = targets.labels.clone().narrow(0, a, b - a).to_device(device);
-            let partner = targets
-                .mixed
-                .as_ref()
-                .map(|(p, lambda)| (p.clone().narrow(0, a, b - a).to_device(device), *lambda));
-            let loss = mixup_loss(replica.forward(x), own, partner, device);
+            let loss = targets.shard_loss(replica.forward(x), (a, b), device);
             let weight = (b - a) as f32 / n as f32;
             let value = scalar(loss.clone()) * weight;
             let grads = GradientsParams::from_grads((loss * (weight * scale)).backward(), &replica);
@@ -109,19 +111,19 @@ impl DataParallel {
     }
 }
 
-/// `λ CE(logits, y) + (1 - λ) CE(logits, y_partner)`, or plain `CE(logits, y)`.
-fn mixup_loss(
-    logits: Tensor<2>,
-    labels: Tensor<1, Int>,
-    partner: Option<(Tensor<1, Int>, f32)>,
-    device: &Device,
-) -> Tensor<1> {
-    let ce = CrossEntropyLossConfig::new().init(device);
-    match partner {
-        Some((other, lambda)) => {
-            ce.forward(logits.clone(), labels) * lambda + ce.forward(logits, other) * (1.0 - lambda)
+impl ShardLoss for Targets {
+    /// `λ CE(logits, y) + (1 - λ) CE(logits, y_partner)`, or plain `CE(logits, y)`.
+    fn shard_loss(&self, logits: Tensor<2>, (a, b): (usize, usize), device: &Device) -> Tensor<1> {
+        let ce = CrossEntropyLossConfig::new().init(device);
+        let own = self.labels.clone().narrow(0, a, b - a).to_device(device);
+        match &self.mixed {
+            Some((partners, lambda)) => {
+                let other = partners.clone().narrow(0, a, b - a).to_device(device);
+                ce.forward(logits.clone(), own) * *lambda
+                    + ce.forward(logits, other) * (1.0 - lambda)
+            }
+            None => ce.forward(logits, own),
         }
-        None => ce.forward(logits, labels),
     }
 }
 

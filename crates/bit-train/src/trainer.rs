@@ -79,7 +79,16 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         Some(saved) => Start::Resume(saved),
         None => Start::Fresh(config.checkpoint_path()?),
     };
-    let (train, valid) = TrainingData::load(dataset, config, &mut run.log)?;
+    let data = DataSettings {
+        dataset,
+        datadir: &config.datadir,
+        few_shot: config
+            .examples_per_class
+            .map(|k| (k, config.examples_per_class_seed)),
+        max_eval_examples: config.max_eval_examples,
+        skip_non_images: config.skip_non_images,
+    };
+    let (train, valid) = TrainingData::load(&data, &mut run.log)?;
     let rule = hyper_rule(config, &*train);
     run.log.info(&rule.to_string());
 
@@ -87,7 +96,7 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
     let main = devices.main().clone();
     let at = match start {
         Start::Resume(saved) => {
-            check_resumable(&saved, config, &classes, train.len())?;
+            check_resumable(&saved, (config.batch, config.seed), &classes, train.len())?;
             resume(&saved, bit_optimizer(), &main, &mut run.log)?
         }
         Start::Fresh(path) => {
@@ -139,7 +148,7 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         at,
         &mut objective,
         &mut batches,
-        &config.loop_settings(None),
+        &config.loop_settings(),
         (&|step| rule.lr(step), rule.total_steps()),
         &state,
         &options.stop,
@@ -224,25 +233,35 @@ impl EvalFeed {
     }
 }
 
+/// Which data a run reads.
+pub(crate) struct DataSettings<'a> {
+    pub dataset: DatasetName,
+    pub datadir: &'a Path,
+    /// Few-shot: K examples per class, and the seed of the draw.
+    pub few_shot: Option<(usize, u64)>,
+    /// Evaluate on the first N validation examples only.
+    pub max_eval_examples: Option<usize>,
+    pub skip_non_images: bool,
+}
+
 /// A run's training and validation sets.
 pub(crate) struct TrainingData;
 
 impl TrainingData {
-    /// Loads `dataset` as `config` says (few-shot draw, evaluation subset), logs their sizes and
+    /// Loads the data `settings` name (few-shot draw, evaluation subset), logs their sizes and
     /// skipped files, and checks that every validation image decodes: a broken file must cost
     /// seconds now, not the whole run at its end.
     pub fn load(
-        dataset: DatasetName,
-        config: &TrainConfig,
+        settings: &DataSettings,
         log: &mut RunLog,
     ) -> Result<(Arc<dyn ImageDataset>, Arc<dyn ImageDataset>)> {
-        let policy = NonImagePolicy::from_skip_flag(config.skip_non_images);
-        let data = load_train_valid(dataset, &config.datadir, policy)?;
-        let train: Arc<dyn ImageDataset> = match config.examples_per_class {
-            Some(k) => Arc::new(few_shot(data.train, k, config.examples_per_class_seed)?),
+        let policy = NonImagePolicy::from_skip_flag(settings.skip_non_images);
+        let data = load_train_valid(settings.dataset, settings.datadir, policy)?;
+        let train: Arc<dyn ImageDataset> = match settings.few_shot {
+            Some((k, seed)) => Arc::new(few_shot(data.train, k, seed)?),
             None => data.train,
         };
-        let valid: Arc<dyn ImageDataset> = match config.max_eval_examples {
+        let valid: Arc<dyn ImageDataset> = match settings.max_eval_examples {
             Some(n) if n < data.valid.len() => {
                 Arc::new(Subset::new(data.valid.clone(), (0..n).collect()))
             }
@@ -321,10 +340,10 @@ enum Start {
     Fresh(PathBuf),
 }
 
-/// Refuses to continue a saved run with different data or batch settings.
-fn check_resumable(
+/// Refuses to continue a saved run with different data or `(batch, seed)` settings.
+pub(crate) fn check_resumable(
     saved: &checkpoint::Saved,
-    config: &TrainConfig,
+    (batch, seed): (usize, u64),
     classes: &[String],
     train_examples: usize,
 ) -> Result<()> {
@@ -336,10 +355,10 @@ fn check_resumable(
             "{} training examples, this one {train_examples}",
             s.train_examples
         ))
-    } else if s.batch != config.batch || s.seed != config.seed {
+    } else if s.batch != batch || s.seed != seed {
         Some(format!(
-            "batch {} and seed {}, this one batch {} and seed {}",
-            s.batch, s.seed, config.batch, config.seed
+            "batch {} and seed {}, this one batch {batch} and seed {seed}",
+            s.batch, s.seed
         ))
     } else {
         None
