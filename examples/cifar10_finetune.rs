@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example cifar10_finetune -- \
-//!     --bit-pretrained-dir ~/bit_models --datadir ~/data/cifar10 --examples-per-class 5
+//!     --bit_pretrained_dir ~/bit_models --datadir ~/data/cifar10 --examples_per_class 5
 //! ```
 //!
 //! `BiT-M-R50x1.npz` comes from https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz;
@@ -15,31 +15,18 @@ use std::path::PathBuf;
 use bit_train::{TrainConfig, TrainOptions, train};
 use clap::Parser;
 
+/// Where things are on this machine; the run's settings are in `main`, in code.
 #[derive(Parser)]
 struct Args {
     /// Where BiT-M-R50x1.npz is (downloaded into the cache, $BIT_HOME, if it is not there).
-    #[arg(long, default_value = ".")]
+    #[arg(long = "bit_pretrained_dir", default_value = ".")]
     bit_pretrained_dir: PathBuf,
     /// Where CIFAR-10 is, or is downloaded to.
     #[arg(long, default_value = "/tmp/cifar10")]
     datadir: PathBuf,
-    /// Where the run's logs and checkpoints go.
-    #[arg(long, default_value = "/tmp/bit_logs")]
-    logdir: PathBuf,
     /// Few-shot: examples per class (the full 50k images otherwise).
-    #[arg(long)]
+    #[arg(long = "examples_per_class")]
     examples_per_class: Option<usize>,
-    /// Global batch; the README's lighter setting is 128 with --base-lr 0.001.
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// Micro-batches per step, to fit memory.
-    #[arg(long, default_value_t = 4)]
-    batch_split: usize,
-    #[arg(long, default_value_t = 0.001)]
-    base_lr: f64,
-    /// `cpu`, or `cuda` / `wgpu` with a GPU build.
-    #[arg(long, default_value = "cpu")]
-    device: String,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -53,14 +40,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "BiT-M-R50x1",
         "cifar10",
         args.datadir,
-        args.logdir,
+        "/tmp/bit_logs",
     );
     config.bit_pretrained_dir = args.bit_pretrained_dir;
     config.examples_per_class = args.examples_per_class;
-    config.batch = args.batch;
-    config.batch_split = args.batch_split;
-    config.base_lr = args.base_lr;
-    config.device = args.device;
+    // The README's lighter setting: batch 128 in four micro-batches of 32, lr 0.001.
+    config.batch = 128;
+    config.batch_split = 4;
+    config.base_lr = 0.001;
     config.eval_every = Some(100);
     let outcome = train(&config, &TrainOptions::default())?;
     println!(

@@ -23,6 +23,10 @@ pub struct ModelArgs {
     /// .safetensors written by `bit train`/`bit export`.
     #[arg(long)]
     model: String,
+    /// Where hand-placed release files are: {bit_pretrained_dir}/{model}.npz is used before the
+    /// cache, as `bit train` does.
+    #[arg(long = "bit_pretrained_dir", default_value = ".")]
+    bit_pretrained_dir: PathBuf,
     /// Input resolution (default: the model's own, from its file or the catalog).
     #[arg(long)]
     resolution: Option<usize>,
@@ -52,7 +56,8 @@ impl ModelArgs {
             resolution: self.resolution,
             labels: self.labels.clone(),
         };
-        let model = InferenceModel::load(&ModelHub::from_env()?, &self.model, &options, &device)?;
+        let hub = ModelHub::from_env()?.with_pretrained_dir(&self.bit_pretrained_dir);
+        let model = InferenceModel::load(&hub, &self.model, &options, &device)?;
         let feed = model
             .feed()
             .with_loader(LoaderConfig::new(self.batch).with_workers(self.workers))
@@ -140,11 +145,16 @@ impl DataArgs {
     ) -> Result<Arc<dyn ImageDataset>, Box<dyn std::error::Error>> {
         let name = self.dataset.as_deref().ok_or("--dataset is required")?;
         let policy = NonImagePolicy::from_skip_flag(self.skip_non_images);
-        let datadir = crate::datadir_for(name, self.datadir.clone())?;
-        if name == "folder" {
+        let dataset = name.parse::<DatasetName>()?;
+        let datadir = self
+            .datadir
+            .clone()
+            .or_else(|| dataset.default_dir())
+            .ok_or("--datadir is required for this dataset")?;
+        if dataset == DatasetName::Folder {
             return Ok(Arc::new(FolderDataset::open(&datadir, policy)?));
         }
-        let data = load_train_valid(name.parse::<DatasetName>()?, &datadir, policy)?;
+        let data = load_train_valid(dataset, &datadir, policy)?;
         Ok(match self.split.unwrap_or(default_split) {
             SplitArg::Train => data.train,
             SplitArg::Valid => data.valid,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use bit_model::NpzCheckpoint;
 use bit_train::{TrainConfig, TrainOptions};
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 mod infer;
 
@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Fine-tune a BiT model on a dataset with the BiT-HyperRule (the reference `train.py`).
-    Train(Box<TrainArgs>),
+    Train(Box<TrainConfig>),
     /// Distill a teacher into a student by function matching (Beyer et al. 2022): both see the
     /// same inception-crop + mixup view, the student matches the teacher's softmax (KL at
     /// --temperature) with Adam, global-norm clipping and warmup + cosine; resumable like train.
@@ -55,83 +55,6 @@ enum Command {
     Export(infer::ExportArgs),
 }
 
-/// The reference's flags, spelled as in `bit_pytorch/train.py`, plus a few explicit extras.
-#[derive(Args)]
-struct TrainArgs {
-    /// Name of this run: logs and checkpoints go to {logdir}/{name}/; running the same name
-    /// again resumes it.
-    #[arg(long)]
-    name: String,
-    /// A BiT model name (BiT-M-R50x1, BiT-S-R101x3, BiT-M-R152x2-ILSVRC2012, ...), read from
-    /// {bit_pretrained_dir}/{model}.npz if it is there, else downloaded into the cache
-    /// ($BIT_HOME); or a path to any BiT-format .npz.
-    #[arg(long)]
-    model: String,
-    /// Where to write the run's logs, metrics and checkpoints.
-    #[arg(long)]
-    logdir: PathBuf,
-    /// Where the pre-trained {model}.npz files are.
-    #[arg(long = "bit_pretrained_dir", default_value = ".")]
-    bit_pretrained_dir: PathBuf,
-    /// cifar10, cifar100, imagenet2012 ({datadir}/train, {datadir}/val), folder ({datadir}/train
-    /// and {datadir}/val|validation|test, one sub-directory per class), fashion_mnist, mnist.
-    #[arg(long)]
-    dataset: String,
-    /// Where the dataset is: CIFAR is downloaded there if absent; fashion_mnist defaults to
-    /// Debian's /usr/share/datasets/fashion-mnist.
-    #[arg(long)]
-    datadir: Option<PathBuf>,
-    /// Few-shot: train on this many examples per class.
-    #[arg(long = "examples_per_class")]
-    examples_per_class: Option<usize>,
-    /// Seed of the few-shot draw (same seed, same examples, on any machine).
-    #[arg(long = "examples_per_class_seed", default_value_t = 0)]
-    examples_per_class_seed: u64,
-    /// Global batch size.
-    #[arg(long, default_value_t = 512)]
-    batch: usize,
-    /// Split each batch into this many micro-batches (gradients accumulated), to fit memory.
-    #[arg(long = "batch_split", default_value_t = 1)]
-    batch_split: usize,
-    /// Peak learning rate (for the global batch; not rescaled when --batch changes).
-    #[arg(long = "base_lr", default_value_t = 0.003)]
-    base_lr: f64,
-    /// Evaluate and checkpoint every this many steps (always at the end).
-    #[arg(long = "eval_every")]
-    eval_every: Option<usize>,
-    /// Threads decoding and augmenting images.
-    #[arg(long, default_value_t = 8)]
-    workers: usize,
-    /// Do not write checkpoints or the final model.
-    #[arg(long = "no-save")]
-    no_save: bool,
-    /// Devices: cpu, or with a GPU build cuda / wgpu / vulkan (every GPU of that backend) or a
-    /// list such as cuda:0,cuda:1.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Seed of shuffling, augmentation and mixup.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Train for this many steps instead of the HyperRule's (same warmup/decay proportions).
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Resolution instead of the HyperRule's, as PRECROP,CROP (e.g. 40,32).
-    #[arg(long, value_parser = parse_resolution)]
-    resolution: Option<(usize, usize)>,
-    /// Evaluate on only the first N validation examples.
-    #[arg(long = "max_eval_examples")]
-    max_eval_examples: Option<usize>,
-    /// Skip (with a warning) files in class folders that are not images, instead of failing.
-    #[arg(long = "skip_non_images")]
-    skip_non_images: bool,
-}
-
-fn parse_resolution(s: &str) -> Result<(usize, usize), String> {
-    let (pre, crop) = s.split_once(',').ok_or("expected PRECROP,CROP")?;
-    let parse = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("`{v}`: {e}"));
-    Ok((parse(pre)?, parse(crop)?))
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -141,7 +64,7 @@ fn main() -> ExitCode {
         .init();
     let result: Result<(), Box<dyn std::error::Error>> = match Cli::parse().command {
         Command::Inspect { checkpoint } => inspect(&checkpoint).map_err(Into::into),
-        Command::Train(args) => train(*args),
+        Command::Train(config) => train(&config),
         Command::Distill(config) => distill(&config),
         Command::Models { filter, urls } => infer::models(&filter, urls),
         Command::Download { models } => infer::download(&models),
@@ -166,35 +89,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--datadir`, which only Fashion-MNIST may leave out (Debian installs it in a known place).
-fn datadir_for(dataset: &str, datadir: Option<PathBuf>) -> Result<PathBuf, &'static str> {
-    match (datadir, dataset) {
-        (Some(dir), _) => Ok(dir),
-        (None, "fashion_mnist") => Ok(PathBuf::from(bit_data::DEBIAN_FASHION_MNIST_DIR)),
-        (None, _) => Err("--datadir is required for this dataset"),
-    }
-}
-
-fn train(args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let datadir = datadir_for(&args.dataset, args.datadir)?;
-    let mut config = TrainConfig::new(args.name, args.model, args.dataset, datadir, args.logdir);
-    config.bit_pretrained_dir = args.bit_pretrained_dir;
-    config.examples_per_class = args.examples_per_class;
-    config.examples_per_class_seed = args.examples_per_class_seed;
-    config.batch = args.batch;
-    config.batch_split = args.batch_split;
-    config.base_lr = args.base_lr;
-    config.eval_every = args.eval_every;
-    config.workers = args.workers;
-    config.save = !args.no_save;
-    config.device = args.device;
-    config.seed = args.seed;
-    config.steps = args.steps;
-    config.resolution = args.resolution;
-    config.max_eval_examples = args.max_eval_examples;
-    config.skip_non_images = args.skip_non_images;
-
-    let outcome = bit_train::train(&config, &stop_on_ctrl_c()?)?;
+fn train(config: &TrainConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let outcome = bit_train::train(config, &stop_on_ctrl_c()?)?;
     println!(
         "{} after {} steps: validation loss {:.5}, top-1 {:.2}%, top-5 {:.2}% ({} examples); run in {}",
         if outcome.interrupted {

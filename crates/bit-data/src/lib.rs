@@ -82,6 +82,21 @@ pub enum DatasetName {
     Images,
 }
 
+impl DatasetName {
+    /// Where the dataset is when no directory is given: Debian's `dataset-fashion-mnist`
+    /// package for Fashion-MNIST; no other dataset has a known place.
+    ///
+    /// ```
+    /// use bit_data::DatasetName;
+    ///
+    /// assert!(DatasetName::FashionMnist.default_dir().is_some());
+    /// assert_eq!(DatasetName::Cifar10.default_dir(), None);
+    /// ```
+    pub fn default_dir(self) -> Option<PathBuf> {
+        (self == Self::FashionMnist).then(|| PathBuf::from(DEBIAN_FASHION_MNIST_DIR))
+    }
+}
+
 impl FromStr for DatasetName {
     type Err = DataError;
 

@@ -412,6 +412,7 @@ pub fn search(filter: &str) -> Vec<PretrainedModel> {
 /// Where models come from and where they are kept: a base URL (the official bucket, a mirror)
 /// and a [`Cache`] directory. Files are kept at their bucket path (`models/vtab/…npz`), and
 /// only used once they passed a full CRC read; a damaged cached file is downloaded again.
+/// Every command resolves `--model` through [`locate`](Self::locate), in one documented order.
 ///
 /// ```no_run
 /// use bit_model::zoo::ModelHub;
@@ -426,6 +427,7 @@ pub fn search(filter: &str) -> Vec<PretrainedModel> {
 pub struct ModelHub {
     cache: Cache,
     base_url: String,
+    pretrained_dir: Option<PathBuf>,
 }
 
 impl ModelHub {
@@ -434,7 +436,15 @@ impl ModelHub {
         Self {
             cache,
             base_url: base_url.into(),
+            pretrained_dir: None,
         }
+    }
+
+    /// Looks for `{dir}/{name}.npz` before the cache (the reference's `--bit_pretrained_dir`:
+    /// hand-placed release files).
+    pub fn with_pretrained_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.pretrained_dir = Some(dir.into());
+        self
     }
 
     /// The cache of `$BIT_HOME` (else the user cache directory) and the base URL of
@@ -486,17 +496,24 @@ impl ModelHub {
             })
     }
 
-    /// The checkpoint file `model` names: an existing `.npz`/`.safetensors` path, else a
-    /// released model (fetched if needed). The catalog entry comes along when the name or the
+    /// The checkpoint file `model` names, the first of: `model` itself if it is a file (any
+    /// `.npz`/`.safetensors`); `{pretrained_dir}/{model}.npz` if the hub has a pre-trained
+    /// directory and the file is there; the released model of that name from the cache,
+    /// downloaded and verified if needed. The catalog entry comes along when the name or the
     /// file's stem is a released model, so a hand-placed `BiT-M-R50x1.npz` keeps its metadata.
     pub fn locate(&self, model: &str) -> Result<(PathBuf, Option<PretrainedModel>)> {
-        let path = Path::new(model);
-        if path.is_file() {
-            let entry = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .and_then(|stem| find(stem).ok());
-            return Ok((path.to_path_buf(), entry));
+        let placed = self
+            .pretrained_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{model}.npz")));
+        for path in [Some(PathBuf::from(model)), placed].into_iter().flatten() {
+            if path.is_file() {
+                let entry = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|stem| find(stem).ok());
+                return Ok((path, entry));
+            }
         }
         let entry = find(model)?;
         Ok((self.fetch(&entry)?, Some(entry)))

@@ -8,55 +8,93 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 
-/// One fine-tuning run. Field names follow the reference flags.
+/// One fine-tuning run (`bit train`). Field names follow the reference `train.py` flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct TrainConfig {
-    /// Run name: logs and checkpoints go to `{logdir}/{name}/`; running the same name again
-    /// resumes.
+    /// Name of this run: logs and checkpoints go to {logdir}/{name}/; running the same name
+    /// again resumes it.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub name: String,
-    /// A released BiT model name (`BiT-M-R50x1`: read from `{bit_pretrained_dir}/{model}.npz`
-    /// if it is there, else fetched into the verified cache, see `bit_model::zoo`) or a path
-    /// to any BiT-format `.npz`.
+    /// A BiT model name (BiT-M-R50x1, BiT-S-R101x3, BiT-M-R152x2-ILSVRC2012, ...), read from
+    /// {bit_pretrained_dir}/{model}.npz if it is there, else downloaded into the cache
+    /// ($BIT_HOME); or a path to any BiT-format .npz.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub model: String,
-    /// Where runs are written.
+    /// Where to write the run's logs, metrics and checkpoints.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub logdir: PathBuf,
-    /// Where `{model}.npz` files are looked up first.
+    /// Where the pre-trained {model}.npz files are.
+    #[cfg_attr(feature = "cli", arg(long = "bit_pretrained_dir", default_value = "."))]
     pub bit_pretrained_dir: PathBuf,
-    /// Which dataset.
+    /// cifar10, cifar100, imagenet2012 ({datadir}/train, {datadir}/val), folder ({datadir}/train
+    /// and {datadir}/val|validation|test, one sub-directory per class), fashion_mnist, mnist.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub dataset: String,
-    /// Where the dataset is (or is downloaded to, for CIFAR).
-    pub datadir: PathBuf,
-    /// Few-shot: K training examples per class.
+    /// Where the dataset is: CIFAR is downloaded there if absent; fashion_mnist defaults to
+    /// Debian's /usr/share/datasets/fashion-mnist.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub datadir: Option<PathBuf>,
+    /// Few-shot: train on this many examples per class.
+    #[cfg_attr(feature = "cli", arg(long = "examples_per_class"))]
     pub examples_per_class: Option<usize>,
-    /// Seed of the few-shot draw.
+    /// Seed of the few-shot draw (same seed, same examples, on any machine).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "examples_per_class_seed", default_value_t = 0)
+    )]
     pub examples_per_class_seed: u64,
     /// Global batch size.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = bit_hyperrule::BASE_BATCH))]
     pub batch: usize,
-    /// Micro-batches per update (the batch is processed in `batch / batch_split` pieces).
+    /// Split each batch into this many micro-batches (gradients accumulated), to fit memory.
+    #[cfg_attr(feature = "cli", arg(long = "batch_split", default_value_t = 1))]
     pub batch_split: usize,
-    /// Peak learning rate.
+    /// Peak learning rate (for the global batch; not rescaled when --batch changes).
+    #[cfg_attr(feature = "cli", arg(long = "base_lr", default_value_t = bit_hyperrule::BASE_LR))]
     pub base_lr: f64,
-    /// Evaluate (and checkpoint) every this many steps; always at the end.
+    /// Evaluate and checkpoint every this many steps (always at the end).
+    #[cfg_attr(feature = "cli", arg(long = "eval_every"))]
     pub eval_every: Option<usize>,
-    /// Loader threads.
+    /// Threads decoding and augmenting images.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::WORKERS))]
     pub workers: usize,
-    /// Write checkpoints.
+    /// Do not write checkpoints or the final model.
+    #[cfg_attr(feature = "cli", arg(long = "no-save", action = clap::ArgAction::SetFalse))]
     pub save: bool,
-    /// Devices, e.g. `cpu`, `cuda` (all GPUs), `cuda:0,cuda:1`.
+    /// Devices: cpu, or with a GPU build cuda / wgpu / vulkan (every GPU of that backend) or a
+    /// list such as cuda:0,cuda:1.
+    #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]
     pub device: String,
     /// Seed of shuffling, augmentation and mixup.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub seed: u64,
-    /// Override of the HyperRule's number of steps (the schedule keeps its proportions).
+    /// Train for this many steps instead of the HyperRule's (same warmup/decay proportions).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub steps: Option<usize>,
-    /// Override of the HyperRule's `(pre-crop, crop)` resolution.
+    /// Resolution instead of the HyperRule's, as PRECROP,CROP (e.g. 40,32).
+    #[cfg_attr(feature = "cli", arg(long, value_parser = parse_resolution))]
     pub resolution: Option<(usize, usize)>,
-    /// Evaluate on at most this many validation examples (the first ones).
+    /// Evaluate on only the first N validation examples.
+    #[cfg_attr(feature = "cli", arg(long = "max_eval_examples"))]
     pub max_eval_examples: Option<usize>,
-    /// Skip non-image files in class folders (with a warning) instead of failing.
+    /// Skip (with a warning) files in class folders that are not images, instead of failing.
+    #[cfg_attr(feature = "cli", arg(long = "skip_non_images"))]
     pub skip_non_images: bool,
 }
 
+/// `PRECROP,CROP`, e.g. `40,32`.
+#[cfg(feature = "cli")]
+fn parse_resolution(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (pre, crop) = s.split_once(',').ok_or("expected PRECROP,CROP")?;
+    let parse = |v: &str| v.trim().parse::<usize>().map_err(|e| format!("`{v}`: {e}"));
+    Ok((parse(pre)?, parse(crop)?))
+}
+
 impl TrainConfig {
+    /// Default loader threads.
+    pub const WORKERS: usize = 8;
+
     /// The reference defaults: batch 512, no split, lr 0.003, 8 workers, saving on, CPU.
     pub fn new(
         name: impl Into<String>,
@@ -71,14 +109,14 @@ impl TrainConfig {
             logdir: logdir.into(),
             bit_pretrained_dir: PathBuf::from("."),
             dataset: dataset.into(),
-            datadir: datadir.into(),
+            datadir: Some(datadir.into()),
             examples_per_class: None,
             examples_per_class_seed: 0,
             batch: bit_hyperrule::BASE_BATCH,
             batch_split: 1,
             base_lr: bit_hyperrule::BASE_LR,
             eval_every: None,
-            workers: 8,
+            workers: Self::WORKERS,
             save: true,
             device: "cpu".into(),
             seed: 0,
@@ -140,32 +178,24 @@ impl TrainConfig {
         }
     }
 
-    /// The `.npz` to start from: `--model` itself if it is a file, else
+    /// The `.npz` to start from, resolved as every `bit` command resolves `--model`
+    /// ([`ModelHub::locate`]): `--model` itself if it is a file, else
     /// `{bit_pretrained_dir}/{model}.npz`, else the released model of that name from the cache
     /// (`$BIT_HOME`), downloaded and verified if needed.
     pub fn checkpoint_path(&self) -> Result<PathBuf> {
-        let direct = Path::new(&self.model);
-        if direct.is_file() {
-            return Ok(direct.to_path_buf());
-        }
-        let path = self.bit_pretrained_dir.join(format!("{}.npz", self.model));
-        if path.is_file() {
-            return Ok(path);
-        }
-        let Ok(entry) = zoo::find(&self.model) else {
-            return Err(TrainError::MissingCheckpoint {
-                path,
+        let hub = ModelHub::from_env()?.with_pretrained_dir(&self.bit_pretrained_dir);
+        match hub.locate(&self.model) {
+            Ok((path, _)) => Ok(path),
+            Err(bit_model::Error::UnknownModel(_)) => Err(TrainError::MissingCheckpoint {
+                path: self.bit_pretrained_dir.join(format!("{}.npz", self.model)),
                 model: self.model.clone(),
-            });
-        };
-        let download = |source| TrainError::Download {
-            model: entry.name.clone(),
-            dir: self.bit_pretrained_dir.clone(),
-            source: Box::new(source),
-        };
-        ModelHub::from_env()
-            .and_then(|hub| hub.fetch(&entry))
-            .map_err(download)
+            }),
+            Err(source) => Err(TrainError::Download {
+                model: zoo::find(&self.model).map_or_else(|_| self.model.clone(), |e| e.name),
+                dir: self.bit_pretrained_dir.clone(),
+                source: Box::new(source),
+            }),
+        }
     }
 }
 
@@ -217,13 +247,10 @@ pub(crate) fn check_run_settings(
     Ok(())
 }
 
-/// `datadir`, which only Fashion-MNIST may leave out (Debian installs it in a known place).
+/// `datadir`, else the dataset's known place (see [`DatasetName::default_dir`]).
 pub(crate) fn datadir_or_default(dataset: DatasetName, datadir: Option<&Path>) -> Result<PathBuf> {
-    match (datadir, dataset) {
-        (Some(dir), _) => Ok(dir.to_path_buf()),
-        (None, DatasetName::FashionMnist) => Ok(PathBuf::from(bit_data::DEBIAN_FASHION_MNIST_DIR)),
-        (None, _) => Err(TrainError::InvalidConfig(
-            "--datadir is required for this dataset".into(),
-        )),
-    }
+    datadir
+        .map(Path::to_path_buf)
+        .or_else(|| dataset.default_dir())
+        .ok_or_else(|| TrainError::InvalidConfig("--datadir is required for this dataset".into()))
 }

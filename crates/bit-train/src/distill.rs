@@ -55,6 +55,10 @@ pub struct DistillConfig {
     /// scratch:R50x1) for random weights.
     #[cfg_attr(feature = "cli", arg(long))]
     pub student: String,
+    /// Where hand-placed release files are: {bit_pretrained_dir}/{name}.npz is used before the
+    /// cache, for the teacher and the student alike.
+    #[cfg_attr(feature = "cli", arg(long = "bit_pretrained_dir", default_value = "."))]
+    pub bit_pretrained_dir: PathBuf,
     /// Keep the student's own head (it must have the teacher's number of classes).
     #[cfg_attr(feature = "cli", arg(long = "keep_student_head"))]
     pub keep_student_head: bool,
@@ -155,6 +159,7 @@ impl DistillConfig {
             name: name.into(),
             teacher: teacher.into(),
             student: student.into(),
+            bit_pretrained_dir: PathBuf::from("."),
             keep_student_head: false,
             logdir: logdir.into(),
             dataset: dataset.into(),
@@ -373,7 +378,7 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
     run.log.info(&format!("{config:?}"));
     let devices = DataParallel::new(devices_from_spec(&config.device)?)?;
     let main = devices.main().clone();
-    let hub = ModelHub::from_env()?;
+    let hub = ModelHub::from_env()?.with_pretrained_dir(&config.bit_pretrained_dir);
     let teacher = load_teacher(&hub, &config.teacher, &main, &mut run.log)?;
     let head = teacher.model.config().head_size;
     let crop = config.resolution.unwrap_or(teacher.resolution);

@@ -20,7 +20,7 @@ use burn::tensor::Device;
 use serde_json::json;
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::TrainConfig;
+use crate::config::{TrainConfig, datadir_or_default};
 use crate::error::{Result, TrainError};
 use crate::log::RunLog;
 use crate::parallel::DataParallel;
@@ -65,6 +65,7 @@ pub fn bit_optimizer() -> ModuleOptimizer {
 /// checkpoint if there is one.
 pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcome> {
     let dataset = config.validate()?;
+    let datadir = datadir_or_default(dataset, config.datadir.as_deref())?;
     let mut run = Run::open(config.run_dir(), options.quiet)?;
     run.log.info(&format!("{config:?}"));
     let devices = DataParallel::new(devices_from_spec(&config.device)?)?;
@@ -81,7 +82,7 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
     };
     let data = DataSettings {
         dataset,
-        datadir: &config.datadir,
+        datadir: &datadir,
         few_shot: config
             .examples_per_class
             .map(|k| (k, config.examples_per_class_seed)),

@@ -278,7 +278,7 @@ fn folder_run(name: &str) -> (TrainConfig, std::path::PathBuf) {
     }
     let mut c = config(name);
     c.dataset = "folder".into();
-    c.datadir = root.clone();
+    c.datadir = Some(root.clone());
     c.examples_per_class = None;
     c.steps = Some(1);
     c.batch = 4;
