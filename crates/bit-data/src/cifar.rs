@@ -62,9 +62,9 @@ impl Cifar {
                 "data_batch_4.bin",
                 "data_batch_5.bin",
             ],
-            (Self::Cifar10, Split::Test) => vec!["test_batch.bin"],
+            (Self::Cifar10, Split::Valid) => vec!["test_batch.bin"],
             (Self::Cifar100, Split::Train) => vec!["train.bin"],
-            (Self::Cifar100, Split::Test) => vec!["test.bin"],
+            (Self::Cifar100, Split::Valid) => vec!["test.bin"],
         }
     }
 

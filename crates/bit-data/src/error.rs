@@ -47,12 +47,13 @@ pub enum DataError {
     },
 
     /// An image file could not be decoded.
-    #[error("cannot decode image {path}: {reason}")]
+    #[error("cannot decode image {path}: {source}")]
     Decode {
         /// The image.
         path: PathBuf,
-        /// The decoder's message.
-        reason: String,
+        /// The decoder's error.
+        #[source]
+        source: image::ImageError,
     },
 
     /// A file in a class folder is not an image this crate reads.

@@ -298,9 +298,9 @@ fn decode_rgb(path: &Path) -> Result<RgbImage> {
         .map_err(DataError::io(path))?;
     Ok(reader
         .decode()
-        .map_err(|e| DataError::Decode {
+        .map_err(|source| DataError::Decode {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         })?
         .into_rgb8())
 }

@@ -30,7 +30,7 @@ pub const DEBIAN_FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 pub fn load_idx(dir: &Path, split: Split, classes: Option<&[&str]>) -> Result<InMemoryDataset> {
     let prefix = match split {
         Split::Train => "train",
-        Split::Test => "t10k",
+        Split::Valid => "t10k",
     };
     let images_path = find(dir, &format!("{prefix}-images-idx3-ubyte"))?;
     let labels_path = find(dir, &format!("{prefix}-labels-idx1-ubyte"))?;

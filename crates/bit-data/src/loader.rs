@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::dataset::ImageDataset;
 use crate::error::{DataError, Result};
-use crate::rng_for;
+use crate::rng::rng_for;
 use crate::transform::Preprocess;
 
 const EPOCH_STREAM: u64 = 1;

@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand_distr::{Beta, Distribution};
 
 use crate::error::{DataError, Result};
-use crate::rng_for;
+use crate::rng::rng_for;
 
 /// Stream id of mixup randomness, distinct from the loader's (1-3).
 const MIXUP_STREAM: u64 = 4;

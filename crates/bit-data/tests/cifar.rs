@@ -165,7 +165,7 @@ fn downloads_verifies_extracts_and_parses_cifar10() {
         .unwrap();
     check_cifar10(&train, RELEASE_RECORDS, 5);
     let test = Cifar::Cifar10
-        .load_from(&dir, Split::Test, &remote)
+        .load_from(&dir, Split::Valid, &remote)
         .unwrap();
     assert_eq!(test.len(), RELEASE_RECORDS);
     assert_eq!(server.hits(), 1, "the archive is downloaded once");

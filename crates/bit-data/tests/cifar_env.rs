@@ -10,7 +10,7 @@ fn base_url_comes_from_the_environment() {
     std::fs::remove_dir_all(&dir).ok();
     // SAFETY: the only test of this binary; no other thread reads the environment yet.
     unsafe { std::env::set_var(CIFAR_BASE_URL_ENV, "http://127.0.0.1:9/mirror") };
-    match Cifar::Cifar100.load(&dir, Split::Test).unwrap_err() {
+    match Cifar::Cifar100.load(&dir, Split::Valid).unwrap_err() {
         DataError::Fetch(FetchError::Download { url, .. }) => {
             assert_eq!(url, "http://127.0.0.1:9/mirror/cifar-100-binary.tar.gz")
         }

@@ -23,7 +23,7 @@ fn fashion(split: Split) -> InMemoryDataset {
 #[test]
 fn loads_both_splits_with_balanced_classes() {
     let train = fashion(Split::Train);
-    let test = fashion(Split::Test);
+    let test = fashion(Split::Valid);
     assert_eq!((train.len(), test.len()), (60_000, 10_000));
     assert_eq!(train.classes()[9], "Ankle boot");
     let mut counts = [0usize; 10];
@@ -129,7 +129,7 @@ fn batches_are_deterministic_across_worker_counts_and_resumable() {
 
 #[test]
 fn eval_stream_covers_the_split_once_in_order() {
-    let test = Arc::new(fashion(Split::Test));
+    let test = Arc::new(fashion(Split::Valid));
     let stream =
         BatchStream::eval(test.clone(), 28, LoaderConfig::new(3000).with_workers(2)).unwrap();
     assert_eq!(stream.num_batches(), Some(4));

@@ -30,7 +30,7 @@ fn header(dims: [u32; 3]) -> Vec<u8> {
 }
 
 fn format_error(dir: &Path) -> String {
-    match load_idx(dir, Split::Test, None) {
+    match load_idx(dir, Split::Valid, None) {
         Err(DataError::Format { reason, .. }) => reason,
         other => panic!("expected a format error, got {other:?}"),
     }
@@ -58,6 +58,6 @@ fn lying_headers_are_format_errors() {
     // And the honest file loads.
     let dir = root.join("fine");
     write_pair(&dir, &header([4, 2, 2]), &[7; 16], true);
-    assert_eq!(load_idx(&dir, Split::Test, None).unwrap().len(), 4);
+    assert_eq!(load_idx(&dir, Split::Valid, None).unwrap().len(), 4);
     std::fs::remove_dir_all(&root).ok();
 }

@@ -6,10 +6,11 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use md5::{Digest, Md5};
 
 use crate::error::{FetchError, Result};
+use crate::progress_style;
 
 /// Environment variable: seconds a download may go without receiving a byte before it fails
 /// (default 60). The partial file stays, and the next attempt resumes it.
@@ -179,13 +180,9 @@ fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), Stri
         .map_err(|e| format!("{}: {e}", part.display()))?;
     let start = if resumed { have } else { 0 };
     let bar = ProgressBar::new(remaining.map_or(0, |r| r + start));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
+    bar.set_style(progress_style(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ));
     bar.set_message(
         dest.file_name()
             .unwrap_or_default()

@@ -30,3 +30,16 @@ pub use cache::{BIT_HOME_ENV, Cache};
 pub use check::{verify_lines, verify_npz};
 pub use download::{IDLE_TIMEOUT_ENV, RemoteFile, md5_file};
 pub use error::{FetchError, Result};
+
+/// The look of every progress bar of the project (downloads, data passes, training steps):
+/// `template` in indicatif's syntax, with a `=> ` bar.
+///
+/// ```
+/// let bar = indicatif::ProgressBar::hidden();
+/// bar.set_style(bit_hub::progress_style("{msg} [{bar:30}] {pos}/{len}"));
+/// ```
+pub fn progress_style(template: &'static str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(template)
+        .expect("a valid indicatif template")
+        .progress_chars("=> ")
+}

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use bit_data::{Batch, BatchStream, ImageDataset, LoaderConfig};
 use bit_model::ResNetV2;
-use burn::tensor::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
+use bit_model::backend::host_values;
+use burn::tensor::Device;
+use indicatif::ProgressBar;
 use npyz::WriterBuilder;
 
 use crate::error::{InferError, Result};
@@ -14,14 +15,7 @@ use crate::error::{InferError, Result};
 /// The logits of one batch, row-major `[batch, classes]`, on the host.
 pub(crate) fn logits_of(model: &ResNetV2, batch: &Batch, device: &Device) -> Vec<f32> {
     let (x, _) = batch.to_tensors(device);
-    host(model.forward(x))
-}
-
-fn host(t: Tensor<2>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec()
-        .expect("converted to f32")
+    host_values(model.forward(x))
 }
 
 /// How images reach the model: the square resolution they are resized to (the reference's
@@ -83,13 +77,9 @@ impl Feed {
         }
         let bar = if self.progress {
             let bar = ProgressBar::new(dataset.len() as u64);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {pos}/{len} images {per_sec} eta {eta}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
-            );
+            bar.set_style(bit_hub::progress_style(
+                "{msg} [{bar:30}] {pos}/{len} images {per_sec} eta {eta}",
+            ));
             bar.set_message(what.to_string());
             bar
         } else {
@@ -230,7 +220,7 @@ pub fn embed(
     for batch in batches {
         let batch = batch?;
         let (x, _) = batch.to_tensors(device);
-        features.extend(host(model.features(x)));
+        features.extend(host_values(model.features(x)));
         labels.extend_from_slice(&batch.labels);
     }
     bar.finish_and_clear();

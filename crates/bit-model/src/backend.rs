@@ -4,9 +4,26 @@
 //! every backend compiled into the binary. The CPU backend (`flex`) is always there; GPU
 //! backends come with this crate's cargo features `wgpu`, `vulkan` and `cuda`.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 use crate::error::{Error, Result};
+
+/// The values of a float tensor on the host, as `f32`, in row-major order (one device sync).
+///
+/// ```
+/// use bit_model::backend::host_values;
+/// use burn::tensor::{Device, Tensor};
+///
+/// let t = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &Device::default());
+/// assert_eq!(host_values(t), [1.0, 2.0, 3.0, 4.0]);
+/// ```
+pub fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec()
+        .expect("converted to f32 above")
+}
 
 /// Names [`device_from_name`] accepts in this build, CPU first.
 pub fn compiled_backends() -> Vec<&'static str> {

@@ -149,12 +149,13 @@ pub enum Error {
 
     /// Writing a native checkpoint failed (disk full, permissions, ...); the previous file, if
     /// any, is left untouched.
-    #[error("cannot save model to {path}: {reason}")]
+    #[error("cannot save model to {path}: {source}")]
     Save {
         /// The destination.
         path: PathBuf,
-        /// What failed.
-        reason: String,
+        /// What failed: the file system, or the serializer.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

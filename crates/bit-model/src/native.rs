@@ -59,9 +59,9 @@ impl ResNetV2 {
         metadata: &[(&str, String)],
     ) -> Result<()> {
         let path = path.as_ref();
-        let failed = |reason: String| Error::Save {
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| Error::Save {
             path: path.to_path_buf(),
-            reason,
+            source,
         };
         // Serialized in memory, then written through our own atomic write: Burn's file store
         // leaves a full-size temporary file behind when killed, created with mode 0600.
@@ -70,11 +70,10 @@ impl ResNetV2 {
         for (key, value) in metadata {
             store = store.metadata(*key, value.clone());
         }
-        self.save_into(&mut store)
-            .map_err(|e| failed(e.to_string()))?;
-        let bytes = store.get_bytes().map_err(|e| failed(e.to_string()))?;
+        self.save_into(&mut store).map_err(|e| failed(e.into()))?;
+        let bytes = store.get_bytes().map_err(|e| failed(e.into()))?;
         bit_hub::write_atomically(path, |file| std::io::Write::write_all(file, &bytes))
-            .map_err(|e| failed(e.to_string()))
+            .map_err(|e| failed(e.into()))
     }
 
     /// Loads a file written by [`save_safetensors`](Self::save_safetensors).

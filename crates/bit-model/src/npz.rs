@@ -17,6 +17,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use npyz::npz::NpzArchive;
 use npyz::{DType, NpyFile, Order, WriterBuilder};
 
+use crate::backend::host_values;
 use crate::error::{Error, Result};
 use crate::resnet::{Architecture, ResNetV2, ResNetV2Config};
 use crate::std_conv::StdConv2d;
@@ -243,14 +244,11 @@ impl NpzCheckpoint {
     ) -> Result<()> {
         let [o, i, kh, kw] = conv.weight.lazy_shape().dims();
         let hwio = self.read(key, &[kh, kw, i, o], used)?;
-        let mut oihw = vec![0f32; hwio.len()];
-        for (idx, v) in hwio.into_iter().enumerate() {
-            let (h, rest) = (idx / (kw * i * o), idx % (kw * i * o));
-            let (w, rest) = (rest / (i * o), rest % (i * o));
-            let (ci, co) = (rest / o, rest % o);
-            oihw[((co * i + ci) * kh + h) * kw + w] = v;
-        }
-        set_param(&mut conv.weight, TensorData::new(oihw, [o, i, kh, kw]));
+        let device = conv.weight.lazy_device();
+        let hwio = Tensor::<4>::from_data(TensorData::new(hwio, [kh, kw, i, o]), &device);
+        // The inverse of saving's permutation, HWIO (the release's TF layout) to OIHW, stored
+        // contiguously.
+        set_param(&mut conv.weight, hwio.permute([3, 2, 0, 1]).into_data());
         Ok(())
     }
 
@@ -447,7 +445,7 @@ impl ResNetV2 {
         let path = path.as_ref();
         let save_error = |e: io::Error| Error::Save {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source: Box::new(e),
         };
         bit_hub::write_atomically(path, |file| {
             let mut npz = npyz::npz::NpzWriter::new(file);
@@ -475,21 +473,18 @@ impl ResNetV2 {
         let conv = |key: String, conv: &StdConv2d| {
             let w = conv.weight.val();
             let [o, i, kh, kw] = w.dims();
-            let oihw = to_vec(w.into_data());
-            let mut hwio = vec![0f32; oihw.len()];
-            for (idx, v) in oihw.into_iter().enumerate() {
-                let (co, rest) = (idx / (i * kh * kw), idx % (i * kh * kw));
-                let (ci, rest) = (rest / (kh * kw), rest % (kh * kw));
-                let (h, w) = (rest / kw, rest % kw);
-                hwio[((h * kw + w) * i + ci) * o + co] = v;
-            }
-            (key, vec![kh, kw, i, o], hwio)
+            // OIHW (Burn) to HWIO (the TF layout of the release).
+            (
+                key,
+                vec![kh, kw, i, o],
+                host_values(w.permute([2, 3, 1, 0])),
+            )
         };
         let norm = |prefix: String, gn: &GroupNorm| {
             [(&gn.gamma, "gamma"), (&gn.beta, "beta")]
                 .into_iter()
                 .filter_map(|(p, name)| {
-                    let v = to_vec(p.as_ref()?.val().into_data());
+                    let v = host_values(p.as_ref()?.val());
                     Some((format!("{prefix}/{name}"), vec![v.len()], v))
                 })
                 .collect::<Vec<_>>()
@@ -516,23 +511,17 @@ impl ResNetV2 {
         arrays.push((
             HEAD_KERNEL.to_string(),
             vec![1, 1, features, classes],
-            to_vec(self.head.fc.weight.val().into_data()),
+            host_values(self.head.fc.weight.val()),
         ));
         if let Some(bias) = &self.head.fc.bias {
             arrays.push((
                 HEAD_BIAS.to_string(),
                 vec![classes],
-                to_vec(bias.val().into_data()),
+                host_values(bias.val()),
             ));
         }
         arrays
     }
-}
-
-fn to_vec(data: TensorData) -> Vec<f32> {
-    data.convert::<f32>()
-        .try_into_vec()
-        .expect("converted to f32 above")
 }
 
 /// The widest ResNetV2 a checkpoint may describe: BiT's widest is x4; far beyond, the sizes

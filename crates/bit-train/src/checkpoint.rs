@@ -70,7 +70,7 @@ pub fn save(
         let failed = |path: PathBuf| {
             move |e: burn::store::RecordError| TrainError::Io {
                 path,
-                reason: e.to_string(),
+                source: Box::new(e),
             }
         };
         model
@@ -124,7 +124,7 @@ impl Saved {
             .try_load_file(&path)
             .map_err(|e| TrainError::Io {
                 path,
-                reason: e.to_string(),
+                source: Box::new(e),
             })
     }
 
@@ -133,7 +133,7 @@ impl Saved {
         let path = self.dir.join(OPTIMIZER);
         optim.load(&path).map_err(|e| TrainError::Io {
             path,
-            reason: e.to_string(),
+            source: Box::new(e),
         })
     }
 }
@@ -184,7 +184,7 @@ fn recover(dir: &Path) -> Result<()> {
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Io {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source: Box::new(e),
     })?;
     bit_hub::write_atomically(path, |file| {
         std::io::Write::write_all(file, text.as_bytes())
@@ -196,7 +196,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
     serde_json::from_str(&text).map_err(|e| TrainError::Io {
         path: path.to_path_buf(),
-        reason: format!("unreadable checkpoint: {e}"),
+        source: Box::new(e),
     })
 }
 

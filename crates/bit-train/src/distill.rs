@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bit_data::{Batch, BatchStream, DatasetName, Mixup, Preprocess};
 use bit_infer::{InferenceModel, LoadOptions, rank};
-use bit_model::backend::devices_from_spec;
+use bit_model::backend::{devices_from_spec, host_values};
 use bit_model::zoo::ModelHub;
 use bit_model::{Architecture, ResNetV2};
 use burn::module::Module;
@@ -31,13 +31,13 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::checkpoint::{self, TrainState};
+use crate::checkpoint;
 use crate::config::{check_run_settings, datadir_or_default};
 use crate::error::{Result, TrainError};
 use crate::log::RunLog;
 use crate::parallel::{DataParallel, ShardLoss};
-use crate::run::{Objective, Position, Run, Views};
-use crate::trainer::{DataSettings, EvalFeed, TrainOptions, TrainingData, check_resumable, resume};
+use crate::run::{Bookmark, Objective, Position, Run, Views};
+use crate::trainer::{DataSettings, EvalFeed, TrainOptions, TrainingData};
 
 /// Settings of a distillation run (`bit distill`). Field names follow `bit train`'s flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -233,6 +233,16 @@ impl DistillConfig {
         Ok(self.dataset.parse()?)
     }
 
+    /// The loop's settings: clipping at `clip_norm` unless it is 0.
+    fn loop_settings(&self) -> crate::run::LoopSettings {
+        crate::run::LoopSettings {
+            batch_split: self.batch_split,
+            eval_every: self.eval_every,
+            save: self.save,
+            clip_global_norm: (self.clip_norm > 0.0).then_some(self.clip_norm),
+        }
+    }
+
     /// The learning-rate schedule of this run.
     pub fn schedule(&self) -> WarmupCosine {
         // 1500 steps at batch 512 in images, but never most of a short run.
@@ -390,12 +400,14 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
         skip_non_images: config.skip_non_images,
     };
     let (train, valid) = TrainingData::load(&data, &mut run.log)?;
-    let classes = train.classes().to_vec();
+    let bookmark = Bookmark {
+        seed: config.seed,
+        classes: train.classes().to_vec(),
+        train_examples: train.len(),
+        batch: config.batch,
+    };
     let at = match checkpoint::find(&run.dir)? {
-        Some(saved) => {
-            check_resumable(&saved, (config.batch, config.seed), &classes, train.len())?;
-            resume(&saved, config.optimizer(), &main, &mut run.log)?
-        }
+        Some(saved) => bookmark.resume(&saved, config.optimizer(), &main, &mut run.log)?,
         None => Position {
             model: load_student(&hub, config, head, &main, &mut run.log)?,
             optim: config.optimizer(),
@@ -416,16 +428,7 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
     );
     let view = Preprocess::Inception { crop };
     let mut batches = BatchStream::train(train.clone(), view, loader, at.next_batch)?;
-    let labelled = dataset != DatasetName::Images && classes.len() == head;
-    if dataset == DatasetName::Images {
-        run.log
-            .info("Unlabelled images: evaluations report agreement with the teacher");
-    } else if !labelled {
-        run.log.warn(&format!(
-            "{} classes in the data, {head} in the teacher's head: accuracy is not reported",
-            classes.len()
-        ));
-    }
+    let labelled = reports_accuracy(dataset, bookmark.classes.len(), head, &mut run.log);
     let mut objective = Distill {
         teacher: &teacher.model,
         devices: &devices,
@@ -440,28 +443,13 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
         labelled,
         teacher_valid: None,
     };
-    let state = |at: &Position| TrainState {
-        step: at.step,
-        next_batch: at.next_batch,
-        seed: config.seed,
-        model: at.model.config(),
-        classes: classes.clone(),
-        train_examples: train.len(),
-        batch: config.batch,
-    };
-    let settings = crate::run::LoopSettings {
-        batch_split: config.batch_split,
-        eval_every: config.eval_every,
-        save: config.save,
-        clip_global_norm: (config.clip_norm > 0.0).then_some(config.clip_norm),
-    };
     let finished = run.drive(
         at,
         &mut objective,
         &mut batches,
-        &settings,
+        &config.loop_settings(),
         (&|step| schedule.lr(step), schedule.total),
-        &state,
+        &bookmark,
         &options.stop,
     )?;
     if config.save {
@@ -476,6 +464,21 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
         run_dir: run.dir.clone(),
         student: finished.at.model.valid(),
     })
+}
+
+/// Whether evaluations can score accuracy: the data has labels and they index the teacher's
+/// head (`classes` classes against `head`); says so in the log when not.
+fn reports_accuracy(dataset: DatasetName, classes: usize, head: usize, log: &mut RunLog) -> bool {
+    if dataset == DatasetName::Images {
+        log.info("Unlabelled images: evaluations report agreement with the teacher");
+        return false;
+    }
+    if classes != head {
+        log.warn(&format!(
+            "{classes} classes in the data, {head} in the teacher's head: accuracy is not reported"
+        ));
+    }
+    classes == head
 }
 
 /// The teacher, in inference mode (no autodiff) on the main device's backend.
@@ -594,12 +597,7 @@ impl Distill<'_> {
         for batch in stream {
             let batch = batch?;
             let (x, _) = batch.to_tensors(device);
-            let host = forward(x)
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .expect("converted to f32");
-            all.extend(host);
+            all.extend(host_values(forward(x)));
             labels.extend(&batch.labels);
         }
         Ok((all, labels))

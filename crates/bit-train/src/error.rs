@@ -41,12 +41,13 @@ pub enum TrainError {
     Data(#[from] bit_data::DataError),
 
     /// A run directory, log or checkpoint could not be written or read.
-    #[error("{path}: {reason}")]
+    #[error("{path}: {source}")]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// What failed.
-        reason: String,
+        /// What failed: the file system, the checkpoint store, or the JSON codec.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The saved run in the log directory belongs to a different setup.
@@ -149,7 +150,7 @@ impl TrainError {
         let path = path.into();
         move |e| Self::Io {
             path,
-            reason: e.to_string(),
+            source: Box::new(e),
         }
     }
 }

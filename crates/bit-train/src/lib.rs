@@ -5,7 +5,8 @@
 //! BiT-HyperRule learning rate every step (linear warmup, ÷10 decays, stop after the last
 //! step), mixup from 20k examples, `--batch_split` micro-batching, data parallelism over
 //! several devices, evaluation (loss, top-1, top-5), the reference's log lines plus JSON
-//! metrics, and atomic, resumable checkpoints.
+//! metrics, and atomic, resumable checkpoints. [`distill`] trains a student to match a
+//! teacher's function (Beyer et al. 2022) on the same loop, checkpoints and logs.
 //!
 //! ```no_run
 //! use bit_train::{TrainConfig, TrainOptions, train};

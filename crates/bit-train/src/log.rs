@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::Value;
 
 use crate::error::{Result, TrainError};
@@ -48,13 +48,9 @@ impl RunLog {
             return;
         }
         self.bar = ProgressBar::new(total as u64);
-        self.bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise}<{eta_precise} {msg}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
-        );
+        self.bar.set_style(bit_hub::progress_style(
+            "{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise}<{eta_precise} {msg}",
+        ));
         self.bar.set_position(position as u64);
     }
 

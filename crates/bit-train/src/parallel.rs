@@ -127,10 +127,7 @@ impl ShardLoss for Targets {
     }
 }
 
-/// The value of a one-element tensor (NaN if it cannot be read, which the caller reports).
+/// The value of a one-element tensor.
 fn scalar(t: Tensor<1>) -> f32 {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_or(f32::NAN, |v| v[0])
+    bit_model::backend::host_values(t)[0]
 }

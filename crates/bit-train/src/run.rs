@@ -5,7 +5,7 @@
 //! and at the end, never checkpointing weights that went non-finite.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -110,7 +110,7 @@ impl Run {
     }
 
     /// Runs `objective` from `at` while `lr(step)` gives a learning rate (`total` steps in
-    /// all), then evaluates and checkpoints; `state` describes a checkpoint of a position.
+    /// all), then evaluates and checkpoints (with `bookmark`'s description of the data).
     #[allow(clippy::too_many_arguments)]
     pub fn drive<O: Objective>(
         &mut self,
@@ -119,7 +119,7 @@ impl Run {
         batches: &mut BatchStream,
         settings: &LoopSettings,
         (lr, total): (&dyn Fn(usize) -> Option<f64>, usize),
-        state: &dyn Fn(&Position) -> TrainState,
+        bookmark: &Bookmark,
         stop: &AtomicBool,
     ) -> Result<Finished<O::Eval>> {
         self.log.info("Starting training!");
@@ -148,14 +148,14 @@ impl Run {
                 .is_some_and(|n| at.step.is_multiple_of(n));
             if due && lr(at.step).is_some() {
                 let eval = self.evaluate(objective, &at.model, &at.step.to_string());
-                self.checkpoint_unless_diverged::<O>(eval, &at, settings, state)?;
+                self.checkpoint_unless_diverged::<O>(eval, &at, settings, bookmark)?;
             }
         }
         // Training time proper: evaluations inside the loop are not training.
         self.train_secs = started.elapsed().as_secs_f64() - self.timings.total("eval");
         self.log.finish_progress();
         let eval = self.evaluate(objective, &at.model, "end");
-        let eval = self.checkpoint_unless_diverged::<O>(eval, &at, settings, state)?;
+        let eval = self.checkpoint_unless_diverged::<O>(eval, &at, settings, bookmark)?;
         Ok(Finished {
             at,
             eval,
@@ -227,7 +227,7 @@ impl Run {
         eval: Result<O::Eval>,
         at: &Position,
         settings: &LoopSettings,
-        state: &dyn Fn(&Position) -> TrainState,
+        bookmark: &Bookmark,
     ) -> Result<O::Eval> {
         let step = at.step;
         let save = || -> Result<()> {
@@ -238,7 +238,7 @@ impl Run {
                 });
             }
             if settings.save {
-                checkpoint::save(&self.dir, &at.model, &at.optim, &state(at))?;
+                checkpoint::save(&self.dir, &at.model, &at.optim, &bookmark.state(at))?;
             }
             Ok(())
         };
@@ -286,6 +286,94 @@ impl Run {
         }
         self.log
             .info(&format!("Timings:\n{}", self.timings.report()));
+    }
+}
+
+/// What a checkpoint records of a run's data and settings besides its position, and what a
+/// resumed run must match.
+pub(crate) struct Bookmark {
+    /// Seed of shuffling, augmentation and mixup.
+    pub seed: u64,
+    /// Class names of the training set.
+    pub classes: Vec<String>,
+    /// Size of the training set.
+    pub train_examples: usize,
+    /// Global batch size.
+    pub batch: usize,
+}
+
+impl Bookmark {
+    /// The checkpoint state of position `at`.
+    pub fn state(&self, at: &Position) -> TrainState {
+        TrainState {
+            step: at.step,
+            next_batch: at.next_batch,
+            seed: self.seed,
+            model: at.model.config(),
+            classes: self.classes.clone(),
+            train_examples: self.train_examples,
+            batch: self.batch,
+        }
+    }
+
+    /// Resumes `saved` (its optimizer state loaded into `optim`), refusing a checkpoint of
+    /// other data or settings, and non-finite weights.
+    pub fn resume(
+        &self,
+        saved: &checkpoint::Saved,
+        optim: ModuleOptimizer,
+        device: &Device,
+        log: &mut RunLog,
+    ) -> Result<Position> {
+        self.check(saved)?;
+        log.info(&format!(
+            "Found saved model to resume from at '{}'",
+            saved.dir.display()
+        ));
+        let model = saved.model(device)?;
+        if !model.non_finite_parameters().is_empty() {
+            let run = saved
+                .dir
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(&saved.dir);
+            return Err(TrainError::NonFiniteCheckpoint {
+                path: saved.dir.clone(),
+                run: run.to_path_buf(),
+            });
+        }
+        let optim = saved.optimizer(optim)?;
+        log.info(&format!("Resumed at step {}", saved.state.step));
+        Ok(Position {
+            model,
+            optim,
+            step: saved.state.step,
+            next_batch: saved.state.next_batch,
+        })
+    }
+
+    /// Refuses to continue a saved run with different data or batch settings.
+    fn check(&self, saved: &checkpoint::Saved) -> Result<()> {
+        let s = &saved.state;
+        let detail = if s.classes != self.classes {
+            format!("classes {:?}, this one {:?}", s.classes, self.classes)
+        } else if s.train_examples != self.train_examples {
+            format!(
+                "{} training examples, this one {}",
+                s.train_examples, self.train_examples
+            )
+        } else if s.batch != self.batch || s.seed != self.seed {
+            format!(
+                "batch {} and seed {}, this one batch {} and seed {}",
+                s.batch, s.seed, self.batch, self.seed
+            )
+        } else {
+            return Ok(());
+        };
+        Err(TrainError::ResumeMismatch {
+            path: saved.dir.clone(),
+            detail,
+        })
     }
 }
 
@@ -362,11 +450,7 @@ pub(crate) fn clip_global_norm(
     let Some(total) = sum.1 else {
         return grads;
     };
-    let norm = total
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_or(f32::NAN, |v| v[0].sqrt());
+    let norm = bit_model::backend::host_values(total)[0].sqrt();
     // A non-finite norm is left alone: the loss check reports the divergence.
     if norm.is_finite() && norm > max {
         model.visit(&mut Scale(&mut grads, max / norm));

@@ -19,12 +19,12 @@ use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::Device;
 use serde_json::json;
 
-use crate::checkpoint::{self, TrainState};
+use crate::checkpoint;
 use crate::config::{TrainConfig, datadir_or_default};
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 use crate::log::RunLog;
 use crate::parallel::DataParallel;
-use crate::run::{Objective, Position, Run, Views};
+use crate::run::{Bookmark, Objective, Position, Run, Views};
 
 /// How a run is driven from outside.
 #[derive(Debug, Clone, Default)]
@@ -93,26 +93,16 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
     let rule = hyper_rule(config, &*train);
     run.log.info(&rule.to_string());
 
-    let classes: Vec<String> = train.classes().to_vec();
+    let bookmark = Bookmark {
+        seed: config.seed,
+        classes: train.classes().to_vec(),
+        train_examples: train.len(),
+        batch: config.batch,
+    };
     let main = devices.main().clone();
     let at = match start {
-        Start::Resume(saved) => {
-            check_resumable(&saved, (config.batch, config.seed), &classes, train.len())?;
-            resume(&saved, bit_optimizer(), &main, &mut run.log)?
-        }
-        Start::Fresh(path) => {
-            run.log
-                .info(&format!("Loading model from {}", path.display()));
-            run.log.info("Fine-tuning from BiT");
-            let model = ResNetV2::from_npz_with_zero_head(&path, classes.len(), &main)?;
-            model.check_rgb(&path)?;
-            Position {
-                model,
-                optim: bit_optimizer(),
-                step: 0,
-                next_batch: 0,
-            }
-        }
+        Start::Resume(saved) => bookmark.resume(&saved, bit_optimizer(), &main, &mut run.log)?,
+        Start::Fresh(path) => fresh(&path, bookmark.classes.len(), &main, &mut run.log)?,
     };
     if config.save {
         run.log.info(&format!(
@@ -136,26 +126,17 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
             loader,
         },
     };
-    let state = |at: &Position| TrainState {
-        step: at.step,
-        next_batch: at.next_batch,
-        seed: config.seed,
-        model: at.model.config(),
-        classes: classes.clone(),
-        train_examples: train.len(),
-        batch: config.batch,
-    };
     let finished = run.drive(
         at,
         &mut objective,
         &mut batches,
         &config.loop_settings(),
         (&|step| rule.lr(step), rule.total_steps()),
-        &state,
+        &bookmark,
         &options.stop,
     )?;
     if config.save {
-        run.export(&finished.at.model, rule.crop, Some(&classes))?;
+        run.export(&finished.at.model, rule.crop, Some(&bookmark.classes))?;
     }
     run.report();
     Ok(TrainOutcome {
@@ -299,37 +280,17 @@ fn hyper_rule(config: &TrainConfig, train: &dyn ImageDataset) -> HyperRule {
     rule
 }
 
-/// The position of a saved checkpoint, its optimizer state loaded into `optim`; non-finite
-/// weights are refused.
-pub(crate) fn resume(
-    saved: &checkpoint::Saved,
-    optim: ModuleOptimizer,
-    device: &Device,
-    log: &mut RunLog,
-) -> Result<Position> {
-    log.info(&format!(
-        "Found saved model to resume from at '{}'",
-        saved.dir.display()
-    ));
-    let model = saved.model(device)?;
-    if !model.non_finite_parameters().is_empty() {
-        let run = saved
-            .dir
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(&saved.dir);
-        return Err(TrainError::NonFiniteCheckpoint {
-            path: saved.dir.clone(),
-            run: run.to_path_buf(),
-        });
-    }
-    let optim = saved.optimizer(optim)?;
-    log.info(&format!("Resumed at step {}", saved.state.step));
+/// Step 0 of fine-tuning: the BiT checkpoint at `path` with a zero head of `classes` classes.
+fn fresh(path: &Path, classes: usize, device: &Device, log: &mut RunLog) -> Result<Position> {
+    log.info(&format!("Loading model from {}", path.display()));
+    log.info("Fine-tuning from BiT");
+    let model = ResNetV2::from_npz_with_zero_head(path, classes, device)?;
+    model.check_rgb(path)?;
     Ok(Position {
         model,
-        optim,
-        step: saved.state.step,
-        next_batch: saved.state.next_batch,
+        optim: bit_optimizer(),
+        step: 0,
+        next_batch: 0,
     })
 }
 
@@ -339,36 +300,4 @@ enum Start {
     Resume(checkpoint::Saved),
     /// A pre-trained BiT checkpoint.
     Fresh(PathBuf),
-}
-
-/// Refuses to continue a saved run with different data or `(batch, seed)` settings.
-pub(crate) fn check_resumable(
-    saved: &checkpoint::Saved,
-    (batch, seed): (usize, u64),
-    classes: &[String],
-    train_examples: usize,
-) -> Result<()> {
-    let s = &saved.state;
-    let detail = if s.classes != classes {
-        Some(format!("classes {:?}, this one {:?}", s.classes, classes))
-    } else if s.train_examples != train_examples {
-        Some(format!(
-            "{} training examples, this one {train_examples}",
-            s.train_examples
-        ))
-    } else if s.batch != batch || s.seed != seed {
-        Some(format!(
-            "batch {} and seed {}, this one batch {batch} and seed {seed}",
-            s.batch, s.seed
-        ))
-    } else {
-        None
-    };
-    match detail {
-        Some(detail) => Err(TrainError::ResumeMismatch {
-            path: saved.dir.clone(),
-            detail,
-        }),
-        None => Ok(()),
-    }
 }
