@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
-use bit_model::NpzCheckpoint;
+use bit_model::{Architecture, NpzCheckpoint, ResNetV2Config};
 use bit_train::{TrainConfig, TrainOptions};
+use burn::tensor::Device;
 use clap::{Parser, Subcommand};
 
 mod infer;
@@ -26,6 +27,23 @@ enum Command {
     /// same inception-crop + mixup view, the student matches the teacher's softmax (KL at
     /// --temperature) with Adam, global-norm clipping and warmup + cosine; resumable like train.
     Distill(Box<bit_train::DistillConfig>),
+    /// Write a BiT-format .npz with random (seeded) weights: a checkpoint the project makes
+    /// itself, for trying `bit train` and the library without any download.
+    Init {
+        /// `tiny` (one unit per block, width 1: 8M parameters) or a BiT architecture (R50x1 ...
+        /// R152x4).
+        #[arg(long)]
+        arch: String,
+        /// Classes of the head.
+        #[arg(long, default_value_t = 10)]
+        head: usize,
+        /// The .npz to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the weights (the same seed gives the same file).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Show the architecture stored in a BiT `.npz` checkpoint (read from its keys and shapes).
     Inspect {
         /// The checkpoint, e.g. `BiT-M-R50x1.npz`.
@@ -64,6 +82,12 @@ fn main() -> ExitCode {
         .init();
     let result: Result<(), Box<dyn std::error::Error>> = match Cli::parse().command {
         Command::Inspect { checkpoint } => inspect(&checkpoint).map_err(Into::into),
+        Command::Init {
+            arch,
+            head,
+            out,
+            seed,
+        } => init(&arch, head, &out, seed),
         Command::Train(config) => train(&config),
         Command::Distill(config) => distill(&config),
         Command::Models { filter, urls } => infer::models(&filter, urls),
@@ -144,6 +168,25 @@ fn distill(config: &bit_train::DistillConfig) -> Result<(), Box<dyn std::error::
         100.0 * e.agree_top1,
         e.examples,
         outcome.run_dir.display()
+    );
+    Ok(())
+}
+
+fn init(arch: &str, head: usize, out: &Path, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let config = if arch.eq_ignore_ascii_case("tiny") {
+        ResNetV2Config::new([1, 1, 1, 1], 1, head)
+    } else {
+        let known = Architecture::ALL.map(|a| a.to_string()).join(", ");
+        arch.parse::<Architecture>()
+            .map_err(|_| format!("--arch `{arch}`: expected tiny or one of {known}"))?
+            .config(head)
+    };
+    let device = Device::flex();
+    device.seed(seed);
+    config.try_init(&device)?.save_npz(out)?;
+    println!(
+        "wrote {} ({arch}, {head}-way head, random weights of seed {seed})",
+        out.display()
     );
     Ok(())
 }

@@ -313,3 +313,54 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
         assert!(out.contains(class), "{class} missing from {out}");
     }
 }
+
+#[test]
+fn init_writes_a_seeded_random_checkpoint_that_predict_and_inspect_read() {
+    let dir = scratch("init");
+    let home = dir.join("home");
+    let base = "http://127.0.0.1:9";
+    let (a, b, c) = (dir.join("a.npz"), dir.join("b.npz"), dir.join("c.npz"));
+    for (out, seed) in [(&a, "0"), (&b, "0"), (&c, "1")] {
+        let args = [
+            "init",
+            "--arch",
+            "tiny",
+            "--head",
+            "7",
+            "--out",
+            s(out),
+            "--seed",
+            seed,
+        ];
+        assert!(ok(bit(&home, base, &args)).contains("7-way head"));
+    }
+    let shown = ok(bit(&home, base, &["inspect", s(&a)]));
+    assert!(shown.contains("head:          7 classes"), "{shown}");
+    // The same seed gives the same weights (the same predictions to the last digit), another
+    // seed others.
+    let image = &images(&dir.join("imgs"), &["x"], 1)[0];
+    let predict = |model: &Path| {
+        let args = [
+            "predict",
+            "--model",
+            s(model),
+            "--resolution",
+            "32",
+            "--json",
+            s(image),
+        ];
+        ok(bit(&home, base, &args))
+    };
+    assert!(predict(&a).contains("\"class\""));
+    assert_eq!(predict(&a), predict(&b));
+    assert_ne!(predict(&a), predict(&c));
+    let err = failed(bit(
+        &home,
+        base,
+        &["init", "--arch", "R9x9", "--out", s(&c)],
+    ));
+    assert!(
+        err.contains("--arch `R9x9`") && err.contains("R50x1"),
+        "{err}"
+    );
+}
