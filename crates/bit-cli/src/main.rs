@@ -44,6 +44,16 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Draw runs' training loss, learning rate and validation top-1 over the steps into one SVG
+    /// (each run also keeps its own, refreshed at every evaluation, as {run}/curves.svg).
+    Plot {
+        /// Run directories ({logdir}/{name}).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The SVG to write.
+        #[arg(long, default_value = "runs.svg")]
+        out: PathBuf,
+    },
     /// Show the architecture stored in a BiT `.npz` checkpoint (read from its keys and shapes).
     Inspect {
         /// The checkpoint, e.g. `BiT-M-R50x1.npz`.
@@ -82,6 +92,7 @@ fn main() -> ExitCode {
         .init();
     let result: Result<(), Box<dyn std::error::Error>> = match Cli::parse().command {
         Command::Inspect { checkpoint } => inspect(&checkpoint).map_err(Into::into),
+        Command::Plot { runs, out } => plot(&runs, &out),
         Command::Init {
             arch,
             head,
@@ -169,6 +180,16 @@ fn distill(config: &bit_train::DistillConfig) -> Result<(), Box<dyn std::error::
         e.examples,
         outcome.run_dir.display()
     );
+    Ok(())
+}
+
+fn plot(runs: &[PathBuf], out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let curves = runs
+        .iter()
+        .map(|run| bit_train::Curves::read(run))
+        .collect::<Result<Vec<_>, _>>()?;
+    bit_train::plot(&curves, out)?;
+    println!("wrote {}", out.display());
     Ok(())
 }
 

@@ -99,11 +99,12 @@ pub struct DistillConfig {
     /// Softmax temperature of the KL loss.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::TEMPERATURE))]
     pub temperature: f32,
-    /// Side of the view both models see [default: the teacher's resolution].
+    /// The student's input side [default: the teacher's resolution].
     #[cfg_attr(feature = "cli", arg(long))]
     pub resolution: Option<usize>,
-    /// Show the teacher the same view resized (bilinear) to this side instead, e.g. a teacher
-    /// fine-tuned at 384 px distilled into a 224 px student [default: the same view].
+    /// The teacher's input side, when it should differ from the student's: both still see the
+    /// same crop of the same images, made at the larger side and resized (bilinear) for the
+    /// other model, e.g. a 384 px teacher for a 224 px student [default: the student's side].
     #[cfg_attr(feature = "cli", arg(long = "teacher_resolution"))]
     pub teacher_resolution: Option<usize>,
     /// Evaluate and checkpoint every this many steps (always at the end).
@@ -426,7 +427,8 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
         config.workers,
         config.seed,
     );
-    let view = Preprocess::Inception { crop };
+    let sides = Sides::new(crop, config.teacher_resolution.unwrap_or(crop));
+    let view = Preprocess::Inception { crop: sides.view };
     let mut batches = BatchStream::train(train.clone(), view, loader, at.next_batch)?;
     let labelled = reports_accuracy(dataset, bookmark.classes.len(), head, &mut run.log);
     let mut objective = Distill {
@@ -434,10 +436,10 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
         devices: &devices,
         views: Views::new(Mixup::new(1.0, config.seed)?, main.clone()),
         temperature: config.temperature,
-        teacher_resolution: config.teacher_resolution.filter(|&r| r != crop),
+        sides,
         eval: EvalFeed {
             valid,
-            crop,
+            crop: sides.view,
             loader,
         },
         labelled,
@@ -545,14 +547,49 @@ fn load_student(
     Ok(loaded.model.with_zero_head(head))
 }
 
+/// The sides of the views: made at the larger of the two models' sides, resized for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sides {
+    /// The side the loader makes the views at.
+    view: usize,
+    /// The student's side, when it is not the view's.
+    student: Option<usize>,
+    /// The teacher's side, when it is not the view's.
+    teacher: Option<usize>,
+}
+
+impl Sides {
+    fn new(student: usize, teacher: usize) -> Self {
+        let view = student.max(teacher);
+        Self {
+            view,
+            student: (student != view).then_some(student),
+            teacher: (teacher != view).then_some(teacher),
+        }
+    }
+}
+
+/// `images` resized (bilinear, half-pixel centres) to a `side` square, if one is given.
+fn resized(images: Tensor<4>, side: Option<usize>) -> Tensor<4> {
+    match side {
+        Some(side) => interpolate(
+            images,
+            InterpolateOptions::new(InterpolateMode::Bilinear)
+                .with_align_corners(false)
+                .with_output_size([side, side]),
+        ),
+        None => images,
+    }
+}
+
 /// Distillation's objective: the student matches the teacher's function on the same view.
 struct Distill<'a> {
     teacher: &'a ResNetV2,
     devices: &'a DataParallel,
     views: Views,
     temperature: f32,
-    /// The side the teacher's input is resized to, when it differs from the view's.
-    teacher_resolution: Option<usize>,
+    /// The views' side and each model's.
+    sides: Sides,
     eval: EvalFeed,
     /// Whether the labels index the teacher's head (accuracy is then reported).
     labelled: bool,
@@ -561,7 +598,8 @@ struct Distill<'a> {
 }
 
 impl Distill<'_> {
-    /// The view of `batch` at `step` and the teacher's logits for exactly that tensor.
+    /// The student's input for `batch` at `step`, and the teacher's logits for exactly that
+    /// view (at its own side).
     fn view(&mut self, batch: &Batch, step: usize) -> (Tensor<4>, TeacherTargets) {
         let (x, _) = self.views.of(batch, step);
         let logits = self.teacher_logits(x.clone().without_autodiff()).autodiff();
@@ -569,22 +607,12 @@ impl Distill<'_> {
             logits,
             temperature: self.temperature,
         };
-        (x, targets)
+        (resized(x, self.sides.student), targets)
     }
 
-    /// The teacher's logits for `images` (without autodiff), resized to its resolution first
-    /// if it has its own.
+    /// The teacher's logits for views `images` (without autodiff).
     fn teacher_logits(&self, images: Tensor<4>) -> Tensor<2> {
-        let images = match self.teacher_resolution {
-            Some(side) => interpolate(
-                images,
-                InterpolateOptions::new(InterpolateMode::Bilinear)
-                    .with_align_corners(false)
-                    .with_output_size([side, side]),
-            ),
-            None => images,
-        };
-        self.teacher.forward(images)
+        self.teacher.forward(resized(images, self.sides.teacher))
     }
 
     /// Host logits of `forward` over every batch of `stream`, and the labels.
@@ -626,7 +654,12 @@ impl Objective for Distill<'_> {
             self.teacher_valid = Some(logits);
         }
         let student = model.clone().valid();
-        let (student, labels) = Self::logits(|x| student.forward(x), self.eval.stream()?, &device)?;
+        let side = self.sides.student;
+        let (student, labels) = Self::logits(
+            |x| student.forward(resized(x, side)),
+            self.eval.stream()?,
+            &device,
+        )?;
         let teacher = self.teacher_valid.as_deref().expect("computed above");
         Ok(compare(
             teacher,
@@ -761,12 +794,12 @@ mod tests {
         let valid: Arc<dyn bit_data::ImageDataset> = Arc::new(
             InMemoryDataset::new(vec!["a".into()], [8, 8, 3], vec![0; 192], vec![0]).unwrap(),
         );
-        let objective = |teacher_resolution| Distill {
+        let objective = |sides| Distill {
             teacher: &teacher,
             devices: &devices,
             views: Views::new(Mixup::new(1.0, 5).unwrap(), main.clone()),
             temperature: 2.0,
-            teacher_resolution,
+            sides,
             eval: EvalFeed {
                 valid: valid.clone(),
                 crop: 8,
@@ -776,7 +809,16 @@ mod tests {
             teacher_valid: None,
         };
         let b = batch(4, 8);
-        let (x, targets) = objective(None).view(&b, 3);
+        let same = Sides::new(8, 8);
+        assert_eq!(
+            same,
+            Sides {
+                view: 8,
+                student: None,
+                teacher: None
+            }
+        );
+        let (x, targets) = objective(same).view(&b, 3);
         // The view is mixed (not the raw batch) and is exactly what an independent pass of the
         // same views makes for this step: a function of (seed, step) only.
         let raw = host(b.to_tensors(&device).0);
@@ -788,20 +830,41 @@ mod tests {
         let direct = host(teacher.forward(x.clone().without_autodiff()));
         assert_eq!(host(targets.logits.clone()), direct);
         // Training on the micro-batch: the student's loss is the loss of that same view.
-        let (_, loss) = objective(None).gradients(&student, &b, 3, 1.0).unwrap();
+        let (_, loss) = objective(same).gradients(&student, &b, 3, 1.0).unwrap();
         let want = distillation_loss(student.forward(x.clone()), targets.logits, 2.0);
         assert_eq!(loss, host(want)[0]);
-        // Only where asked, the teacher sees that view at its own resolution.
-        let (same, targets) = objective(Some(16)).view(&b, 3);
-        assert_eq!(host(same), seen);
-        let resized = interpolate(
-            x.without_autodiff(),
-            InterpolateOptions::new(InterpolateMode::Bilinear)
-                .with_align_corners(false)
-                .with_output_size([16, 16]),
+        // Only where asked, the models see that view at different sides: here the view is
+        // made at the student's 8 px and the teacher sees it resized to 16 px...
+        let sides = Sides::new(8, 16);
+        assert_eq!(
+            (sides.view, sides.student, sides.teacher),
+            (16, Some(8), None)
         );
-        assert_eq!(resized.dims(), [4, 3, 16, 16]);
-        assert_eq!(host(targets.logits), host(teacher.forward(resized)));
+        let sides = Sides::new(16, 8);
+        assert_eq!(
+            (sides.view, sides.student, sides.teacher),
+            (16, None, Some(8))
+        );
+        let (input, targets) = objective(Sides {
+            view: 8,
+            student: None,
+            teacher: Some(16),
+        })
+        .view(&b, 3);
+        assert_eq!(host(input), seen);
+        let big = resized(x.clone().without_autodiff(), Some(16));
+        assert_eq!(big.dims(), [4, 3, 16, 16]);
+        assert_eq!(host(targets.logits), host(teacher.forward(big)));
+        // ...and the other way round, the student gets the view resized, the teacher the view.
+        let (input, targets) = objective(Sides {
+            view: 8,
+            student: Some(4),
+            teacher: None,
+        })
+        .view(&b, 3);
+        assert_eq!(input.dims(), [4, 3, 4, 4]);
+        assert_eq!(host(input), host(resized(x.clone(), Some(4))));
+        assert_eq!(host(targets.logits), direct);
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod distill;
 mod error;
 mod log;
 mod parallel;
+mod plot;
 mod run;
 mod trainer;
 
@@ -38,4 +39,5 @@ pub use distill::{
 pub use error::{Result, TrainError};
 pub use log::python_exp;
 pub use parallel::{DataParallel, ShardLoss, Targets};
+pub use plot::{CURVES_FILE, Curves, plot};
 pub use trainer::{TrainOptions, TrainOutcome, bit_optimizer, train};

@@ -215,6 +215,11 @@ impl Run {
         let eval = objective.evaluate(model)?;
         self.timings.add("eval", start);
         O::log_eval(&eval, at, &mut self.log);
+        // The picture is a convenience: failing to draw it must not stop the run.
+        if let Err(e) = crate::plot::refresh(&self.dir) {
+            self.log
+                .warn(&format!("could not draw the run's curves: {e}"));
+        }
         Ok(eval)
     }
 
