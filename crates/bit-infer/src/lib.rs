@@ -33,11 +33,9 @@ mod labels;
 mod model;
 mod run;
 
+pub use bit_model::{CLASSES_METADATA_KEY, RESOLUTION_METADATA_KEY};
 pub use error::{InferError, Result};
 pub use eval::{EvalResult, evaluate, evaluate_dataset, rank};
 pub use labels::{Relabelled, map_classes, read_class_map, read_label_file};
-pub use model::{
-    CLASSES_METADATA_KEY, DEFAULT_RESOLUTION, InferenceModel, LoadOptions, RESOLUTION_METADATA_KEY,
-    metadata,
-};
+pub use model::{DEFAULT_RESOLUTION, InferenceModel, LoadOptions, metadata};
 pub use run::{Embeddings, Feed, embed, predict};

@@ -3,18 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use bit_model::ResNetV2;
-use bit_model::zoo::{LabelSet, ModelHub, PretrainedModel};
+use bit_model::zoo::{LabelSet, LoadedModel, ModelHub, PretrainedModel};
+use bit_model::{CLASSES_METADATA_KEY, RESOLUTION_METADATA_KEY, ResNetV2, run_metadata};
 use burn::tensor::Device;
 
 use crate::error::{InferError, Result};
 use crate::labels::read_label_file;
 use crate::run::Feed;
 
-/// Safetensors metadata key holding the class names (a JSON array, in head order).
-pub const CLASSES_METADATA_KEY: &str = "bit.classes";
-/// Safetensors metadata key holding the input resolution the model was fine-tuned at.
-pub const RESOLUTION_METADATA_KEY: &str = "bit.resolution";
 /// The resolution used when neither the caller, the file nor the catalog gives one (the
 /// upstream BiT pre-training resolution).
 pub const DEFAULT_RESOLUTION: usize = 224;
@@ -71,18 +67,12 @@ impl InferenceModel {
         options: &LoadOptions,
         device: &Device,
     ) -> Result<Self> {
-        let (path, entry) = hub.locate(model)?;
-        let safetensors = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-        let (net, metadata) = if safetensors {
-            ResNetV2::from_safetensors_with_metadata(&path, device)?
-        } else {
-            (
-                hub.load_npz(&path, entry.as_ref(), device)?,
-                Default::default(),
-            )
-        };
+        let LoadedModel {
+            model: net,
+            metadata,
+            path,
+            entry,
+        } = hub.load_with_metadata(model, device)?;
         let head_size = net.config().head_size;
         let bad_metadata = |reason: String| InferError::Labels {
             path: path.clone(),
@@ -180,20 +170,13 @@ impl InferenceModel {
     }
 }
 
-/// The metadata entries for a model of `resolution` with `classes`.
+/// The metadata entries for a model of `resolution` with `classes` (bit-model owns the format:
+/// [`bit_model::run_metadata`]).
 ///
 /// ```
 /// let meta = bit_infer::metadata(128, Some(&["cat".to_string(), "dog".into()]));
 /// assert_eq!(meta[0], ("bit.resolution", "128".to_string()));
-/// assert_eq!(meta[1].1, r#"["cat","dog"]"#);
 /// ```
 pub fn metadata(resolution: usize, classes: Option<&[String]>) -> Vec<(&'static str, String)> {
-    let mut meta = vec![(RESOLUTION_METADATA_KEY, resolution.to_string())];
-    if let Some(classes) = classes {
-        meta.push((
-            CLASSES_METADATA_KEY,
-            serde_json::to_string(classes).expect("strings serialise"),
-        ));
-    }
-    meta
+    run_metadata(resolution, classes)
 }

@@ -39,7 +39,9 @@ pub mod zoo;
 
 pub use bottleneck::{GN_EPS, GROUPS, PreActBottleneck, PreActBottleneckConfig};
 pub use error::{Error, Result};
-pub use native::CONFIG_METADATA_KEY;
+pub use native::{
+    CLASSES_METADATA_KEY, CONFIG_METADATA_KEY, RESOLUTION_METADATA_KEY, run_metadata,
+};
 pub use npz::NpzCheckpoint;
 pub use resnet::{
     Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, Block, Head, HeadConfig, ROOT_PAD, ResNetV2,

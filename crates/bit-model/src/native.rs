@@ -13,6 +13,27 @@ use crate::resnet::{ResNetV2, ResNetV2Config};
 
 /// Metadata key under which the [`ResNetV2Config`] (JSON) is stored.
 pub const CONFIG_METADATA_KEY: &str = "bit_model.config";
+/// Metadata key holding the input resolution a model was trained at.
+pub const RESOLUTION_METADATA_KEY: &str = "bit.resolution";
+/// Metadata key holding the class names (a JSON array, in head order).
+pub const CLASSES_METADATA_KEY: &str = "bit.classes";
+
+/// The metadata entries for a model of `resolution` with `classes`, to pass to
+/// [`ResNetV2::save_safetensors_with_metadata`]: `bit predict` and `bit eval` read them back.
+///
+/// ```
+/// let meta = bit_model::run_metadata(128, Some(&["cat".to_string(), "dog".into()]));
+/// assert_eq!(meta[0], ("bit.resolution", "128".to_string()));
+/// assert_eq!(meta[1].1, r#"["cat","dog"]"#);
+/// ```
+pub fn run_metadata(resolution: usize, classes: Option<&[String]>) -> Vec<(&'static str, String)> {
+    let mut meta = vec![(RESOLUTION_METADATA_KEY, resolution.to_string())];
+    if let Some(classes) = classes {
+        let names = serde_json::to_string(classes).expect("strings serialise");
+        meta.push((CLASSES_METADATA_KEY, names));
+    }
+    meta
+}
 
 impl ResNetV2 {
     /// Saves every parameter to a safetensors file, with the configuration in its metadata.
