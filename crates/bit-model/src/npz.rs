@@ -18,6 +18,7 @@ use npyz::npz::NpzArchive;
 use npyz::{DType, NpyFile, Order, WriterBuilder};
 
 use crate::backend::host_values;
+use crate::bottleneck::PreActBottleneck;
 use crate::error::{Error, Result};
 use crate::resnet::{Architecture, ResNetV2, ResNetV2Config};
 use crate::std_conv::StdConv2d;
@@ -204,35 +205,13 @@ impl NpzCheckpoint {
     }
 
     fn load_body(&mut self, model: &mut ResNetV2, used: &mut BTreeSet<String>) -> Result<()> {
-        self.load_conv(&mut model.root.conv, ROOT_KERNEL, used)?;
-        for (b, block) in model.body.iter_mut().enumerate() {
-            for (u, unit) in block.units.iter_mut().enumerate() {
-                let p = format!("resnet/block{}/unit{:02}", b + 1, u + 1);
-                self.load_group_norm(&mut unit.gn1, &format!("{p}/a/group_norm"), used)?;
-                self.load_conv(
-                    &mut unit.conv1,
-                    &format!("{p}/a/standardized_conv2d/kernel"),
-                    used,
-                )?;
-                self.load_group_norm(&mut unit.gn2, &format!("{p}/b/group_norm"), used)?;
-                self.load_conv(
-                    &mut unit.conv2,
-                    &format!("{p}/b/standardized_conv2d/kernel"),
-                    used,
-                )?;
-                self.load_group_norm(&mut unit.gn3, &format!("{p}/c/group_norm"), used)?;
-                self.load_conv(
-                    &mut unit.conv3,
-                    &format!("{p}/c/standardized_conv2d/kernel"),
-                    used,
-                )?;
-                if let Some(proj) = &mut unit.downsample {
-                    let key = format!("{p}/a/proj/standardized_conv2d/kernel");
-                    self.load_conv(proj, &key, used)?;
-                }
+        for (key, slot) in body_slots(model) {
+            match slot {
+                Slot::Conv(conv) => self.load_conv(conv, &key, used)?,
+                Slot::Norm(gn) => self.load_group_norm(gn, &key, used)?,
             }
         }
-        self.load_group_norm(&mut model.head.gn, "resnet/group_norm", used)
+        Ok(())
     }
 
     /// HWIO kernel -> OIHW parameter.
@@ -480,7 +459,7 @@ impl ResNetV2 {
                 host_values(w.permute([2, 3, 1, 0])),
             )
         };
-        let norm = |prefix: String, gn: &GroupNorm| {
+        let norm = |prefix: &str, gn: &GroupNorm| {
             [(&gn.gamma, "gamma"), (&gn.beta, "beta")]
                 .into_iter()
                 .filter_map(|(p, name)| {
@@ -489,24 +468,15 @@ impl ResNetV2 {
                 })
                 .collect::<Vec<_>>()
         };
-        let mut arrays = vec![conv(ROOT_KERNEL.to_string(), &self.root.conv)];
-        for (b, block) in self.body.iter().enumerate() {
-            for (u, unit) in block.units.iter().enumerate() {
-                let p = format!("resnet/block{}/unit{:02}", b + 1, u + 1);
-                for (stage, gn, c) in [
-                    ("a", &unit.gn1, &unit.conv1),
-                    ("b", &unit.gn2, &unit.conv2),
-                    ("c", &unit.gn3, &unit.conv3),
-                ] {
-                    arrays.extend(norm(format!("{p}/{stage}/group_norm"), gn));
-                    arrays.push(conv(format!("{p}/{stage}/standardized_conv2d/kernel"), c));
-                }
-                if let Some(proj) = &unit.downsample {
-                    arrays.push(conv(format!("{p}/a/proj/standardized_conv2d/kernel"), proj));
-                }
+        // The same table of keys as loading reads, walked over a (cheap, shared-storage) clone.
+        let mut model = self.clone();
+        let mut arrays = Vec::new();
+        for (key, slot) in body_slots(&mut model) {
+            match slot {
+                Slot::Conv(c) => arrays.push(conv(key, c)),
+                Slot::Norm(gn) => arrays.extend(norm(&key, gn)),
             }
         }
-        arrays.extend(norm("resnet/group_norm".to_string(), &self.head.gn));
         let [features, classes] = self.head.fc.weight.dims();
         arrays.push((
             HEAD_KERNEL.to_string(),
@@ -527,6 +497,59 @@ impl ResNetV2 {
 /// The widest ResNetV2 a checkpoint may describe: BiT's widest is x4; far beyond, the sizes
 /// derived from the width stop making sense (and would overflow).
 const MAX_WIDTH_FACTOR: usize = 64;
+
+/// What a key of the release's `.npz` holds in the body (everything but the head).
+enum Slot<'a> {
+    /// A standardized convolution: the key is its kernel, HWIO in the file.
+    Conv(&'a mut StdConv2d),
+    /// A GroupNorm: the key is the prefix of its `gamma` and `beta`.
+    Norm(&'a mut GroupNorm),
+}
+
+/// Every body array of `model` under its BiT key, in the release's order: the one table of the
+/// layout, which loading and saving both walk.
+fn body_slots(model: &mut ResNetV2) -> Vec<(String, Slot<'_>)> {
+    let mut slots = vec![(ROOT_KERNEL.to_string(), Slot::Conv(&mut model.root.conv))];
+    for (b, block) in model.body.iter_mut().enumerate() {
+        for (u, unit) in block.units.iter_mut().enumerate() {
+            let p = format!("resnet/block{}/unit{:02}", b + 1, u + 1);
+            let PreActBottleneck {
+                gn1,
+                conv1,
+                gn2,
+                conv2,
+                gn3,
+                conv3,
+                downsample,
+                ..
+            } = unit;
+            slots.push((format!("{p}/a/group_norm"), Slot::Norm(gn1)));
+            slots.push((
+                format!("{p}/a/standardized_conv2d/kernel"),
+                Slot::Conv(conv1),
+            ));
+            slots.push((format!("{p}/b/group_norm"), Slot::Norm(gn2)));
+            slots.push((
+                format!("{p}/b/standardized_conv2d/kernel"),
+                Slot::Conv(conv2),
+            ));
+            slots.push((format!("{p}/c/group_norm"), Slot::Norm(gn3)));
+            slots.push((
+                format!("{p}/c/standardized_conv2d/kernel"),
+                Slot::Conv(conv3),
+            ));
+            if let Some(proj) = downsample {
+                let key = format!("{p}/a/proj/standardized_conv2d/kernel");
+                slots.push((key, Slot::Conv(proj)));
+            }
+        }
+    }
+    slots.push((
+        "resnet/group_norm".to_string(),
+        Slot::Norm(&mut model.head.gn),
+    ));
+    slots
+}
 
 /// Room for an `.npy` header (they are a few hundred bytes).
 const MAX_NPY_HEADER: u64 = 64 * 1024;
