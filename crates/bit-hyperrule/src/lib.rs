@@ -20,7 +20,7 @@
 //! assert_eq!(get_mixup(1_000), 0.0);
 //! assert_eq!(get_lr(200, 1_000, 0.003), Some(0.003)); // the decay boundaries are strict
 //! assert_eq!(get_lr(500, 1_000, 0.003), None); // training is over
-//! # Ok::<(), bit_hyperrule::UnknownDataset>(())
+//! # Ok::<(), bit_hyperrule::UnknownImageSize>(())
 //! ```
 #![warn(missing_docs)]
 
@@ -44,7 +44,8 @@ pub const KNOWN_DATASET_SIZES: [(&str, (usize, usize)); 5] = [
     ("imagenet2012", (224, 224)),
 ];
 
-/// A dataset whose image size the rule does not know.
+/// A dataset whose image size the rule does not know (the names the `bit` command can load
+/// are another list: `bit_data::DatasetName`, whose error is `DataError::UnknownDataset`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unsupported dataset `{0}`: BiT-HyperRule knows the image sizes of {known}; for any other \
@@ -52,7 +53,7 @@ pub const KNOWN_DATASET_SIZES: [(&str, (usize, usize)); 5] = [
      (on the command line: the dataset's own size is read from its images)",
     known = KNOWN_DATASET_SIZES.map(|(name, _)| name).join(", ")
 )]
-pub struct UnknownDataset(pub String);
+pub struct UnknownImageSize(pub String);
 
 /// `(pre-crop, crop)` square sizes for images of `(height, width)`: training resizes to the
 /// pre-crop size and takes a random crop; evaluation resizes straight to the crop size.
@@ -71,17 +72,17 @@ pub fn get_resolution(original_resolution: (usize, usize)) -> (usize, usize) {
 }
 
 /// [`get_resolution`] for a dataset of [`KNOWN_DATASET_SIZES`].
-pub fn get_resolution_from_dataset(dataset: &str) -> Result<(usize, usize), UnknownDataset> {
+pub fn get_resolution_from_dataset(dataset: &str) -> Result<(usize, usize), UnknownImageSize> {
     known_dataset_size(dataset).map(get_resolution)
 }
 
 /// The `(height, width)` of a dataset of [`KNOWN_DATASET_SIZES`].
-fn known_dataset_size(dataset: &str) -> Result<(usize, usize), UnknownDataset> {
+fn known_dataset_size(dataset: &str) -> Result<(usize, usize), UnknownImageSize> {
     KNOWN_DATASET_SIZES
         .iter()
         .find(|(name, _)| *name == dataset)
         .map(|(_, size)| *size)
-        .ok_or_else(|| UnknownDataset(dataset.to_string()))
+        .ok_or_else(|| UnknownImageSize(dataset.to_string()))
 }
 
 /// Mixup α for a training set of `dataset_size` examples (0 means no mixup).
@@ -137,7 +138,7 @@ fn schedule_lr(schedule: &[usize], step: usize, base_lr: f64) -> Option<f64> {
 /// assert_eq!(rule.total_steps(), 500);
 /// assert!((rule.lr(250).unwrap() - 0.0001).abs() < 1e-15); // after the first decay
 /// println!("{rule}");
-/// # Ok::<(), bit_hyperrule::UnknownDataset>(())
+/// # Ok::<(), bit_hyperrule::UnknownImageSize>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct HyperRule {
@@ -173,7 +174,7 @@ impl HyperRule {
     }
 
     /// The rule for a dataset of [`KNOWN_DATASET_SIZES`].
-    pub fn for_dataset(dataset: &str, dataset_size: usize) -> Result<Self, UnknownDataset> {
+    pub fn for_dataset(dataset: &str, dataset_size: usize) -> Result<Self, UnknownImageSize> {
         Ok(Self::new(known_dataset_size(dataset)?, dataset_size))
     }
 
@@ -355,7 +356,7 @@ mod tests {
         );
         assert!(matches!(
             HyperRule::for_dataset("mnist", 10),
-            Err(UnknownDataset(_))
+            Err(UnknownImageSize(_))
         ));
     }
 }

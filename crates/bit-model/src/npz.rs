@@ -318,7 +318,7 @@ impl NpzCheckpoint {
             .map_err(|e| self.corrupt_array(key, &e.to_string()))?;
         used.insert(key.to_string());
         Ok(if fortran {
-            fortran_to_c(&data, &found)
+            fortran_to_c(data, &found)
         } else {
             data
         })
@@ -574,24 +574,22 @@ fn type_string(dtype: &DType) -> String {
     }
 }
 
-/// Reorders column-major data of `shape` into row-major order.
-fn fortran_to_c(data: &[f32], shape: &[usize]) -> Vec<f32> {
-    let mut out = vec![0f32; data.len()];
-    let mut index = vec![0usize; shape.len()];
-    for (c_pos, slot) in out.iter_mut().enumerate() {
-        let mut rest = c_pos;
-        for (d, &n) in shape.iter().enumerate().rev() {
-            index[d] = rest % n;
-            rest /= n;
-        }
-        let f_pos = index
-            .iter()
-            .zip(shape)
-            .rev()
-            .fold(0, |acc, (&i, &n)| acc * n + i);
-        *slot = data[f_pos];
+/// Reorders column-major data of `shape` into row-major order: column-major data is row-major
+/// data of the reversed shape, whose axes a permutation puts back. The release's arrays have
+/// one axis (norms, biases) or four (kernels).
+fn fortran_to_c(data: Vec<f32>, shape: &[usize]) -> Vec<f32> {
+    fn reversed_axes<const D: usize>(data: Vec<f32>, shape: &[usize]) -> Vec<f32> {
+        let stored: [usize; D] = std::array::from_fn(|d| shape[D - 1 - d]);
+        let tensor = Tensor::<D>::from_data(TensorData::new(data, stored), &Device::flex());
+        host_values(tensor.permute(std::array::from_fn::<usize, D, _>(|d| D - 1 - d)))
     }
-    out
+    match shape.len() {
+        2 => reversed_axes::<2>(data, shape),
+        3 => reversed_axes::<3>(data, shape),
+        4 => reversed_axes::<4>(data, shape),
+        // One axis (or none): both orders are the same.
+        _ => data,
+    }
 }
 
 /// Replaces a (possibly still lazy) parameter's value, keeping its id, device and
@@ -625,8 +623,17 @@ mod tests {
     fn fortran_order_is_transposed() {
         // A 2x3 array [[0, 1, 2], [3, 4, 5]] stored column-major.
         assert_eq!(
-            fortran_to_c(&[0., 3., 1., 4., 2., 5.], &[2, 3]),
+            fortran_to_c(vec![0., 3., 1., 4., 2., 5.], &[2, 3]),
             [0., 1., 2., 3., 4., 5.]
         );
+        // A 2x1x3x2 kernel: element (a, b, c, d) stored at a + 2 (b + 1 (c + 3 d)).
+        let shape = [2, 1, 3, 2];
+        let fortran: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let c = fortran_to_c(fortran, &shape);
+        for (i, v) in c.iter().enumerate() {
+            let (a, rest) = (i / 6, i % 6);
+            let (c3, d) = (rest / 2, rest % 2);
+            assert_eq!(*v, (a + 2 * (3 * d + c3)) as f32, "element {i}");
+        }
     }
 }
