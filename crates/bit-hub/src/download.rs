@@ -9,7 +9,7 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 use md5::{Digest, Md5};
 
-use crate::error::{FetchError, Result};
+use crate::error::{FetchError, Result, TransferError};
 use crate::progress_style;
 
 /// Environment variable: seconds a download may go without receiving a byte before it fails
@@ -93,10 +93,10 @@ impl RemoteFile {
             .size
             .is_some_and(|s| std::fs::metadata(&part).is_ok_and(|m| m.len() == s));
         if !complete {
-            download(&self.url, &part, dest).map_err(|reason| FetchError::Download {
+            download(&self.url, &part, dest).map_err(|source| FetchError::Download {
                 url: self.url.clone(),
                 dest: dest.to_path_buf(),
-                reason,
+                source,
             })?;
         }
         if let Err(e) = self.verify(&part).and_then(|()| check(&part)) {
@@ -124,33 +124,20 @@ pub(crate) fn part_path(dest: &Path) -> PathBuf {
 }
 
 /// Streams `url` into `part`, appending to what an earlier attempt left there when the server
-/// honours a range request. Errors are returned as text for [`FetchError::Download`].
-fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), String> {
+/// honours a range request.
+fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), TransferError> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-    // Generous limits for slow links, but a dead server must not hang a training run forever:
-    // a transfer that stops mid-body fails after the idle timeout, keeping what it received.
     let idle = idle_timeout();
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_response(Some(Duration::from_secs(60)))
-        .timeout_per_read(Some(idle))
-        .build()
-        .new_agent();
-    let mut request = agent.get(url);
-    if have > 0 {
-        request = request.header("Range", format!("bytes={have}-"));
-    }
-    let mut response = request.call().map_err(|e| e.to_string())?;
+    let mut response = request(url, have, idle)?;
     let status = response.status().as_u16();
     if status == 416 {
-        // The partial file is not a prefix of what the server has now (it changed, or the part
-        // is already longer): start over next time.
+        // Not a prefix of what the server has now (it changed, or the part is already longer):
+        // start over next time.
         std::fs::remove_file(part).ok();
-        return Err("the server refused to resume the partial file; run again to restart".into());
+        return Err(TransferError::ResumeRefused);
     }
     if !(200..300).contains(&status) {
-        return Err(format!("HTTP status {status}"));
+        return Err(TransferError::Status(status));
     }
     let resumed = have > 0 && status == 206;
     let header = |name: &str| {
@@ -167,17 +154,19 @@ fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), Stri
         && !range.starts_with(&format!("bytes {have}-"))
     {
         std::fs::remove_file(part).ok();
-        return Err(format!(
-            "the server resumed at `{range}` instead of byte {have}; run again to restart"
-        ));
+        return Err(TransferError::ResumedElsewhere { range, have });
     }
+    let part_error = |source| TransferError::Part {
+        path: part.to_path_buf(),
+        source,
+    };
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)
         .append(resumed)
         .truncate(!resumed)
         .open(part)
-        .map_err(|e| format!("{}: {e}", part.display()))?;
+        .map_err(part_error)?;
     let start = if resumed { have } else { 0 };
     let bar = ProgressBar::new(remaining.map_or(0, |r| r + start));
     bar.set_style(progress_style(
@@ -190,45 +179,81 @@ fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), Stri
             .into_owned(),
     );
     bar.set_position(start);
-    let mut reader = response.body_mut().as_reader();
+    let received = copy_body(&mut response.body_mut().as_reader(), &mut file, &bar).map_err(
+        |(received, failure)| match failure {
+            Failure::Read(e) if is_timeout(&e) => TransferError::Stalled {
+                at: start + received,
+                seconds: idle.as_secs(),
+            },
+            Failure::Read(source) => TransferError::Interrupted {
+                at: start + received,
+                source,
+            },
+            Failure::Write(source) => part_error(source),
+        },
+    )?;
+    file.sync_all().map_err(part_error)?;
+    bar.finish_and_clear();
+    match remaining {
+        Some(r) if r != received => Err(TransferError::Short {
+            received: start + received,
+            expected: start + r,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The GET of `url`, from byte `have` on. Generous limits for slow links, but a dead server must
+/// not hang a training run forever: a body that stops fails after `idle`, keeping what came.
+fn request(
+    url: &str,
+    have: u64,
+    idle: Duration,
+) -> std::result::Result<ureq::http::Response<ureq::Body>, TransferError> {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_per_read(Some(idle))
+        .build()
+        .new_agent();
+    let mut request = agent.get(url);
+    if have > 0 {
+        request = request.header("Range", format!("bytes={have}-"));
+    }
+    Ok(request.call()?)
+}
+
+/// Which side of a copy failed.
+enum Failure {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies `body` into `file` with progress: the bytes copied, or with them what failed (after a
+/// read failure, what came is on disk).
+fn copy_body(
+    body: &mut impl Read,
+    file: &mut File,
+    bar: &ProgressBar,
+) -> std::result::Result<u64, (u64, Failure)> {
     let mut buf = vec![0u8; 1 << 16];
     let mut received = 0u64;
     loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
+        let n = match body.read(&mut buf) {
+            Ok(0) => return Ok(received),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 file.sync_all().ok();
-                let why = if is_timeout(&e) {
-                    format!(
-                        "no data for {} s (${IDLE_TIMEOUT_ENV} sets the limit)",
-                        idle.as_secs()
-                    )
-                } else {
-                    e.to_string()
-                };
-                return Err(format!(
-                    "interrupted after {} bytes ({why}); run again to resume",
-                    start + received
-                ));
+                return Err((received, Failure::Read(e)));
             }
         };
-        file.write_all(&buf[..n])
-            .map_err(|e| format!("{}: {e}", part.display()))?;
+        if let Err(e) = file.write_all(&buf[..n]) {
+            return Err((received, Failure::Write(e)));
+        }
         received += n as u64;
         bar.inc(n as u64);
-    }
-    file.sync_all()
-        .map_err(|e| format!("{}: {e}", part.display()))?;
-    bar.finish_and_clear();
-    match remaining {
-        Some(r) if r != received => Err(format!(
-            "connection closed after {} of {} bytes; run again to resume",
-            start + received,
-            start + r
-        )),
-        _ => Ok(()),
     }
 }
 

@@ -17,7 +17,7 @@ pub enum FetchError {
 
     /// A download failed (offline, HTTP error, interrupted transfer).
     #[error(
-        "download of {url} failed: {reason}. Without network access, fetch it on another machine \
+        "download of {url} failed: {source}. Without network access, fetch it on another machine \
          and place it at {dest}"
     )]
     Download {
@@ -26,7 +26,8 @@ pub enum FetchError {
         /// Where it was going.
         dest: PathBuf,
         /// Why it failed.
-        reason: String,
+        #[source]
+        source: TransferError,
     },
 
     /// A file's size, checksum or content is not the published one.
@@ -55,6 +56,67 @@ impl FetchError {
         let path = path.into();
         move |source| Self::Io { path, source }
     }
+}
+
+/// Why a transfer stopped. What was received is kept in the `.part` file unless the message
+/// says the next attempt restarts.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// No connection, TLS or protocol failure, or no response in time.
+    #[error(transparent)]
+    Http(#[from] ureq::Error),
+    /// The server answered with an error status.
+    #[error("HTTP status {0}")]
+    Status(u16),
+    /// The partial file is not a prefix of what the server has now (416); it was removed.
+    #[error("the server refused to resume the partial file; run again to restart")]
+    ResumeRefused,
+    /// The server resumed somewhere else than the end of the partial file; it was removed.
+    #[error("the server resumed at `{range}` instead of byte {have}; run again to restart")]
+    ResumedElsewhere {
+        /// Its `Content-Range`.
+        range: String,
+        /// The partial file's length.
+        have: u64,
+    },
+    /// The body stopped coming for the idle timeout.
+    #[error(
+        "interrupted after {at} bytes (no data for {seconds} s; ${env} sets the limit); run \
+         again to resume",
+        env = crate::IDLE_TIMEOUT_ENV
+    )]
+    Stalled {
+        /// Bytes of the file received in all.
+        at: u64,
+        /// The idle timeout.
+        seconds: u64,
+    },
+    /// The connection failed mid-body.
+    #[error("interrupted after {at} bytes ({source}); run again to resume")]
+    Interrupted {
+        /// Bytes of the file received in all.
+        at: u64,
+        /// What the connection said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server closed the connection before the announced length.
+    #[error("connection closed after {received} of {expected} bytes; run again to resume")]
+    Short {
+        /// Bytes of the file received in all.
+        received: u64,
+        /// Bytes announced.
+        expected: u64,
+    },
+    /// The partial file could not be written.
+    #[error("{path}: {source}")]
+    Part {
+        /// The `.part` file.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `Result` with this crate's [`FetchError`].

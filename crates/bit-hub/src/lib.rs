@@ -29,7 +29,7 @@ pub use atomic::write_atomically;
 pub use cache::{BIT_HOME_ENV, Cache};
 pub use check::{verify_lines, verify_npz};
 pub use download::{IDLE_TIMEOUT_ENV, RemoteFile, md5_file};
-pub use error::{FetchError, Result};
+pub use error::{FetchError, Result, TransferError};
 
 /// The look of every progress bar of the project (downloads, data passes, training steps):
 /// `template` in indicatif's syntax, with a `=> ` bar.

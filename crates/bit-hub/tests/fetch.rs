@@ -58,7 +58,7 @@ fn an_interrupted_transfer_resumes_with_a_range_request() {
     let remote = RemoteFile::new(format!("{}/m.npz", server.base_url()));
     let err = cache.fetch(&remote, "m.npz", &verify_npz).unwrap_err();
     assert!(
-        matches!(&err, FetchError::Download { reason, .. } if reason.contains("resume")),
+        matches!(&err, FetchError::Download { source, .. } if source.to_string().contains("resume")),
         "{err}"
     );
     let part = cache.path("m.npz.part");
