@@ -96,7 +96,7 @@ impl RemoteFile {
             download(&self.url, &part, dest).map_err(|source| FetchError::Download {
                 url: self.url.clone(),
                 dest: dest.to_path_buf(),
-                source,
+                source: Box::new(source),
             })?;
         }
         if let Err(e) = self.verify(&part).and_then(|()| check(&part)) {

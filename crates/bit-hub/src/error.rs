@@ -25,9 +25,9 @@ pub enum FetchError {
         url: String,
         /// Where it was going.
         dest: PathBuf,
-        /// Why it failed.
+        /// Why it failed (boxed: an HTTP error is large, and every `Result` would carry it).
         #[source]
-        source: TransferError,
+        source: Box<TransferError>,
     },
 
     /// A file's size, checksum or content is not the published one.
