@@ -166,47 +166,9 @@ pub(crate) fn backward(
             let mean_c = g.per_channel(&mean[groups.clone()]);
             let rstd_c = g.per_channel(&rstd[groups]);
             let (a, b) = affine(gamma, beta, &mean_c, &rstd_c);
-            // Pass 1: per channel, sum(dz) and sum(dz * x_hat).
-            let mut dz_sum = vec![0.0f64; channels];
-            let mut dzx_sum = vec![0.0f64; channels];
-            let mut p1 = vec![0.0f32; channels];
-            let mut p2 = vec![0.0f32; channels];
-            for (xs, gs) in image
-                .chunks(BLOCK * channels)
-                .zip(grad.chunks(BLOCK * channels))
-            {
-                p1.fill(0.0);
-                p2.fill(0.0);
-                for (xr, gr) in xs.chunks_exact(channels).zip(gs.chunks_exact(channels)) {
-                    for c in 0..channels {
-                        let (v, dy) = (xr[c], gr[c]);
-                        let dz = if v * a[c] + b[c] > 0.0 { dy } else { 0.0 };
-                        p1[c] += dz;
-                        p2[c] += dz * ((v - mean_c[c]) * rstd_c[c]);
-                    }
-                }
-                for c in 0..channels {
-                    dz_sum[c] += p1[c] as f64;
-                    dzx_sum[c] += p2[c] as f64;
-                }
-            }
-            // Per group, the two means of the backward formula, folded with rstd:
-            // dx = rstd * gamma * dz - rstd * m1 - x_hat * rstd * m2.
-            let mut shift = vec![0.0f32; channels];
-            let mut slope = vec![0.0f32; channels];
-            for k in 0..g.groups {
-                let cs = k * cg..(k + 1) * cg;
-                let m1 = cs.clone().map(|c| gamma[c] as f64 * dz_sum[c]).sum::<f64>() / count;
-                let m2 = cs
-                    .clone()
-                    .map(|c| gamma[c] as f64 * dzx_sum[c])
-                    .sum::<f64>()
-                    / count;
-                for c in cs {
-                    shift[c] = (rstd_c[c] as f64 * m1) as f32;
-                    slope[c] = (rstd_c[c] as f64 * m2) as f32;
-                }
-            }
+            let (dz_sum, dzx_sum) =
+                relu_grad_sums(image, grad, (&a, &b), (&mean_c, &rstd_c), channels);
+            let (shift, slope) = group_terms(g, gamma, &rstd_c, (&dz_sum, &dzx_sum), count);
             let gain: Vec<f32> = gamma.iter().zip(&rstd_c).map(|(g, r)| g * r).collect();
             // Pass 2: dx.
             for ((xr, gr), dr) in image
@@ -236,4 +198,68 @@ pub(crate) fn backward(
         dgamma.into_iter().map(|v| v as f32).collect(),
         dbeta.into_iter().map(|v| v as f32).collect(),
     )
+}
+
+/// Pass 1 of the backward over one image: per channel, `sum(dz)` and `sum(dz * x_hat)`, where
+/// `dz` is the gradient through the ReLU of `a * x + b` (blocks summed in f32, totals in f64).
+fn relu_grad_sums(
+    image: &[f32],
+    grad: &[f32],
+    (a, b): (&[f32], &[f32]),
+    (mean_c, rstd_c): (&[f32], &[f32]),
+    channels: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut dz_sum = vec![0.0f64; channels];
+    let mut dzx_sum = vec![0.0f64; channels];
+    let mut p1 = vec![0.0f32; channels];
+    let mut p2 = vec![0.0f32; channels];
+    for (xs, gs) in image
+        .chunks(BLOCK * channels)
+        .zip(grad.chunks(BLOCK * channels))
+    {
+        p1.fill(0.0);
+        p2.fill(0.0);
+        for (xr, gr) in xs.chunks_exact(channels).zip(gs.chunks_exact(channels)) {
+            for c in 0..channels {
+                let (v, dy) = (xr[c], gr[c]);
+                let dz = if v * a[c] + b[c] > 0.0 { dy } else { 0.0 };
+                p1[c] += dz;
+                p2[c] += dz * ((v - mean_c[c]) * rstd_c[c]);
+            }
+        }
+        for c in 0..channels {
+            dz_sum[c] += p1[c] as f64;
+            dzx_sum[c] += p2[c] as f64;
+        }
+    }
+    (dz_sum, dzx_sum)
+}
+
+/// Per group, the two means of the backward formula folded with rstd, per channel:
+/// `dx = rstd * gamma * dz - shift - x_hat * slope` with `shift = rstd * m1`,
+/// `slope = rstd * m2` over the group's `count` values.
+fn group_terms(
+    g: &NormGeometry,
+    gamma: &[f32],
+    rstd_c: &[f32],
+    (dz_sum, dzx_sum): (&[f64], &[f64]),
+    count: f64,
+) -> (Vec<f32>, Vec<f32>) {
+    let cg = g.group_size();
+    let mut shift = vec![0.0f32; g.channels];
+    let mut slope = vec![0.0f32; g.channels];
+    for k in 0..g.groups {
+        let cs = k * cg..(k + 1) * cg;
+        let m1 = cs.clone().map(|c| gamma[c] as f64 * dz_sum[c]).sum::<f64>() / count;
+        let m2 = cs
+            .clone()
+            .map(|c| gamma[c] as f64 * dzx_sum[c])
+            .sum::<f64>()
+            / count;
+        for c in cs {
+            shift[c] = (rstd_c[c] as f64 * m1) as f32;
+            slope[c] = (rstd_c[c] as f64 * m2) as f32;
+        }
+    }
+    (shift, slope)
 }
