@@ -42,13 +42,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.datadir,
         "/tmp/bit_logs",
     );
-    config.bit_pretrained_dir = args.bit_pretrained_dir;
+    config.run.bit_pretrained_dir = args.bit_pretrained_dir;
     config.examples_per_class = args.examples_per_class;
     // The README's lighter setting: batch 128 in four micro-batches of 32, lr 0.001.
-    config.batch = 128;
-    config.batch_split = 4;
+    config.run.batch = 128;
+    config.run.batch_split = 4;
     config.base_lr = 0.001;
-    config.eval_every = Some(100);
+    config.run.eval_every = Some(100);
     let outcome = train(&config, &TrainOptions::default())?;
     println!(
         "CIFAR-10 after {} steps: top-1 {:.2}%, top-5 {:.2}%; model in {}",

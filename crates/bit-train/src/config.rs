@@ -1,6 +1,7 @@
-//! Settings of a fine-tuning run: the reference `train.py` flags, plus explicit overrides.
+//! Settings of the runs: what every run has ([`RunSettings`]), and what fine-tuning adds (the
+//! reference `train.py` flags, plus explicit overrides).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bit_data::DatasetName;
 use bit_model::zoo::{self, ModelHub};
@@ -8,54 +9,43 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 
-/// One fine-tuning run (`bit train`). Field names follow the reference `train.py` flags.
+/// What every run has, whatever it trains (`bit train`, `bit distill`): its name and place, its
+/// data, its batches, evaluations, devices and seed. Field names follow the reference flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
-pub struct TrainConfig {
+pub struct RunSettings {
     /// Name of this run: logs and checkpoints go to {logdir}/{name}/; running the same name
     /// again resumes it.
     #[cfg_attr(feature = "cli", arg(long))]
     pub name: String,
-    /// A BiT model name (BiT-M-R50x1, BiT-S-R101x3, BiT-M-R152x2-ILSVRC2012, ...), read from
-    /// {bit_pretrained_dir}/{model}.npz if it is there, else downloaded into the cache
-    /// ($BIT_HOME); or a path to any BiT-format .npz.
-    #[cfg_attr(feature = "cli", arg(long))]
-    pub model: String,
     /// Where to write the run's logs, metrics and checkpoints.
     #[cfg_attr(feature = "cli", arg(long))]
     pub logdir: PathBuf,
-    /// Where the pre-trained {model}.npz files are.
+    /// Where hand-placed release files are: {bit_pretrained_dir}/{model}.npz is used before the
+    /// cache.
     #[cfg_attr(feature = "cli", arg(long = "bit_pretrained_dir", default_value = "."))]
     pub bit_pretrained_dir: PathBuf,
     /// cifar10, cifar100, imagenet2012 ({datadir}/train, {datadir}/val), folder ({datadir}/train
-    /// and {datadir}/val|validation|test, one sub-directory per class), fashion_mnist, mnist.
+    /// and {datadir}/val|validation|test, one sub-directory per class), fashion_mnist, mnist;
+    /// for `bit distill` also images (unlabelled, at any depth of {datadir}/train and /val).
     #[cfg_attr(feature = "cli", arg(long))]
     pub dataset: String,
     /// Where the dataset is: CIFAR is downloaded there if absent; fashion_mnist defaults to
     /// Debian's /usr/share/datasets/fashion-mnist.
     #[cfg_attr(feature = "cli", arg(long))]
     pub datadir: Option<PathBuf>,
-    /// Few-shot: train on this many examples per class.
-    #[cfg_attr(feature = "cli", arg(long = "examples_per_class"))]
-    pub examples_per_class: Option<usize>,
-    /// Seed of the few-shot draw (same seed, same examples, on any machine).
-    #[cfg_attr(
-        feature = "cli",
-        arg(long = "examples_per_class_seed", default_value_t = 0)
-    )]
-    pub examples_per_class_seed: u64,
     /// Global batch size.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = bit_hyperrule::BASE_BATCH))]
     pub batch: usize,
     /// Split each batch into this many micro-batches (gradients accumulated), to fit memory.
     #[cfg_attr(feature = "cli", arg(long = "batch_split", default_value_t = 1))]
     pub batch_split: usize,
-    /// Peak learning rate (for the global batch; not rescaled when --batch changes).
-    #[cfg_attr(feature = "cli", arg(long = "base_lr", default_value_t = bit_hyperrule::BASE_LR))]
-    pub base_lr: f64,
     /// Evaluate and checkpoint every this many steps (always at the end).
     #[cfg_attr(feature = "cli", arg(long = "eval_every"))]
     pub eval_every: Option<usize>,
+    /// Evaluate on only the first N validation examples.
+    #[cfg_attr(feature = "cli", arg(long = "max_eval_examples"))]
+    pub max_eval_examples: Option<usize>,
     /// Threads decoding and augmenting images.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::WORKERS))]
     pub workers: usize,
@@ -69,18 +59,143 @@ pub struct TrainConfig {
     /// Seed of shuffling, augmentation and mixup.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub seed: u64,
+    /// Skip (with a warning) files in class folders that are not images, instead of failing.
+    #[cfg_attr(feature = "cli", arg(long = "skip_non_images"))]
+    pub skip_non_images: bool,
+}
+
+impl RunSettings {
+    /// Default loader threads.
+    pub const WORKERS: usize = 8;
+
+    /// The defaults: batch 512, no split, 8 workers, saving on, CPU, seed 0.
+    ///
+    /// ```
+    /// let run = bit_train::RunSettings::new("run", "cifar10", "/data/cifar", "/tmp/bit_logs");
+    /// assert_eq!((run.batch, run.run_dir()), (512, "/tmp/bit_logs/run".into()));
+    /// ```
+    pub fn new(
+        name: impl Into<String>,
+        dataset: impl Into<String>,
+        datadir: impl Into<PathBuf>,
+        logdir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            logdir: logdir.into(),
+            bit_pretrained_dir: PathBuf::from("."),
+            dataset: dataset.into(),
+            datadir: Some(datadir.into()),
+            batch: bit_hyperrule::BASE_BATCH,
+            batch_split: 1,
+            eval_every: None,
+            max_eval_examples: None,
+            workers: Self::WORKERS,
+            save: true,
+            device: "cpu".into(),
+            seed: 0,
+            skip_non_images: false,
+        }
+    }
+
+    /// The run directory, `{logdir}/{name}`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.logdir.join(&self.name)
+    }
+
+    /// Checks what can be checked without touching data: a plain run name, a batch that
+    /// splits evenly, positive counts, a known dataset; and where the data is.
+    pub fn validate(&self) -> Result<(DatasetName, PathBuf)> {
+        let bad = |m: String| Err(TrainError::InvalidConfig(m));
+        let name = &self.name;
+        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+            return bad(format!("--name `{name}` must be a plain directory name"));
+        }
+        let (batch, split) = (self.batch, self.batch_split);
+        if batch == 0 || split == 0 || !batch.is_multiple_of(split) {
+            return bad(format!(
+                "--batch {batch} must be a positive multiple of --batch_split {split}"
+            ));
+        }
+        if self.eval_every == Some(0) || self.max_eval_examples == Some(0) {
+            return bad("--eval_every and --max_eval_examples must be at least 1".into());
+        }
+        if self.workers > bit_data::MAX_WORKERS {
+            return bad(format!(
+                "--workers {}: at most {}",
+                self.workers,
+                bit_data::MAX_WORKERS
+            ));
+        }
+        let dataset: DatasetName = self.dataset.parse()?;
+        let datadir = self
+            .datadir
+            .clone()
+            .or_else(|| dataset.default_dir())
+            .ok_or_else(|| {
+                TrainError::InvalidConfig("--datadir is required for this dataset".into())
+            })?;
+        Ok((dataset, datadir))
+    }
+
+    /// The training loader: micro-batches of `batch / batch_split`.
+    pub(crate) fn loader(&self) -> bit_data::LoaderConfig {
+        bit_data::LoaderConfig {
+            batch_size: self.batch / self.batch_split,
+            workers: self.workers,
+            seed: self.seed,
+            prefetch: 2,
+        }
+    }
+
+    /// The loop's settings, with the gradients clipped to `clip_global_norm` if given.
+    pub(crate) fn loop_settings(&self, clip_global_norm: Option<f32>) -> crate::run::LoopSettings {
+        crate::run::LoopSettings {
+            batch_split: self.batch_split,
+            eval_every: self.eval_every,
+            save: self.save,
+            clip_global_norm,
+        }
+    }
+
+    /// The model hub of this run: `$BIT_HOME`'s cache, after `bit_pretrained_dir`.
+    pub(crate) fn hub(&self) -> Result<ModelHub> {
+        Ok(ModelHub::from_env()?.with_pretrained_dir(&self.bit_pretrained_dir))
+    }
+}
+
+/// One fine-tuning run (`bit train`): the [`RunSettings`], the model, and the reference's
+/// fine-tuning flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct TrainConfig {
+    /// Name, place, data, batches, devices.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    #[serde(flatten)]
+    pub run: RunSettings,
+    /// A BiT model name (BiT-M-R50x1, BiT-S-R101x3, BiT-M-R152x2-ILSVRC2012, ...), read from
+    /// {bit_pretrained_dir}/{model}.npz if it is there, else downloaded into the cache
+    /// ($BIT_HOME); or a path to any BiT-format .npz.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub model: String,
+    /// Few-shot: train on this many examples per class.
+    #[cfg_attr(feature = "cli", arg(long = "examples_per_class"))]
+    pub examples_per_class: Option<usize>,
+    /// Seed of the few-shot draw (same seed, same examples, on any machine).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "examples_per_class_seed", default_value_t = 0)
+    )]
+    pub examples_per_class_seed: u64,
+    /// Peak learning rate (for the global batch; not rescaled when --batch changes).
+    #[cfg_attr(feature = "cli", arg(long = "base_lr", default_value_t = bit_hyperrule::BASE_LR))]
+    pub base_lr: f64,
     /// Train for this many steps instead of the HyperRule's (same warmup/decay proportions).
     #[cfg_attr(feature = "cli", arg(long))]
     pub steps: Option<usize>,
     /// Resolution instead of the HyperRule's, as PRECROP,CROP (e.g. 40,32).
     #[cfg_attr(feature = "cli", arg(long, value_parser = parse_resolution))]
     pub resolution: Option<(usize, usize)>,
-    /// Evaluate on only the first N validation examples.
-    #[cfg_attr(feature = "cli", arg(long = "max_eval_examples"))]
-    pub max_eval_examples: Option<usize>,
-    /// Skip (with a warning) files in class folders that are not images, instead of failing.
-    #[cfg_attr(feature = "cli", arg(long = "skip_non_images"))]
-    pub skip_non_images: bool,
 }
 
 /// `PRECROP,CROP`, e.g. `40,32`.
@@ -92,9 +207,6 @@ fn parse_resolution(s: &str) -> std::result::Result<(usize, usize), String> {
 }
 
 impl TrainConfig {
-    /// Default loader threads.
-    pub const WORKERS: usize = 8;
-
     /// The reference defaults: batch 512, no split, lr 0.003, 8 workers, saving on, CPU.
     pub fn new(
         name: impl Into<String>,
@@ -104,44 +216,26 @@ impl TrainConfig {
         logdir: impl Into<PathBuf>,
     ) -> Self {
         Self {
-            name: name.into(),
+            run: RunSettings::new(name, dataset, datadir, logdir),
             model: model.into(),
-            logdir: logdir.into(),
-            bit_pretrained_dir: PathBuf::from("."),
-            dataset: dataset.into(),
-            datadir: Some(datadir.into()),
             examples_per_class: None,
             examples_per_class_seed: 0,
-            batch: bit_hyperrule::BASE_BATCH,
-            batch_split: 1,
             base_lr: bit_hyperrule::BASE_LR,
-            eval_every: None,
-            workers: Self::WORKERS,
-            save: true,
-            device: "cpu".into(),
-            seed: 0,
             steps: None,
             resolution: None,
-            max_eval_examples: None,
-            skip_non_images: false,
         }
     }
 
     /// The run directory, `{logdir}/{name}`.
     pub fn run_dir(&self) -> PathBuf {
-        self.logdir.join(&self.name)
+        self.run.run_dir()
     }
 
-    /// Checks the settings that can be checked without touching data.
-    pub fn validate(&self) -> Result<DatasetName> {
+    /// Checks the settings that can be checked without touching data; the dataset and where
+    /// it is.
+    pub fn validate(&self) -> Result<(DatasetName, PathBuf)> {
         let bad = |m: String| Err(TrainError::InvalidConfig(m));
-        check_run_settings(
-            &self.name,
-            (self.batch, self.batch_split),
-            self.eval_every,
-            self.max_eval_examples,
-            self.workers,
-        )?;
+        let (dataset, datadir) = self.run.validate()?;
         if !(self.base_lr.is_finite() && self.base_lr > 0.0) {
             return bad(format!("--base_lr {} must be positive", self.base_lr));
         }
@@ -153,29 +247,14 @@ impl TrainConfig {
                 .validate()
                 .map_err(|e| TrainError::InvalidConfig(format!("--resolution: {e}")))?;
         }
-        match self.dataset.parse()? {
-            DatasetName::Images => bad(
+        if dataset == DatasetName::Images {
+            return bad(
                 "--dataset images has no labels to fine-tune on: use class folders \
                  (--dataset folder), or `bit distill`, which needs no labels"
                     .into(),
-            ),
-            dataset => Ok(dataset),
+            );
         }
-    }
-
-    /// The training loader: micro-batches of `batch / batch_split`.
-    pub(crate) fn loader(&self) -> bit_data::LoaderConfig {
-        loader(self.batch, self.batch_split, self.workers, self.seed)
-    }
-
-    /// The loop's settings (no gradient clipping, as the reference).
-    pub(crate) fn loop_settings(&self) -> crate::run::LoopSettings {
-        crate::run::LoopSettings {
-            batch_split: self.batch_split,
-            eval_every: self.eval_every,
-            save: self.save,
-            clip_global_norm: None,
-        }
+        Ok((dataset, datadir))
     }
 
     /// The `.npz` to start from, resolved as every `bit` command resolves `--model`
@@ -183,74 +262,18 @@ impl TrainConfig {
     /// `{bit_pretrained_dir}/{model}.npz`, else the released model of that name from the cache
     /// (`$BIT_HOME`), downloaded and verified if needed.
     pub fn checkpoint_path(&self) -> Result<PathBuf> {
-        let hub = ModelHub::from_env()?.with_pretrained_dir(&self.bit_pretrained_dir);
-        match hub.locate(&self.model) {
+        let dir = &self.run.bit_pretrained_dir;
+        match self.run.hub()?.locate(&self.model) {
             Ok((path, _)) => Ok(path),
             Err(bit_model::Error::UnknownModel(_)) => Err(TrainError::MissingCheckpoint {
-                path: self.bit_pretrained_dir.join(format!("{}.npz", self.model)),
+                path: dir.join(format!("{}.npz", self.model)),
                 model: self.model.clone(),
             }),
             Err(source) => Err(TrainError::Download {
                 model: zoo::find(&self.model).map_or_else(|_| self.model.clone(), |e| e.name),
-                dir: self.bit_pretrained_dir.clone(),
+                dir: dir.clone(),
                 source: Box::new(source),
             }),
         }
     }
-}
-
-/// The loader of a run: micro-batches of `batch / batch_split`.
-pub(crate) fn loader(
-    batch: usize,
-    batch_split: usize,
-    workers: usize,
-    seed: u64,
-) -> bit_data::LoaderConfig {
-    bit_data::LoaderConfig {
-        batch_size: batch / batch_split,
-        workers,
-        seed,
-        prefetch: 2,
-    }
-}
-
-/// The checks every run's settings share: a plain run name, a batch that splits evenly, and
-/// positive counts.
-pub(crate) fn check_run_settings(
-    name: &str,
-    (batch, batch_split): (usize, usize),
-    eval_every: Option<usize>,
-    max_eval_examples: Option<usize>,
-    workers: usize,
-) -> Result<()> {
-    let bad = |m: String| Err(TrainError::InvalidConfig(m));
-    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
-        return bad(format!("--name `{name}` must be a plain directory name"));
-    }
-    if batch == 0 || batch_split == 0 || !batch.is_multiple_of(batch_split) {
-        return bad(format!(
-            "--batch {batch} must be a positive multiple of --batch_split {batch_split}"
-        ));
-    }
-    if eval_every == Some(0) {
-        return bad("--eval_every must be at least 1".into());
-    }
-    if max_eval_examples == Some(0) {
-        return bad("--max_eval_examples must be at least 1".into());
-    }
-    if workers > bit_data::MAX_WORKERS {
-        return bad(format!(
-            "--workers {workers}: at most {}",
-            bit_data::MAX_WORKERS
-        ));
-    }
-    Ok(())
-}
-
-/// `datadir`, else the dataset's known place (see [`DatasetName::default_dir`]).
-pub(crate) fn datadir_or_default(dataset: DatasetName, datadir: Option<&Path>) -> Result<PathBuf> {
-    datadir
-        .map(Path::to_path_buf)
-        .or_else(|| dataset.default_dir())
-        .ok_or_else(|| TrainError::InvalidConfig("--datadir is required for this dataset".into()))
 }

@@ -32,21 +32,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::checkpoint;
-use crate::config::{check_run_settings, datadir_or_default};
+use crate::config::RunSettings;
 use crate::error::{Result, TrainError};
 use crate::log::RunLog;
 use crate::parallel::{DataParallel, ShardLoss};
 use crate::run::{Bookmark, Objective, Position, Run, Views};
-use crate::trainer::{DataSettings, EvalFeed, TrainOptions, TrainingData};
+use crate::trainer::{EvalFeed, TrainOptions, TrainingData};
 
-/// Settings of a distillation run (`bit distill`). Field names follow `bit train`'s flags.
+/// Settings of a distillation run (`bit distill`): the [`RunSettings`] every run has, and the
+/// models and recipe of distillation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct DistillConfig {
-    /// Name of this run: logs and checkpoints go to {logdir}/{name}/; running the same name
-    /// again resumes it.
-    #[cfg_attr(feature = "cli", arg(long))]
-    pub name: String,
+    /// Name, place, data, batches, devices.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    #[serde(flatten)]
+    pub run: RunSettings,
     /// The teacher: a BiT model name, a .npz, or a fine-tuned .safetensors from `bit train`.
     #[cfg_attr(feature = "cli", arg(long))]
     pub teacher: String,
@@ -55,30 +56,9 @@ pub struct DistillConfig {
     /// scratch:R50x1) for random weights.
     #[cfg_attr(feature = "cli", arg(long))]
     pub student: String,
-    /// Where hand-placed release files are: {bit_pretrained_dir}/{name}.npz is used before the
-    /// cache, for the teacher and the student alike.
-    #[cfg_attr(feature = "cli", arg(long = "bit_pretrained_dir", default_value = "."))]
-    pub bit_pretrained_dir: PathBuf,
     /// Keep the student's own head (it must have the teacher's number of classes).
     #[cfg_attr(feature = "cli", arg(long = "keep_student_head"))]
     pub keep_student_head: bool,
-    /// Where to write the run's logs, metrics and checkpoints.
-    #[cfg_attr(feature = "cli", arg(long))]
-    pub logdir: PathBuf,
-    /// The images to distill on: images (unlabelled: {datadir}/train and {datadir}/val, any
-    /// depth), or a labelled dataset (cifar10, cifar100, imagenet2012, folder, fashion_mnist,
-    /// mnist), whose labels only serve to report accuracy.
-    #[cfg_attr(feature = "cli", arg(long))]
-    pub dataset: String,
-    /// Where the dataset is (fashion_mnist defaults to Debian's directory).
-    #[cfg_attr(feature = "cli", arg(long))]
-    pub datadir: Option<PathBuf>,
-    /// Global batch size.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::BATCH))]
-    pub batch: usize,
-    /// Split each batch into this many micro-batches (gradients accumulated), to fit memory.
-    #[cfg_attr(feature = "cli", arg(long = "batch_split", default_value_t = 1))]
-    pub batch_split: usize,
     /// Optimizer steps: distillation wants long schedules.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::STEPS))]
     pub steps: usize,
@@ -107,32 +87,9 @@ pub struct DistillConfig {
     /// other model, e.g. a 384 px teacher for a 224 px student [default: the student's side].
     #[cfg_attr(feature = "cli", arg(long = "teacher_resolution"))]
     pub teacher_resolution: Option<usize>,
-    /// Evaluate and checkpoint every this many steps (always at the end).
-    #[cfg_attr(feature = "cli", arg(long = "eval_every"))]
-    pub eval_every: Option<usize>,
-    /// Evaluate on only the first N validation examples.
-    #[cfg_attr(feature = "cli", arg(long = "max_eval_examples"))]
-    pub max_eval_examples: Option<usize>,
-    /// Threads decoding and augmenting images.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::WORKERS))]
-    pub workers: usize,
-    /// Do not write checkpoints or the final model.
-    #[cfg_attr(feature = "cli", arg(long = "no-save", action = clap::ArgAction::SetFalse))]
-    pub save: bool,
-    /// Devices: cpu, or with a GPU build cuda / wgpu / vulkan.
-    #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]
-    pub device: String,
-    /// Seed of shuffling, augmentation and mixup.
-    #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
-    pub seed: u64,
-    /// Skip (with a warning) files in class folders that are not images.
-    #[cfg_attr(feature = "cli", arg(long = "skip_non_images"))]
-    pub skip_non_images: bool,
 }
 
 impl DistillConfig {
-    /// Default global batch (big_vision's configs for small datasets).
-    pub const BATCH: usize = 512;
     /// Default number of optimizer steps.
     pub const STEPS: usize = 10_000;
     /// Default peak learning rate.
@@ -143,8 +100,6 @@ impl DistillConfig {
     pub const CLIP_NORM: f32 = 1.0;
     /// Default softmax temperature.
     pub const TEMPERATURE: f32 = 1.0;
-    /// Default loader threads.
-    pub const WORKERS: usize = 8;
 
     /// The defaults of `bit distill`: batch 512, 10k steps, lr 0.003, wd 1e-4, clipping at 1,
     /// T = 1, the teacher's resolution, CPU.
@@ -157,16 +112,10 @@ impl DistillConfig {
         logdir: impl Into<PathBuf>,
     ) -> Self {
         Self {
-            name: name.into(),
+            run: RunSettings::new(name, dataset, datadir, logdir),
             teacher: teacher.into(),
             student: student.into(),
-            bit_pretrained_dir: PathBuf::from("."),
             keep_student_head: false,
-            logdir: logdir.into(),
-            dataset: dataset.into(),
-            datadir: Some(datadir.into()),
-            batch: Self::BATCH,
-            batch_split: 1,
             steps: Self::STEPS,
             lr: Self::LR,
             wd: Self::WD,
@@ -175,31 +124,19 @@ impl DistillConfig {
             temperature: Self::TEMPERATURE,
             resolution: None,
             teacher_resolution: None,
-            eval_every: None,
-            max_eval_examples: None,
-            workers: Self::WORKERS,
-            save: true,
-            device: "cpu".into(),
-            seed: 0,
-            skip_non_images: false,
         }
     }
 
     /// The run directory, `{logdir}/{name}`.
     pub fn run_dir(&self) -> PathBuf {
-        self.logdir.join(&self.name)
+        self.run.run_dir()
     }
 
-    /// Checks the settings that can be checked without touching data or models.
-    pub fn validate(&self) -> Result<DatasetName> {
+    /// Checks the settings that can be checked without touching data or models; the dataset
+    /// and where it is.
+    pub fn validate(&self) -> Result<(DatasetName, PathBuf)> {
         let bad = |m: String| Err(TrainError::InvalidConfig(m));
-        check_run_settings(
-            &self.name,
-            (self.batch, self.batch_split),
-            self.eval_every,
-            self.max_eval_examples,
-            self.workers,
-        )?;
+        let data = self.run.validate()?;
         if self.steps == 0 {
             return bad("--steps must be at least 1".into());
         }
@@ -231,17 +168,7 @@ impl DistillConfig {
                     .map_err(|e| TrainError::InvalidConfig(format!("{flag}: {e}")))?;
             }
         }
-        Ok(self.dataset.parse()?)
-    }
-
-    /// The loop's settings: clipping at `clip_norm` unless it is 0.
-    fn loop_settings(&self) -> crate::run::LoopSettings {
-        crate::run::LoopSettings {
-            batch_split: self.batch_split,
-            eval_every: self.eval_every,
-            save: self.save,
-            clip_global_norm: (self.clip_norm > 0.0).then_some(self.clip_norm),
-        }
+        Ok(data)
     }
 
     /// The learning-rate schedule of this run.
@@ -249,7 +176,7 @@ impl DistillConfig {
         // 1500 steps at batch 512 in images, but never most of a short run.
         let warmup = self
             .warmup_steps
-            .unwrap_or_else(|| (1500 * 512 / self.batch).min(self.steps / 10));
+            .unwrap_or_else(|| (1500 * 512 / self.run.batch).min(self.steps / 10));
         WarmupCosine {
             lr: self.lr,
             warmup,
@@ -383,30 +310,17 @@ pub struct DistillOutcome {
 /// Distills `config.teacher` into `config.student` on `config.dataset`, resuming the run's last
 /// checkpoint if there is one. The student is written to `{run}/model.safetensors`.
 pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<DistillOutcome> {
-    let dataset = config.validate()?;
-    let datadir = datadir_or_default(dataset, config.datadir.as_deref())?;
+    let (dataset, datadir) = config.validate()?;
     let mut run = Run::open(config.run_dir(), options.quiet)?;
     run.log.info(&format!("{config:?}"));
-    let devices = DataParallel::new(devices_from_spec(&config.device)?)?;
+    let devices = DataParallel::new(devices_from_spec(&config.run.device)?)?;
     let main = devices.main().clone();
-    let hub = ModelHub::from_env()?.with_pretrained_dir(&config.bit_pretrained_dir);
+    let hub = config.run.hub()?;
     let teacher = load_teacher(&hub, &config.teacher, &main, &mut run.log)?;
     let head = teacher.model.config().head_size;
     let crop = config.resolution.unwrap_or(teacher.resolution);
-    let data = DataSettings {
-        dataset,
-        datadir: &datadir,
-        few_shot: None,
-        max_eval_examples: config.max_eval_examples,
-        skip_non_images: config.skip_non_images,
-    };
-    let (train, valid) = TrainingData::load(&data, &mut run.log)?;
-    let bookmark = Bookmark {
-        seed: config.seed,
-        classes: train.classes().to_vec(),
-        train_examples: train.len(),
-        batch: config.batch,
-    };
+    let (train, valid) = TrainingData::load(&config.run, (dataset, &datadir), None, &mut run.log)?;
+    let bookmark = Bookmark::of(&config.run, &*train);
     let at = match checkpoint::find(&run.dir)? {
         Some(saved) => bookmark.resume(&saved, config.optimizer(), &main, &mut run.log)?,
         None => Position {
@@ -421,12 +335,7 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
         "Distilling at {crop}px, T={}, {} steps ({} warmup), lr {}, wd {}",
         config.temperature, schedule.total, schedule.warmup, config.lr, config.wd
     ));
-    let loader = crate::config::loader(
-        config.batch,
-        config.batch_split,
-        config.workers,
-        config.seed,
-    );
+    let loader = config.run.loader();
     let sides = Sides::new(crop, config.teacher_resolution.unwrap_or(crop));
     let view = Preprocess::Inception { crop: sides.view };
     let mut batches = BatchStream::train(train.clone(), view, loader, at.next_batch)?;
@@ -434,7 +343,7 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
     let mut objective = Distill {
         teacher: &teacher.model,
         devices: &devices,
-        views: Views::new(Mixup::new(1.0, config.seed)?, main.clone()),
+        views: Views::new(Mixup::new(1.0, config.run.seed)?, main.clone()),
         temperature: config.temperature,
         sides,
         eval: EvalFeed {
@@ -449,12 +358,14 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
         at,
         &mut objective,
         &mut batches,
-        &config.loop_settings(),
+        &config
+            .run
+            .loop_settings((config.clip_norm > 0.0).then_some(config.clip_norm)),
         (&|step| schedule.lr(step), schedule.total),
         &bookmark,
         &options.stop,
     )?;
-    if config.save {
+    if config.run.save {
         let names = teacher.class_names.as_deref();
         run.export(&finished.at.model, crop, names)?;
     }

@@ -12,7 +12,7 @@
 //! use bit_train::{TrainConfig, TrainOptions, train};
 //!
 //! let mut config = TrainConfig::new("cifar10_run", "BiT-M-R50x1", "cifar10", "/data/cifar", "/tmp/bit_logs");
-//! config.bit_pretrained_dir = "/models".into();
+//! config.run.bit_pretrained_dir = "/models".into();
 //! config.examples_per_class = Some(5);
 //! let outcome = train(&config, &TrainOptions::default())?;
 //! println!("top-1 {:.2}% after {} steps", 100.0 * outcome.eval.top1, outcome.steps);
@@ -31,7 +31,7 @@ mod run;
 mod trainer;
 
 pub use bit_infer::{EvalResult, evaluate};
-pub use config::TrainConfig;
+pub use config::{RunSettings, TrainConfig};
 pub use distill::{
     DistillConfig, DistillEval, DistillOutcome, TeacherTargets, WarmupCosine, distill,
     distillation_loss,

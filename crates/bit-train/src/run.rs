@@ -308,6 +308,16 @@ pub(crate) struct Bookmark {
 }
 
 impl Bookmark {
+    /// The bookmark of a run with `settings` training on `train`.
+    pub fn of(settings: &crate::config::RunSettings, train: &dyn bit_data::ImageDataset) -> Self {
+        Self {
+            seed: settings.seed,
+            classes: train.classes().to_vec(),
+            train_examples: train.len(),
+            batch: settings.batch,
+        }
+    }
+
     /// The checkpoint state of position `at`.
     pub fn state(&self, at: &Position) -> TrainState {
         TrainState {

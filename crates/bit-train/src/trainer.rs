@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use bit_data::{
     Batch, BatchStream, DatasetName, ImageDataset, LoaderConfig, Mixup, NonImagePolicy, Preprocess,
-    Subset, few_shot, load_train_valid,
+    Subset, load_train_valid,
 };
 use bit_hyperrule::HyperRule;
 use bit_infer::{EvalResult, evaluate};
@@ -20,7 +20,7 @@ use burn::tensor::Device;
 use serde_json::json;
 
 use crate::checkpoint;
-use crate::config::{TrainConfig, datadir_or_default};
+use crate::config::{RunSettings, TrainConfig};
 use crate::error::Result;
 use crate::log::RunLog;
 use crate::parallel::DataParallel;
@@ -64,15 +64,14 @@ pub fn bit_optimizer() -> ModuleOptimizer {
 /// Fine-tunes a BiT checkpoint on a dataset with the BiT-HyperRule, resuming the run's last
 /// checkpoint if there is one.
 pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcome> {
-    let dataset = config.validate()?;
-    let datadir = datadir_or_default(dataset, config.datadir.as_deref())?;
+    let (dataset, datadir) = config.validate()?;
     let mut run = Run::open(config.run_dir(), options.quiet)?;
     run.log.info(&format!("{config:?}"));
-    let devices = DataParallel::new(devices_from_spec(&config.device)?)?;
+    let devices = DataParallel::new(devices_from_spec(&config.run.device)?)?;
     run.log.info(&format!(
         "Going to train on {} device(s): {}",
         devices.len(),
-        config.device
+        config.run.device
     ));
     // Fail fast on a missing checkpoint, before any dataset download: a saved run needs none,
     // a new one needs its .npz.
@@ -80,38 +79,28 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         Some(saved) => Start::Resume(saved),
         None => Start::Fresh(config.checkpoint_path()?),
     };
-    let data = DataSettings {
-        dataset,
-        datadir: &datadir,
-        few_shot: config
-            .examples_per_class
-            .map(|k| (k, config.examples_per_class_seed)),
-        max_eval_examples: config.max_eval_examples,
-        skip_non_images: config.skip_non_images,
-    };
-    let (train, valid) = TrainingData::load(&data, &mut run.log)?;
+    let few_shot = config
+        .examples_per_class
+        .map(|k| (k, config.examples_per_class_seed));
+    let (train, valid) =
+        TrainingData::load(&config.run, (dataset, &datadir), few_shot, &mut run.log)?;
     let rule = hyper_rule(config, &*train);
     run.log.info(&rule.to_string());
 
-    let bookmark = Bookmark {
-        seed: config.seed,
-        classes: train.classes().to_vec(),
-        train_examples: train.len(),
-        batch: config.batch,
-    };
+    let bookmark = Bookmark::of(&config.run, &*train);
     let main = devices.main().clone();
     let at = match start {
         Start::Resume(saved) => bookmark.resume(&saved, bit_optimizer(), &main, &mut run.log)?,
         Start::Fresh(path) => fresh(&path, bookmark.classes.len(), &main, &mut run.log)?,
     };
-    if config.save {
+    if config.run.save {
         run.log.info(&format!(
             "Model will be saved in '{}'",
             run.dir.join("checkpoints").display()
         ));
     }
 
-    let loader = config.loader();
+    let loader = config.run.loader();
     let preprocess = Preprocess::Train {
         precrop: rule.precrop,
         crop: rule.crop,
@@ -119,7 +108,7 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
     let mut batches = BatchStream::train(train.clone(), preprocess, loader, at.next_batch)?;
     let mut objective = FineTune {
         devices: &devices,
-        views: Views::new(Mixup::new(rule.mixup_alpha, config.seed)?, main.clone()),
+        views: Views::new(Mixup::new(rule.mixup_alpha, config.run.seed)?, main.clone()),
         eval: EvalFeed {
             valid,
             crop: rule.crop,
@@ -130,12 +119,12 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         at,
         &mut objective,
         &mut batches,
-        &config.loop_settings(),
+        &config.run.loop_settings(None),
         (&|step| rule.lr(step), rule.total_steps()),
         &bookmark,
         &options.stop,
     )?;
-    if config.save {
+    if config.run.save {
         run.export(&finished.at.model, rule.crop, Some(&bookmark.classes))?;
     }
     run.report();
@@ -215,35 +204,27 @@ impl EvalFeed {
     }
 }
 
-/// Which data a run reads.
-pub(crate) struct DataSettings<'a> {
-    pub dataset: DatasetName,
-    pub datadir: &'a Path,
-    /// Few-shot: K examples per class, and the seed of the draw.
-    pub few_shot: Option<(usize, u64)>,
-    /// Evaluate on the first N validation examples only.
-    pub max_eval_examples: Option<usize>,
-    pub skip_non_images: bool,
-}
-
 /// A run's training and validation sets.
 pub(crate) struct TrainingData;
 
 impl TrainingData {
-    /// Loads the data `settings` name (few-shot draw, evaluation subset), logs their sizes and
-    /// skipped files, and checks that every validation image decodes: a broken file must cost
-    /// seconds now, not the whole run at its end.
+    /// Loads `dataset` from `datadir` as `run` says (evaluation subset, non-images) with an
+    /// optional few-shot draw `(K, seed)`, logs the sizes and skipped files, and checks that
+    /// every validation image decodes: a broken file must cost seconds now, not the whole run
+    /// at its end.
     pub fn load(
-        settings: &DataSettings,
+        run: &RunSettings,
+        (dataset, datadir): (DatasetName, &Path),
+        few_shot: Option<(usize, u64)>,
         log: &mut RunLog,
     ) -> Result<(Arc<dyn ImageDataset>, Arc<dyn ImageDataset>)> {
-        let policy = NonImagePolicy::from_skip_flag(settings.skip_non_images);
-        let data = load_train_valid(settings.dataset, settings.datadir, policy)?;
-        let train: Arc<dyn ImageDataset> = match settings.few_shot {
-            Some((k, seed)) => Arc::new(few_shot(data.train, k, seed)?),
+        let policy = NonImagePolicy::from_skip_flag(run.skip_non_images);
+        let data = load_train_valid(dataset, datadir, policy)?;
+        let train: Arc<dyn ImageDataset> = match few_shot {
+            Some((k, seed)) => Arc::new(bit_data::few_shot(data.train, k, seed)?),
             None => data.train,
         };
-        let valid: Arc<dyn ImageDataset> = match settings.max_eval_examples {
+        let valid: Arc<dyn ImageDataset> = match run.max_eval_examples {
             Some(n) if n < data.valid.len() => {
                 Arc::new(Subset::new(data.valid.clone(), (0..n).collect()))
             }
@@ -269,7 +250,7 @@ impl TrainingData {
 fn hyper_rule(config: &TrainConfig, train: &dyn ImageDataset) -> HyperRule {
     let image_size = train.image_size().unwrap_or((224, 224));
     let mut rule = HyperRule::new(image_size, train.len())
-        .with_batch(config.batch)
+        .with_batch(config.run.batch)
         .with_base_lr(config.base_lr);
     if let Some(steps) = config.steps {
         rule = rule.with_total_steps(steps);

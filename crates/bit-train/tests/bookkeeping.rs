@@ -19,12 +19,12 @@ fn config(name: &str) -> TrainConfig {
         logdir,
     );
     c.examples_per_class = Some(2);
-    c.batch = 8;
-    c.batch_split = 2;
+    c.run.batch = 8;
+    c.run.batch_split = 2;
     c.steps = Some(10);
     c.resolution = Some((36, 32));
-    c.max_eval_examples = Some(64);
-    c.workers = 1;
+    c.run.max_eval_examples = Some(64);
+    c.run.workers = 1;
     c
 }
 
@@ -93,7 +93,7 @@ fn batch_split_logs_every_micro_batch_with_the_step_learning_rate() {
 #[test]
 fn a_stop_request_ends_with_evaluation_and_checkpoint() {
     let mut config = config("stopped");
-    config.batch_split = 1;
+    config.run.batch_split = 1;
     std::fs::remove_dir_all(config.run_dir()).ok();
     let options = TrainOptions {
         quiet: true,
@@ -110,20 +110,20 @@ fn a_stop_request_ends_with_evaluation_and_checkpoint() {
 #[test]
 fn bad_settings_are_refused_before_any_work() {
     let mut c = config("bad");
-    c.batch = 10;
-    c.batch_split = 4;
+    c.run.batch = 10;
+    c.run.batch_split = 4;
     assert!(matches!(
         train(&c, &TrainOptions::default()),
         Err(TrainError::InvalidConfig(_))
     ));
     let mut c = config("bad");
-    c.max_eval_examples = Some(0);
+    c.run.max_eval_examples = Some(0);
     assert!(matches!(
         train(&c, &TrainOptions::default()),
         Err(TrainError::InvalidConfig(_))
     ));
     let mut c = config("bad");
-    c.workers = 100_000;
+    c.run.workers = 100_000;
     assert!(matches!(
         train(&c, &TrainOptions::default()),
         Err(TrainError::InvalidConfig(_))
@@ -135,7 +135,7 @@ fn bad_settings_are_refused_before_any_work() {
         Err(TrainError::InvalidConfig(_))
     ));
     let mut c = config("bad");
-    c.dataset = "svhn".into();
+    c.run.dataset = "svhn".into();
     assert!(matches!(
         train(&c, &TrainOptions::default()),
         Err(TrainError::Data(bit_data::DataError::UnknownDataset(_)))
@@ -145,8 +145,8 @@ fn bad_settings_are_refused_before_any_work() {
 #[test]
 fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
     let mut config = config("diverging");
-    config.batch_split = 1;
-    config.eval_every = Some(1);
+    config.run.batch_split = 1;
+    config.run.eval_every = Some(1);
     // Step 0 trains at lr 0 (warmup) and is checkpointed; then the update overflows float32
     // and the weights become infinite. (At lr 1e30 the loss only grows to ~1e29: the
     // normalisation statistics are accumulated in f64 and stay finite.)
@@ -277,12 +277,12 @@ fn folder_run(name: &str) -> (TrainConfig, std::path::PathBuf) {
         }
     }
     let mut c = config(name);
-    c.dataset = "folder".into();
-    c.datadir = Some(root.clone());
+    c.run.dataset = "folder".into();
+    c.run.datadir = Some(root.clone());
     c.examples_per_class = None;
     c.steps = Some(1);
-    c.batch = 4;
-    c.batch_split = 1;
+    c.run.batch = 4;
+    c.run.batch_split = 1;
     c.resolution = Some((24, 16));
     (c, root)
 }
@@ -291,7 +291,7 @@ fn folder_run(name: &str) -> (TrainConfig, std::path::PathBuf) {
 fn skipped_files_are_logged_and_a_broken_validation_image_fails_before_training() {
     let (mut config, root) = folder_run("skips");
     std::fs::write(root.join("train/a/README.txt"), "not an image").unwrap();
-    config.skip_non_images = true;
+    config.run.skip_non_images = true;
     std::fs::remove_dir_all(config.run_dir()).ok();
     let quiet = TrainOptions {
         quiet: true,
@@ -304,7 +304,7 @@ fn skipped_files_are_logged_and_a_broken_validation_image_fails_before_training(
     // A zero-byte validation image: found before the first step, not after the last.
     std::fs::write(root.join("val/b/1.png"), b"").unwrap();
     let mut broken = config.clone();
-    broken.name = "broken-val".into();
+    broken.run.name = "broken-val".into();
     std::fs::remove_dir_all(broken.run_dir()).ok();
     let err = train(&broken, &quiet).unwrap_err();
     assert!(

@@ -40,12 +40,12 @@ fn config(dir: &Path, name: &str) -> DistillConfig {
         bit_data::DEBIAN_FASHION_MNIST_DIR,
         dir.join("logs"),
     );
-    c.batch = 8;
-    c.batch_split = 2;
+    c.run.batch = 8;
+    c.run.batch_split = 2;
     c.steps = 8;
-    c.eval_every = Some(2);
-    c.max_eval_examples = Some(32);
-    c.workers = 1;
+    c.run.eval_every = Some(2);
+    c.run.max_eval_examples = Some(32);
+    c.run.workers = 1;
     c
 }
 
@@ -151,10 +151,10 @@ fn unlabelled_images_distill_and_report_agreement_only() {
         }
     }
     let mut c = config(&dir, "unlabelled");
-    c.dataset = "images".into();
-    c.datadir = Some(data.clone());
+    c.run.dataset = "images".into();
+    c.run.datadir = Some(data.clone());
     c.steps = 2;
-    c.eval_every = None;
+    c.run.eval_every = None;
     let outcome = distill(&c, &quiet()).unwrap();
     assert_eq!((outcome.steps, outcome.eval.examples), (2, 4));
     assert!(outcome.eval.kl.is_finite());
@@ -193,7 +193,7 @@ fn a_student_with_another_head_is_refused_when_its_head_is_kept() {
     // Without keeping it, the student starts with a new 10-way head.
     c.keep_student_head = false;
     c.steps = 1;
-    c.eval_every = None;
+    c.run.eval_every = None;
     assert_eq!(
         distill(&c, &quiet()).unwrap().student.config().head_size,
         10
@@ -224,8 +224,8 @@ fn a_teacher_that_does_not_load_and_data_without_images_are_clear_errors() {
         std::fs::create_dir_all(data.join(split)).unwrap();
     }
     let mut c = config(&dir, "no-images");
-    c.dataset = "folder".into();
-    c.datadir = Some(data);
+    c.run.dataset = "folder".into();
+    c.run.datadir = Some(data);
     let err = distill(&c, &quiet()).unwrap_err();
     assert!(matches!(err, TrainError::Data(_)), "{err:?}");
     // Settings are checked before anything is read.
