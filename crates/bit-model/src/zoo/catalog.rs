@@ -217,14 +217,35 @@ const DATASET_TEACHERS: [(&str, usize, &str); 4] = [
 /// assert_eq!(all.len(), 6 + 6 + 6 + 285 + 2 + 6 + 1);
 /// ```
 pub fn catalog() -> Vec<PretrainedModel> {
-    let entry = |name: String,
-                 family,
-                 architecture,
-                 head_size,
-                 resolution,
-                 provenance,
-                 labels,
-                 description: String| PretrainedModel {
+    let mut all = upstream();
+    all.extend(vtab());
+    all.extend(distillation());
+    all.push(entry(
+        "BiT-M-R50x1-CIFAR10".into(),
+        Family::Colab,
+        Architecture::R50x1,
+        10,
+        128,
+        Provenance::Release,
+        None,
+        "BiT-M fine-tuned on CIFAR-10 (the official colabs)".into(),
+    ));
+    all
+}
+
+/// One row of the catalog, spelled out.
+#[allow(clippy::too_many_arguments)]
+fn entry(
+    name: String,
+    family: Family,
+    architecture: Architecture,
+    head_size: usize,
+    resolution: usize,
+    provenance: Provenance,
+    labels: Option<LabelSet>,
+    description: String,
+) -> PretrainedModel {
+    PretrainedModel {
         name,
         family,
         architecture,
@@ -233,7 +254,11 @@ pub fn catalog() -> Vec<PretrainedModel> {
         provenance,
         labels,
         description,
-    };
+    }
+}
+
+/// BiT-S and BiT-M (upstream) and BiT-M fine-tuned on ILSVRC-2012.
+fn upstream() -> Vec<PretrainedModel> {
     let mut all = Vec::new();
     for (family, kind, head, labels, data) in [
         (
@@ -276,6 +301,12 @@ pub fn catalog() -> Vec<PretrainedModel> {
             "BiT-M fine-tuned on ILSVRC-2012".into(),
         ));
     }
+    all
+}
+
+/// The VTAB-1k fine-tunings: five architectures, three runs, nineteen tasks.
+fn vtab() -> Vec<PretrainedModel> {
+    let mut all = Vec::new();
     for arch in VTAB_ARCHITECTURES {
         for run in 0..3 {
             for (task, classes, resolution) in VTAB_TASKS {
@@ -292,6 +323,12 @@ pub fn catalog() -> Vec<PretrainedModel> {
             }
         }
     }
+    all
+}
+
+/// The distilled students and their teachers.
+fn distillation() -> Vec<PretrainedModel> {
+    let mut all = Vec::new();
     for (size, top1) in [(224, "82.8"), (160, "80.5")] {
         all.push(entry(
             format!("distill/R50x1_{size}"),
@@ -328,16 +365,6 @@ pub fn catalog() -> Vec<PretrainedModel> {
             format!("BiT-M R152x2 teacher on {data}"),
         ));
     }
-    all.push(entry(
-        "BiT-M-R50x1-CIFAR10".into(),
-        Family::Colab,
-        Architecture::R50x1,
-        10,
-        128,
-        Provenance::Release,
-        None,
-        "BiT-M fine-tuned on CIFAR-10 (the official colabs)".into(),
-    ));
     all
 }
 
