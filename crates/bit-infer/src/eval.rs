@@ -43,14 +43,7 @@ pub fn evaluate(
                     "label {label} for a {classes}-way head"
                 )));
             }
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let log_sum = row
-                .iter()
-                .map(|&v| (v as f64 - max).exp())
-                .sum::<f64>()
-                .ln()
-                + max;
-            loss += log_sum - row[label] as f64;
+            loss -= log_softmax(row, 1.0)[label];
             let rank = rank(row, label);
             top1 += usize::from(rank == 0);
             top5 += usize::from(rank < 5);
@@ -64,6 +57,22 @@ pub fn evaluate(
         top5: top5 as f64 / n,
         examples,
     })
+}
+
+/// `log softmax(row / temperature)` in f64, computed stably (the maximum subtracted first);
+/// a NaN logit makes every value NaN.
+///
+/// ```
+/// let p = bit_infer::log_softmax(&[0.0, 0.0], 1.0);
+/// assert!((p[0] - 0.5f64.ln()).abs() < 1e-12);
+/// let sharp = bit_infer::log_softmax(&[0.0, 1.0], 0.5);
+/// assert!(sharp[1] > bit_infer::log_softmax(&[0.0, 1.0], 1.0)[1]);
+/// ```
+pub fn log_softmax(row: &[f32], temperature: f64) -> Vec<f64> {
+    let scaled: Vec<f64> = row.iter().map(|&v| f64::from(v) / temperature).collect();
+    let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let log_sum = scaled.iter().map(|v| (v - max).exp()).sum::<f64>().ln() + max;
+    scaled.iter().map(|v| v - log_sum).collect()
 }
 
 /// The rank of class `label` in a row of logits (0: top-1; below 5: top-5): how many other

@@ -35,7 +35,7 @@ mod run;
 
 pub use bit_model::{CLASSES_METADATA_KEY, RESOLUTION_METADATA_KEY};
 pub use error::{InferError, Result};
-pub use eval::{EvalResult, evaluate, evaluate_dataset, rank};
+pub use eval::{EvalResult, evaluate, evaluate_dataset, log_softmax, rank};
 pub use labels::{Relabelled, map_classes, read_class_map, read_label_file};
 pub use model::{DEFAULT_RESOLUTION, InferenceModel, LoadOptions, metadata};
 pub use run::{Embeddings, Feed, embed, predict};

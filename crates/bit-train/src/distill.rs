@@ -37,7 +37,7 @@ use crate::error::{Result, TrainError};
 use crate::log::RunLog;
 use crate::parallel::{DataParallel, ShardLoss};
 use crate::run::{Bookmark, Objective, Position, Run, Views};
-use crate::trainer::{EvalFeed, TrainOptions, TrainingData};
+use crate::trainer::{EvalFeed, TrainOptions, load_data};
 
 /// Settings of a distillation run (`bit distill`): the [`RunSettings`] every run has, and the
 /// models and recipe of distillation.
@@ -319,7 +319,7 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
     let teacher = load_teacher(&hub, &config.teacher, &main, &mut run.log)?;
     let head = teacher.model.config().head_size;
     let crop = config.resolution.unwrap_or(teacher.resolution);
-    let (train, valid) = TrainingData::load(&config.run, (dataset, &datadir), None, &mut run.log)?;
+    let (train, valid) = load_data(&config.run, (dataset, &datadir), None, &mut run.log)?;
     let bookmark = Bookmark::of(&config.run, &*train);
     let at = match checkpoint::find(&run.dir)? {
         Some(saved) => bookmark.resume(&saved, config.optimizer(), &main, &mut run.log)?,
@@ -623,8 +623,8 @@ fn compare(
         .zip(student.chunks_exact(classes))
         .zip(labels)
     {
-        let log_p = log_softmax_row(t_row, t);
-        let log_q = log_softmax_row(s_row, t);
+        let log_p = bit_infer::log_softmax(t_row, t);
+        let log_q = bit_infer::log_softmax(s_row, t);
         kl += t
             * t
             * log_p
@@ -656,13 +656,6 @@ fn compare(
     }
 }
 
-fn log_softmax_row(row: &[f32], t: f64) -> Vec<f64> {
-    let scaled: Vec<f64> = row.iter().map(|&v| f64::from(v) / t).collect();
-    let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let log_sum = scaled.iter().map(|v| (v - max).exp()).sum::<f64>().ln() + max;
-    scaled.iter().map(|v| v - log_sum).collect()
-}
-
 /// The first index of the largest value (NaN never wins).
 fn argmax(row: &[f32]) -> usize {
     row.iter()
@@ -681,9 +674,7 @@ mod tests {
 
     use super::*;
 
-    fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec().unwrap()
-    }
+    use bit_model::backend::host_values as host;
 
     fn batch(n: usize, size: usize) -> Batch {
         Batch {
@@ -800,8 +791,8 @@ mod tests {
             let tt = f64::from(temperature);
             let (mut want, mut want_grad) = (0.0, vec![0.0; n * c]);
             for r in 0..n {
-                let log_p = log_softmax_row(&t[r * c..][..c], tt);
-                let log_q = log_softmax_row(&s[r * c..][..c], tt);
+                let log_p = bit_infer::log_softmax(&t[r * c..][..c], tt);
+                let log_q = bit_infer::log_softmax(&s[r * c..][..c], tt);
                 for k in 0..c {
                     let (p, q) = (log_p[k].exp(), log_q[k].exp());
                     want += tt * tt / n as f64 * p * (log_p[k] - log_q[k]);

@@ -82,8 +82,7 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
     let few_shot = config
         .examples_per_class
         .map(|k| (k, config.examples_per_class_seed));
-    let (train, valid) =
-        TrainingData::load(&config.run, (dataset, &datadir), few_shot, &mut run.log)?;
+    let (train, valid) = load_data(&config.run, (dataset, &datadir), few_shot, &mut run.log)?;
     let rule = hyper_rule(config, &*train);
     run.log.info(&rule.to_string());
 
@@ -204,46 +203,41 @@ impl EvalFeed {
     }
 }
 
-/// A run's training and validation sets.
-pub(crate) struct TrainingData;
-
-impl TrainingData {
-    /// Loads `dataset` from `datadir` as `run` says (evaluation subset, non-images) with an
-    /// optional few-shot draw `(K, seed)`, logs the sizes and skipped files, and checks that
-    /// every validation image decodes: a broken file must cost seconds now, not the whole run
-    /// at its end.
-    pub fn load(
-        run: &RunSettings,
-        (dataset, datadir): (DatasetName, &Path),
-        few_shot: Option<(usize, u64)>,
-        log: &mut RunLog,
-    ) -> Result<(Arc<dyn ImageDataset>, Arc<dyn ImageDataset>)> {
-        let policy = NonImagePolicy::from_skip_flag(run.skip_non_images);
-        let data = load_train_valid(dataset, datadir, policy)?;
-        let train: Arc<dyn ImageDataset> = match few_shot {
-            Some((k, seed)) => Arc::new(bit_data::few_shot(data.train, k, seed)?),
-            None => data.train,
-        };
-        let valid: Arc<dyn ImageDataset> = match run.max_eval_examples {
-            Some(n) if n < data.valid.len() => {
-                Arc::new(Subset::new(data.valid.clone(), (0..n).collect()))
-            }
-            _ => data.valid,
-        };
-        log.info(&format!(
-            "Using a training set with {} images.",
-            train.len()
-        ));
-        log.info(&format!(
-            "Using a validation set with {} images.",
-            valid.len()
-        ));
-        for path in train.skipped().iter().chain(valid.skipped()) {
-            log.warn(&format!("Skipped {} (not an image)", path.display()));
+/// A run's training and validation sets: `dataset` from `datadir` as `run` says (evaluation
+/// subset, non-images) with an optional few-shot draw `(K, seed)`. Logs the sizes and skipped
+/// files, and checks that every validation image decodes: a broken file must cost seconds now,
+/// not the whole run at its end.
+pub(crate) fn load_data(
+    run: &RunSettings,
+    (dataset, datadir): (DatasetName, &Path),
+    few_shot: Option<(usize, u64)>,
+    log: &mut RunLog,
+) -> Result<(Arc<dyn ImageDataset>, Arc<dyn ImageDataset>)> {
+    let policy = NonImagePolicy::from_skip_flag(run.skip_non_images);
+    let data = load_train_valid(dataset, datadir, policy)?;
+    let train: Arc<dyn ImageDataset> = match few_shot {
+        Some((k, seed)) => Arc::new(bit_data::few_shot(data.train, k, seed)?),
+        None => data.train,
+    };
+    let valid: Arc<dyn ImageDataset> = match run.max_eval_examples {
+        Some(n) if n < data.valid.len() => {
+            Arc::new(Subset::new(data.valid.clone(), (0..n).collect()))
         }
-        bit_data::check_decodes(&*valid)?;
-        Ok((train, valid))
+        _ => data.valid,
+    };
+    log.info(&format!(
+        "Using a training set with {} images.",
+        train.len()
+    ));
+    log.info(&format!(
+        "Using a validation set with {} images.",
+        valid.len()
+    ));
+    for path in train.skipped().iter().chain(valid.skipped()) {
+        log.warn(&format!("Skipped {} (not an image)", path.display()));
     }
+    bit_data::check_decodes(&*valid)?;
+    Ok((train, valid))
 }
 
 /// The BiT-HyperRule for `train`, with the run's overrides.
