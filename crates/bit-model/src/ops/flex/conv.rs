@@ -37,11 +37,11 @@ pub(crate) struct ConvGeometry {
 
 impl ConvGeometry {
     pub(crate) fn out_height(&self) -> usize {
-        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
+        super::out_size(self.height, self.kernel, self.stride, self.padding)
     }
 
     pub(crate) fn out_width(&self) -> usize {
-        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+        super::out_size(self.width, self.kernel, self.stride, self.padding)
     }
 
     /// Output positions of the whole batch.

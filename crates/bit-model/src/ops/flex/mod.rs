@@ -27,6 +27,12 @@ use norm::NormGeometry;
 use pool::PoolGeometry;
 use standardize::KernelLayout;
 
+/// Output side of a square window of `kernel` sliding by `stride` over `size` values with
+/// `padding` on both ends (convolutions and the root pool alike).
+fn out_size(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
+    (size + 2 * padding - kernel) / stride + 1
+}
+
 fn dims4(t: &FlexTensor) -> [usize; 4] {
     let shape = t.shape();
     [shape[0], shape[1], shape[2], shape[3]]

@@ -20,11 +20,11 @@ pub(crate) struct PoolGeometry {
 
 impl PoolGeometry {
     pub(crate) fn out_height(&self) -> usize {
-        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
+        super::out_size(self.height, self.kernel, self.stride, self.padding)
     }
 
     pub(crate) fn out_width(&self) -> usize {
-        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+        super::out_size(self.width, self.kernel, self.stride, self.padding)
     }
 
     /// The input rows and columns of output `(oh, ow)`'s window, and whether it covers padding.
