@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.examples_per_class = args.examples_per_class;
     // The README's lighter setting: batch 128 in four micro-batches of 32, lr 0.001.
     config.run.batch = 128;
-    config.run.batch_split = 4;
+    config.run.batch_split = 4.into();
     config.base_lr = 0.001;
     config.run.eval_every = Some(100);
     let outcome = train(&config, &TrainOptions::default())?;

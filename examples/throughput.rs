@@ -6,16 +6,22 @@
 //! cargo run --release --example throughput -- --arch R50x1 --size 128 --batch 32 --mode train
 //! cargo run --release --example throughput -- --arch tiny --size 64 --batch 32 --mode infer
 //! cargo run --release --example throughput -- --arch R50x1 --batch 64 --batch-split 4
+//! cargo run --release --example throughput -- --arch R50x1 --batch 32 --grad-checkpointing
+//! cargo run --release --example throughput -- --arch R50x1 --batch 32 --device cpu,cpu
+//! cargo run --release --example throughput -- --arch R50x1 --batch 32 --device ws://127.0.0.1:7001,ws://127.0.0.1:7002
 //! ```
 //!
-//! Weights are random (timing does not depend on them); `--device` picks the backend.
+//! Weights are random (timing does not depend on them). `--device` picks the backend and, for
+//! training, the data-parallel devices as `bit train --device` does: `cpu,cpu` is two replicas
+//! in this process, `ws://...` devices that `bit serve` processes serve (their memory is theirs:
+//! read their peak from `/proc/PID/status`, as `scripts/bench_scale_out.sh` does).
 
 use std::time::Instant;
 
-use bit_model::backend::device_from_name;
+use bit_model::backend::devices_from_spec;
 use bit_model::{ResNetV2, ResNetV2Config};
+use bit_train::memory::peak_resident_memory;
 use bit_train::{DataParallel, Targets, bit_optimizer};
-use burn::optim::GradientsAccumulator;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use clap::{Parser, ValueEnum};
 
@@ -42,6 +48,9 @@ struct Args {
     /// Training: process each batch in this many micro-batches (bit-train's accumulation path).
     #[arg(long, default_value_t = 1)]
     batch_split: usize,
+    /// Training: recompute GroupNorm+ReLU outputs in the backward (Burn's balanced strategy).
+    #[arg(long)]
+    grad_checkpointing: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -56,10 +65,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tiny" => ResNetV2Config::new([1, 1, 1, 1], 1, 10),
         arch => arch.parse::<bit_model::Architecture>()?.config(10),
     };
-    let device = device_from_name(&args.device)?;
+    let devices = devices_from_spec(&args.device)?;
     let times = match args.mode {
-        Mode::Infer => time_inference(&config, &device, &args),
-        Mode::Train => time_training(&config, &device.clone().autodiff(), &args),
+        Mode::Infer => time_inference(&config, &devices[0], &args),
+        Mode::Train => {
+            let mut parallel = DataParallel::new(devices)?;
+            if args.grad_checkpointing {
+                parallel = parallel.with_gradient_checkpointing();
+            }
+            time_training(&config, parallel, &args)
+        }
     };
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
@@ -74,10 +89,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "inference"
         },
         args.batch,
-        if args.batch_split > 1 {
-            format!(" (split {})", args.batch_split)
-        } else {
-            String::new()
+        match (args.batch_split > 1, args.grad_checkpointing) {
+            (true, true) => format!(" (split {}, grad checkpointing)", args.batch_split),
+            (true, false) => format!(" (split {})", args.batch_split),
+            (false, true) => " (grad checkpointing)".to_string(),
+            (false, false) => String::new(),
         },
         args.device,
         args.batch as f64 / median,
@@ -85,7 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         times.len(),
         sorted[0],
         sorted[sorted.len() - 1],
-        peak_rss_mib().map_or("?".into(), |m| m.to_string()),
+        peak_resident_memory().map_or("?".into(), |b| (b >> 20).to_string()),
     );
     Ok(())
 }
@@ -113,52 +129,39 @@ fn time_inference(config: &ResNetV2Config, device: &Device, args: &Args) -> Vec<
         .collect()
 }
 
-fn time_training(config: &ResNetV2Config, device: &Device, args: &Args) -> Vec<f64> {
-    let devices = DataParallel::new(vec![device.clone()]).expect("one device");
-    let mut model: ResNetV2 = config.init(device);
+fn time_training(config: &ResNetV2Config, mut parallel: DataParallel, args: &Args) -> Vec<f64> {
+    let device = parallel.main().clone();
+    let mut model: ResNetV2 = config.init(&device);
     let mut sgd = bit_optimizer();
-    let micro = args.batch / args.batch_split.max(1);
+    parallel.replicate(&model, &sgd);
+    let split = args.batch_split.max(1);
+    let micro = args.batch / split;
     let mut times = Vec::new();
     for i in 0..args.warmup + args.iters {
-        let x = images(args, device);
-        let y = Tensor::<1, Int>::random([args.batch], Distribution::Uniform(0.0, 10.0), device);
+        let x = images(args, &device);
+        let y = Tensor::<1, Int>::random([args.batch], Distribution::Uniform(0.0, 10.0), &device);
         device.sync().ok();
         let start = Instant::now();
-        let mut grads = GradientsAccumulator::<ResNetV2>::new();
-        for m in 0..args.batch_split.max(1) {
+        for m in 0..split {
             let at = m * micro;
             let targets = Targets {
                 labels: y.clone().narrow(0, at, micro),
                 mixed: None,
             };
-            let (g, _) = devices.gradients(
-                &model,
-                x.clone().narrow(0, at, micro),
-                &targets,
-                1.0 / args.batch_split.max(1) as f32,
-            );
-            grads.accumulate(&model, g);
+            let x = x.clone().narrow(0, at, micro);
+            parallel.backward(&model, x, &targets, 1.0 / split as f32);
         }
-        model = sgd.step(0.003, model, grads.grads());
+        let grads = parallel.all_reduce(&model);
+        parallel.update(0.003, &grads);
+        model = sgd.step(0.003, model, grads);
         // Reading a parameter back waits for the update on asynchronous backends.
         let _ = model.head.fc.bias.as_ref().map(|b| b.val().into_data());
+        if let Some(replica) = parallel.replica(parallel.len() - 1) {
+            let _ = replica.head.fc.bias.as_ref().map(|b| b.val().into_data());
+        }
         if i >= args.warmup {
             times.push(start.elapsed().as_secs_f64());
         }
     }
     times
-}
-
-/// High-water mark of the resident set (`VmHWM`), Linux only.
-fn peak_rss_mib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024)
 }

@@ -10,6 +10,8 @@ use burn::tensor::Device;
 use clap::{Parser, Subcommand};
 
 mod infer;
+#[cfg(feature = "remote")]
+mod serve;
 
 /// Big Transfer (BiT) in pure Rust.
 #[derive(Parser)]
@@ -81,6 +83,13 @@ enum Command {
     Eval(Box<infer::EvalArgs>),
     /// Convert a model between .npz (official layout) and .safetensors.
     Export(infer::ExportArgs),
+    /// Serve this machine's devices to `bit train`/`bit distill --device ws://HOST:PORT` run
+    /// elsewhere (Burn Remote over WebSocket): the trainer keeps a model replica on each served
+    /// device and exchanges gradients once per step. The channel is plain WebSocket: not
+    /// encrypted, and authenticated only by $BIT_REMOTE_TOKEN (sent in clear) when set; listens
+    /// on 127.0.0.1 unless --bind says otherwise. See docs/distributed.md.
+    #[cfg(feature = "remote")]
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +116,8 @@ fn main() -> ExitCode {
         Command::Embed(args) => infer::embed(*args),
         Command::Eval(args) => infer::eval(*args),
         Command::Export(args) => infer::export(args),
+        #[cfg(feature = "remote")]
+        Command::Serve(args) => serve::serve(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -73,7 +73,7 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn killed_run_resumes_from_its_checkpoint_and_beats_chance() {
-    let logdir = std::env::temp_dir().join(format!("bit-cli-e2e-{}", std::process::id()));
+    let logdir = bit_testkit::scratch_root("bit-cli-e2e");
     std::fs::remove_dir_all(&logdir).ok();
     let run = logdir.join("fm");
 
@@ -173,7 +173,7 @@ fn killed_run_resumes_from_its_checkpoint_and_beats_chance() {
 
 #[test]
 fn an_unavailable_release_names_its_url_and_the_manual_route() {
-    let logdir = std::env::temp_dir().join(format!("bit-cli-missing-{}", std::process::id()));
+    let logdir = bit_testkit::scratch_root("bit-cli-missing");
     let output = Command::new(env!("CARGO_BIN_EXE_bit"))
         .args([
             "train",

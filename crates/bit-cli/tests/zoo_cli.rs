@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use bit_testkit::{HttpServer, golden_file};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bit-cli-zoo-{}-{name}", std::process::id()));
+    let dir = bit_testkit::scratch_root("bit-cli-zoo").join(name);
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
     dir

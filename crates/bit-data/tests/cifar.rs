@@ -25,7 +25,7 @@ impl Drop for Scratch {
 }
 
 fn scratch(name: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("bit-data-cifar-{}-{name}", std::process::id()));
+    let dir = bit_testkit::scratch_root("bit-data-cifar").join(name);
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
     Scratch(dir)

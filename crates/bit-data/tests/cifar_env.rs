@@ -6,7 +6,7 @@ use bit_data::{CIFAR_BASE_URL_ENV, Cifar, DataError, FetchError, Split};
 
 #[test]
 fn base_url_comes_from_the_environment() {
-    let dir = std::env::temp_dir().join(format!("bit-data-cifar-env-{}", std::process::id()));
+    let dir = bit_testkit::scratch_root("bit-data-cifar-env");
     std::fs::remove_dir_all(&dir).ok();
     // SAFETY: the only test of this binary; no other thread reads the environment yet.
     unsafe { std::env::set_var(CIFAR_BASE_URL_ENV, "http://127.0.0.1:9/mirror") };

@@ -10,7 +10,7 @@ use bit_data::{
 use image::{Rgb, RgbImage};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bit-data-folders-{}-{name}", std::process::id()));
+    let dir = bit_testkit::scratch_root("bit-data-folders").join(name);
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
     dir

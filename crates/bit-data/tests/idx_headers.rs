@@ -38,7 +38,7 @@ fn format_error(dir: &Path) -> String {
 
 #[test]
 fn lying_headers_are_format_errors() {
-    let root = std::env::temp_dir().join(format!("bit-data-idx-{}", std::process::id()));
+    let root = bit_testkit::scratch_root("bit-data-idx");
     // Dimensions whose product overflows: [4, 2^31, 2^31] with no data.
     let dir = root.join("overflow");
     write_pair(&dir, &header([4, 1 << 31, 1 << 31]), &[], false);

@@ -8,7 +8,7 @@ use bit_hub::{Cache, FetchError, RemoteFile, verify_lines, verify_npz};
 use bit_testkit::HttpServer;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bit-hub-{}-{name}", std::process::id()));
+    let dir = bit_testkit::scratch_root("bit-hub").join(name);
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -14,7 +14,7 @@ fn a_stalled_transfer_times_out_keeps_its_part_and_resumes() {
     let server = HttpServer::start();
     let body: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
     server.put("file.bin", body.clone());
-    let dir = std::env::temp_dir().join(format!("bit-hub-stall-{}", std::process::id()));
+    let dir = bit_testkit::scratch_root("bit-hub-stall");
     std::fs::create_dir_all(&dir).unwrap();
     let dest = dir.join("file.bin");
     let remote = RemoteFile::new(format!("{}/file.bin", server.base_url()));

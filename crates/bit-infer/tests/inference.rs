@@ -19,7 +19,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 const SIDE: u32 = 64;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bit-infer-{}-{name}", std::process::id()));
+    let dir = bit_testkit::scratch_root("bit-infer").join(name);
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -2,7 +2,9 @@
 //!
 //! Burn 0.22 chooses the backend through the [`Device`] value, so the same model code runs on
 //! every backend compiled into the binary. The CPU backend (`flex`) is always there; GPU
-//! backends come with this crate's cargo features `wgpu`, `vulkan` and `cuda`.
+//! backends come with this crate's cargo features `wgpu`, `vulkan` and `cuda`; devices that
+//! other processes or machines serve (`bit serve`, Burn Remote over WebSocket) come with the
+//! `remote` feature and are named `ws://host:port[/index]`.
 
 use burn::tensor::{Device, Tensor};
 
@@ -28,6 +30,9 @@ pub fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
 /// Names [`device_from_name`] accepts in this build, CPU first.
 pub fn compiled_backends() -> Vec<&'static str> {
     let mut names = vec!["cpu"];
+    if cfg!(feature = "remote") {
+        names.push("ws://host:port[/index]");
+    }
     if cfg!(feature = "wgpu") {
         names.push("wgpu");
     }
@@ -41,7 +46,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
 }
 
 /// The device called `name`: `cpu` (Burn's `flex` backend, also accepted as `flex`), `wgpu`,
-/// `vulkan`, or `cuda`, each optionally with `:<index>` for the n-th GPU.
+/// `vulkan`, or `cuda`, each optionally with `:<index>` for the n-th GPU; with the `remote`
+/// feature, `ws://host:port[/index]`, device `index` (default 0) of a `bit serve` process,
+/// connected here (the credential is `$BIT_REMOTE_TOKEN` if set).
 ///
 /// ```
 /// use bit_model::backend::device_from_name;
@@ -51,6 +58,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
 /// assert!(device_from_name("tpu").is_err());
 /// ```
 pub fn device_from_name(name: &str) -> Result<Device> {
+    if let Some(remote) = remote::parse(name) {
+        return remote?.connect();
+    }
     let (kind, index) = match name.split_once(':') {
         Some((kind, index)) => (kind, Some(index)),
         None => (name, None),
@@ -82,7 +92,8 @@ fn gpu_kind(index: usize) -> burn::tensor::DeviceKind {
 
 /// The devices a spec names, for data-parallel training: a comma-separated list of
 /// [`device_from_name`] names, where a GPU backend without an index (`cuda`, `wgpu`, `vulkan`)
-/// means every device of that backend the machine has, as the reference uses all visible GPUs.
+/// means every device of that backend the machine has, as the reference uses all visible GPUs,
+/// and a remote server without an index (`ws://host:port`) every device it serves.
 /// Naming the CPU twice (`cpu,cpu`) gives two replicas on the CPU, which computes the same
 /// update as one.
 ///
@@ -106,6 +117,9 @@ pub fn devices_from_spec(spec: &str) -> Result<Vec<Device>> {
 
 /// Every device of a GPU backend named without an index; `None` for other names.
 fn all_devices_of(name: &str) -> Option<Result<Vec<Device>>> {
+    if let Some(remote) = remote::parse(name) {
+        return Some(remote.and_then(|r| r.connect_all()));
+    }
     let device_type = gpu_backend(&name.to_ascii_lowercase())?;
     let found: Vec<Device> = Device::enumerate(device_type).into_iter().collect();
     Some(if found.is_empty() {
@@ -137,4 +151,101 @@ pub fn compiled_devices() -> Vec<(&'static str, Device)> {
         .into_iter()
         .filter_map(|name| Some((name, device_from_name(name).ok()?)))
         .collect()
+}
+
+/// Devices served by other processes: `ws://host:port[/index]`.
+mod remote {
+    use super::*;
+
+    /// A remote device as named: the server's URL and, if given, which of its devices.
+    pub(super) struct RemoteName {
+        name: String,
+        #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+        url: String,
+        index: Option<usize>,
+    }
+
+    /// `Some` for a name with a remote scheme (whether or not this build can connect it).
+    pub(super) fn parse(name: &str) -> Option<Result<RemoteName>> {
+        let rest = name.strip_prefix("ws://")?;
+        let bad = |why: &str| Error::RemoteDevice {
+            name: name.to_string(),
+            reason: why.to_string(),
+        };
+        let (address, index) = match rest.split_once('/') {
+            Some((address, "")) => (address, None),
+            Some((address, index)) => match index.parse() {
+                Ok(i) => (address, Some(i)),
+                Err(_) => return Some(Err(bad("the device index after `/` is not a number"))),
+            },
+            None => (rest, None),
+        };
+        let port_ok = address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Some(Err(bad("expected ws://host:port[/index]")));
+        }
+        Some(Ok(RemoteName {
+            name: name.to_string(),
+            url: format!("ws://{address}"),
+            index,
+        }))
+    }
+
+    impl RemoteName {
+        /// The one device named (device 0 without an index).
+        pub(super) fn connect(self) -> Result<Device> {
+            #[cfg(feature = "remote")]
+            {
+                let options =
+                    Device::remote_options(&self.host()).device_index(self.index.unwrap_or(0));
+                options.init().map_err(|e| self.error(e))
+            }
+            #[cfg(not(feature = "remote"))]
+            Err(self.not_compiled())
+        }
+
+        /// Every device of the server without an index; the one named with one.
+        pub(super) fn connect_all(self) -> Result<Vec<Device>> {
+            if self.index.is_some() {
+                return self.connect().map(|d| vec![d]);
+            }
+            #[cfg(feature = "remote")]
+            {
+                let devices = self.host().devices().map_err(|e| self.error(e))?;
+                Ok(devices.into_iter().collect())
+            }
+            #[cfg(not(feature = "remote"))]
+            Err(self.not_compiled())
+        }
+
+        #[cfg(feature = "remote")]
+        fn host(&self) -> burn::remote::RemoteHost {
+            let host = burn::remote::RemoteHost::websocket(&self.url);
+            match std::env::var("BIT_REMOTE_TOKEN") {
+                Ok(token) if !token.is_empty() => host.with_credential(token),
+                _ => host,
+            }
+        }
+
+        #[cfg(feature = "remote")]
+        fn error(&self, e: burn::remote::ConnectError) -> Error {
+            Error::RemoteDevice {
+                name: self.name.clone(),
+                reason: e.to_string(),
+            }
+        }
+
+        #[cfg(not(feature = "remote"))]
+        fn not_compiled(&self) -> Error {
+            Error::UnknownDevice {
+                name: self.name.clone(),
+                available: format!(
+                    "{} (remote devices need the `remote` feature)",
+                    compiled_backends().join(", ")
+                ),
+            }
+        }
+    }
 }

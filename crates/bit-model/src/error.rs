@@ -138,6 +138,17 @@ pub enum Error {
         available: String,
     },
 
+    /// A device served by another process (`bit serve`, Burn Remote) could not be connected:
+    /// nothing listens there, it is not a Burn Remote server, it refused the token, or it has
+    /// no such device.
+    #[error("cannot connect the remote device `{name}`: {reason}")]
+    RemoteDevice {
+        /// The device as named (`ws://host:port/index`).
+        name: String,
+        /// Burn Remote's reason.
+        reason: String,
+    },
+
     /// A released file could not be downloaded or is damaged.
     #[error("cannot get {what}: {source}")]
     Fetch {

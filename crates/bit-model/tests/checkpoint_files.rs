@@ -10,7 +10,7 @@ use npyz::WriterBuilder;
 use npyz::npz::{NpzArchive, NpzWriter};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bit-model-tests-{}", std::process::id()));
+    let dir = bit_testkit::scratch_root("bit-model-tests");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }

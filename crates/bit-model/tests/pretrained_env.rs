@@ -11,7 +11,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 #[test]
 fn pretrained_downloads_into_bit_home_from_the_configured_url() {
     let server = HttpServer::serving_golden("BiT-M-R50x1-CIFAR10.npz", "r50x1.weights.npz");
-    let home = std::env::temp_dir().join(format!("bit-model-pretrained-{}", std::process::id()));
+    let home = bit_testkit::scratch_root("bit-model-pretrained");
     std::fs::remove_dir_all(&home).ok();
     // SAFETY: the only test of this binary; no other thread reads the environment yet.
     unsafe {

@@ -11,7 +11,7 @@ use bit_testkit::{HttpServer, assert_close, golden_array, golden_file};
 use burn::tensor::{Device, Tensor, TensorData};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bit-model-zoo-{}-{name}", std::process::id()));
+    let dir = bit_testkit::scratch_root("bit-model-zoo").join(name);
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -39,6 +39,10 @@ pub struct TrainState {
     pub train_examples: usize,
     /// Global batch size.
     pub batch: usize,
+    /// Micro-batches per step (the data stream depends on it); absent in checkpoints written
+    /// before it was recorded.
+    #[serde(default)]
+    pub batch_split: Option<usize>,
 }
 
 #[derive(Serialize, Deserialize)]

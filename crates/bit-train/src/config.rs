@@ -4,10 +4,12 @@
 use std::path::PathBuf;
 
 use bit_data::DatasetName;
+use bit_model::backend::devices_from_spec;
 use bit_model::zoo::{self, ModelHub};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::memory::BatchSplit;
 
 /// What every run has, whatever it trains (`bit train`, `bit distill`): its name and place, its
 /// data, its batches, evaluations, devices and seed. Field names follow the reference flags.
@@ -37,9 +39,12 @@ pub struct RunSettings {
     /// Global batch size.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = bit_hyperrule::BASE_BATCH))]
     pub batch: usize,
-    /// Split each batch into this many micro-batches (gradients accumulated), to fit memory.
-    #[cfg_attr(feature = "cli", arg(long = "batch_split", default_value_t = 1))]
-    pub batch_split: usize,
+    /// Split each batch into this many micro-batches (gradients accumulated: same update), to
+    /// fit memory; `auto` measures a micro-batch's memory at the start and picks the smallest
+    /// split that fits 80% of the free memory (the choice is logged; a resumed run keeps its
+    /// split). On GPU and remote devices, whose memory Burn does not report, auto means 1.
+    #[cfg_attr(feature = "cli", arg(long = "batch_split", default_value = "auto"))]
+    pub batch_split: BatchSplit,
     /// Evaluate and checkpoint every this many steps (always at the end).
     #[cfg_attr(feature = "cli", arg(long = "eval_every"))]
     pub eval_every: Option<usize>,
@@ -52,10 +57,18 @@ pub struct RunSettings {
     /// Do not write checkpoints or the final model.
     #[cfg_attr(feature = "cli", arg(long = "no-save", action = clap::ArgAction::SetFalse))]
     pub save: bool,
-    /// Devices: cpu, or with a GPU build cuda / wgpu / vulkan (every GPU of that backend) or a
-    /// list such as cuda:0,cuda:1.
+    /// Devices, data-parallel (a replica of the model on each; gradients summed every step):
+    /// cpu; with a GPU build cuda / wgpu / vulkan (every GPU of this machine) or a list such as
+    /// cuda:0,cuda:1; ws://HOST:PORT for every device a `bit serve` process serves (other
+    /// machines: list several, e.g. ws://a:7000,ws://b:7000; token: $BIT_REMOTE_TOKEN; see
+    /// docs/distributed.md).
     #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]
     pub device: String,
+    /// Recompute GroupNorm+ReLU outputs in the backward instead of keeping them (Burn's
+    /// balanced gradient checkpointing): less activation memory for some extra compute.
+    #[cfg_attr(feature = "cli", arg(long = "grad_checkpointing"))]
+    #[serde(default)]
+    pub grad_checkpointing: bool,
     /// Seed of shuffling, augmentation and mixup.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub seed: u64,
@@ -68,7 +81,7 @@ impl RunSettings {
     /// Default loader threads.
     pub const WORKERS: usize = 8;
 
-    /// The defaults: batch 512, no split, 8 workers, saving on, CPU, seed 0.
+    /// The defaults: batch 512, split to fit memory, 8 workers, saving on, CPU, seed 0.
     ///
     /// ```
     /// let run = bit_train::RunSettings::new("run", "cifar10", "/data/cifar", "/tmp/bit_logs");
@@ -87,12 +100,13 @@ impl RunSettings {
             dataset: dataset.into(),
             datadir: Some(datadir.into()),
             batch: bit_hyperrule::BASE_BATCH,
-            batch_split: 1,
+            batch_split: BatchSplit::Auto,
             eval_every: None,
             max_eval_examples: None,
             workers: Self::WORKERS,
             save: true,
             device: "cpu".into(),
+            grad_checkpointing: false,
             seed: 0,
             skip_non_images: false,
         }
@@ -111,7 +125,11 @@ impl RunSettings {
         if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
             return bad(format!("--name `{name}` must be a plain directory name"));
         }
-        let (batch, split) = (self.batch, self.batch_split);
+        let batch = self.batch;
+        let split = match self.batch_split {
+            BatchSplit::Fixed(n) => n,
+            BatchSplit::Auto => 1,
+        };
         if batch == 0 || split == 0 || !batch.is_multiple_of(split) {
             return bad(format!(
                 "--batch {batch} must be a positive multiple of --batch_split {split}"
@@ -138,24 +156,39 @@ impl RunSettings {
         Ok((dataset, datadir))
     }
 
-    /// The training loader: micro-batches of `batch / batch_split`.
-    pub(crate) fn loader(&self) -> bit_data::LoaderConfig {
+    /// The training loader: micro-batches of `batch / split`.
+    pub(crate) fn loader(&self, split: usize) -> bit_data::LoaderConfig {
         bit_data::LoaderConfig {
-            batch_size: self.batch / self.batch_split,
+            batch_size: self.batch / split,
             workers: self.workers,
             seed: self.seed,
             prefetch: 2,
         }
     }
 
-    /// The loop's settings, with the gradients clipped to `clip_global_norm` if given.
-    pub(crate) fn loop_settings(&self, clip_global_norm: Option<f32>) -> crate::run::LoopSettings {
+    /// The loop's settings at `split` micro-batches per step, with the gradients clipped to
+    /// `clip_global_norm` if given.
+    pub(crate) fn loop_settings(
+        &self,
+        split: usize,
+        clip_global_norm: Option<f32>,
+    ) -> crate::run::LoopSettings {
         crate::run::LoopSettings {
-            batch_split: self.batch_split,
+            batch_split: split,
             eval_every: self.eval_every,
             save: self.save,
             clip_global_norm,
         }
+    }
+
+    /// The devices of this run, with gradient checkpointing if asked.
+    pub(crate) fn data_parallel(&self) -> Result<crate::DataParallel> {
+        let parallel = crate::DataParallel::new(devices_from_spec(&self.device)?)?;
+        Ok(if self.grad_checkpointing {
+            parallel.with_gradient_checkpointing()
+        } else {
+            parallel
+        })
     }
 
     /// The model hub of this run: `$BIT_HOME`'s cache, after `bit_pretrained_dir`.
@@ -207,7 +240,7 @@ fn parse_resolution(s: &str) -> std::result::Result<(usize, usize), String> {
 }
 
 impl TrainConfig {
-    /// The reference defaults: batch 512, no split, lr 0.003, 8 workers, saving on, CPU.
+    /// The reference defaults: batch 512, split to fit memory, lr 0.003, 8 workers, saving on, CPU.
     pub fn new(
         name: impl Into<String>,
         model: impl Into<String>,

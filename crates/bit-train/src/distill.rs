@@ -19,11 +19,11 @@ use std::sync::Arc;
 
 use bit_data::{Batch, BatchStream, DatasetName, Mixup, Preprocess};
 use bit_infer::{InferenceModel, LoadOptions, rank};
-use bit_model::backend::{devices_from_spec, host_values};
+use bit_model::backend::host_values;
 use bit_model::zoo::ModelHub;
 use bit_model::{Architecture, ResNetV2};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
@@ -313,21 +313,22 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
     let (dataset, datadir) = config.validate()?;
     let mut run = Run::open(config.run_dir(), options.quiet)?;
     run.log.info(&format!("{config:?}"));
-    let devices = DataParallel::new(devices_from_spec(&config.run.device)?)?;
-    let main = devices.main().clone();
+    let mut parallel = config.run.data_parallel()?;
+    let main = parallel.main().clone();
     let hub = config.run.hub()?;
     let teacher = load_teacher(&hub, &config.teacher, &main, &mut run.log)?;
     let head = teacher.model.config().head_size;
     let crop = config.resolution.unwrap_or(teacher.resolution);
     let (train, valid) = load_data(&config.run, (dataset, &datadir), None, &mut run.log)?;
     let bookmark = Bookmark::of(&config.run, &*train);
-    let at = match checkpoint::find(&run.dir)? {
+    let mut at = match checkpoint::find(&run.dir)? {
         Some(saved) => bookmark.resume(&saved, config.optimizer(), &main, &mut run.log)?,
         None => Position {
             model: load_student(&hub, config, head, &main, &mut run.log)?,
             optim: config.optimizer(),
             step: 0,
             next_batch: 0,
+            batch_split: None,
         },
     };
     let schedule = config.schedule();
@@ -335,32 +336,40 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
         "Distilling at {crop}px, T={}, {} steps ({} warmup), lr {}, wd {}",
         config.temperature, schedule.total, schedule.warmup, config.lr, config.wd
     ));
-    let loader = config.run.loader();
     let sides = Sides::new(crop, config.teacher_resolution.unwrap_or(crop));
-    let view = Preprocess::Inception { crop: sides.view };
-    let mut batches = BatchStream::train(train.clone(), view, loader, at.next_batch)?;
     let labelled = reports_accuracy(dataset, bookmark.classes.len(), head, &mut run.log);
     let mut objective = Distill {
         teacher: &teacher.model,
-        devices: &devices,
         views: Views::new(Mixup::new(1.0, config.run.seed)?, main.clone()),
         temperature: config.temperature,
         sides,
         eval: EvalFeed {
             valid,
             crop: sides.view,
-            loader,
+            loader: config.run.loader(1),
         },
         labelled,
         teacher_valid: None,
     };
+    let split = run.choose_split(
+        config.run.batch_split,
+        config.run.batch,
+        &mut at,
+        (&mut objective, &mut parallel),
+        sides.view,
+    )?;
+    let loader = config.run.loader(split);
+    objective.eval.loader = loader;
+    let view = Preprocess::Inception { crop: sides.view };
+    let mut batches = BatchStream::train(train.clone(), view, loader, at.next_batch)?;
     let finished = run.drive(
         at,
         &mut objective,
+        &mut parallel,
         &mut batches,
         &config
             .run
-            .loop_settings((config.clip_norm > 0.0).then_some(config.clip_norm)),
+            .loop_settings(split, (config.clip_norm > 0.0).then_some(config.clip_norm)),
         (&|step| schedule.lr(step), schedule.total),
         &bookmark,
         &options.stop,
@@ -496,7 +505,6 @@ fn resized(images: Tensor<4>, side: Option<usize>) -> Tensor<4> {
 /// Distillation's objective: the student matches the teacher's function on the same view.
 struct Distill<'a> {
     teacher: &'a ResNetV2,
-    devices: &'a DataParallel,
     views: Views,
     temperature: f32,
     /// The views' side and each model's.
@@ -514,6 +522,11 @@ impl Distill<'_> {
     fn view(&mut self, batch: &Batch, step: usize) -> (Tensor<4>, TeacherTargets) {
         let (x, _) = self.views.of(batch, step);
         let logits = self.teacher_logits(x.clone().without_autodiff()).autodiff();
+        // Autodiff tensors meeting in one op must share the view's checkpointing strategy.
+        let logits = match x.gradient_checkpointing_strategy() {
+            Some(strategy) => logits.with_gradient_checkpointing_strategy(strategy),
+            None => logits,
+        };
         let targets = TeacherTargets {
             logits,
             temperature: self.temperature,
@@ -546,19 +559,20 @@ impl Distill<'_> {
 impl Objective for Distill<'_> {
     type Eval = DistillEval;
 
-    fn gradients(
+    fn backward(
         &mut self,
+        parallel: &mut DataParallel,
         model: &ResNetV2,
         batch: &Batch,
         step: usize,
         scale: f32,
-    ) -> Result<(GradientsParams, f32)> {
+    ) -> Result<f32> {
         let (x, targets) = self.view(batch, step);
-        Ok(self.devices.gradients(model, x, &targets, scale))
+        Ok(parallel.backward(model, x, &targets, scale))
     }
 
     fn evaluate(&mut self, model: &ResNetV2) -> Result<DistillEval> {
-        let device = self.devices.main().clone().without_autodiff();
+        let device = self.views.device().without_autodiff();
         if self.teacher_valid.is_none() {
             let teacher = |x| self.teacher_logits(x);
             let (logits, _) = Self::logits(teacher, self.eval.stream()?, &device)?;
@@ -691,14 +705,13 @@ mod tests {
         let device = Device::flex();
         let teacher = ResNetV2Config::new([1, 1, 1, 1], 1, 3).init(&device);
         let student = ResNetV2Config::new([1, 1, 1, 1], 1, 3).init(&device.clone().autodiff());
-        let devices = DataParallel::new(vec![device.clone()]).unwrap();
-        let main = devices.main().clone();
+        let mut parallel = DataParallel::new(vec![device.clone()]).unwrap();
+        let main = parallel.main().clone();
         let valid: Arc<dyn bit_data::ImageDataset> = Arc::new(
             InMemoryDataset::new(vec!["a".into()], [8, 8, 3], vec![0; 192], vec![0]).unwrap(),
         );
         let objective = |sides| Distill {
             teacher: &teacher,
-            devices: &devices,
             views: Views::new(Mixup::new(1.0, 5).unwrap(), main.clone()),
             temperature: 2.0,
             sides,
@@ -732,7 +745,9 @@ mod tests {
         let direct = host(teacher.forward(x.clone().without_autodiff()));
         assert_eq!(host(targets.logits.clone()), direct);
         // Training on the micro-batch: the student's loss is the loss of that same view.
-        let (_, loss) = objective(same).gradients(&student, &b, 3, 1.0).unwrap();
+        let loss = objective(same)
+            .backward(&mut parallel, &student, &b, 3, 1.0)
+            .unwrap();
         let want = distillation_loss(student.forward(x.clone()), targets.logits, 2.0);
         assert_eq!(loss, host(want)[0]);
         // Only where asked, the models see that view at different sides: here the view is

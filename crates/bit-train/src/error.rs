@@ -98,6 +98,19 @@ pub enum TrainError {
         run: PathBuf,
     },
 
+    /// A device failed mid-run (a `bit serve` worker died or its connection broke, a GPU
+    /// failed): the run stops at once; the checkpoints written before are intact.
+    #[error(
+        "a device failed at step {step}: {reason}; the last checkpoint is intact: rerun the same \
+         command once every device is back to resume from it"
+    )]
+    DeviceFailed {
+        /// The optimizer step that was under way.
+        step: usize,
+        /// What the backend reported.
+        reason: String,
+    },
+
     /// The training stream ran dry although the schedule has steps left (a loader bug: the
     /// stream is endless).
     #[error("the training data stream ended at step {step}")]

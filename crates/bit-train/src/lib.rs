@@ -3,8 +3,10 @@
 //! BiT fine-tuning as the official `bit_pytorch/train.py` does it: a BiT checkpoint with a
 //! zero-initialised head sized to the dataset, SGD with momentum 0.9 and no weight decay, the
 //! BiT-HyperRule learning rate every step (linear warmup, ÷10 decays, stop after the last
-//! step), mixup from 20k examples, `--batch_split` micro-batching, data parallelism over
-//! several devices, evaluation (loss, top-1, top-5), the reference's log lines plus JSON
+//! step), mixup from 20k examples, `--batch_split` micro-batching (by default sized to the free
+//! memory: [`BatchSplit`]), data parallelism over several devices with replicas that stay on
+//! them ([`DataParallel`]; devices of other processes and machines through Burn Remote),
+//! evaluation (loss, top-1, top-5), the reference's log lines plus JSON
 //! metrics, and atomic, resumable checkpoints. [`distill`] trains a student to match a
 //! teacher's function (Beyer et al. 2022) on the same loop, checkpoints and logs.
 //!
@@ -25,6 +27,7 @@ mod config;
 mod distill;
 mod error;
 mod log;
+pub mod memory;
 mod parallel;
 mod plot;
 mod run;
@@ -38,6 +41,7 @@ pub use distill::{
 };
 pub use error::{Result, TrainError};
 pub use log::python_exp;
+pub use memory::{BatchSplit, MicroBatchMemory};
 pub use parallel::{DataParallel, ShardLoss, Targets};
 pub use plot::{CURVES_FILE, Curves, plot};
 pub use trainer::{TrainOptions, TrainOutcome, bit_optimizer, train};

@@ -1,14 +1,22 @@
-//! Data parallelism over every device of the run: each micro-batch is split into one shard per
-//! device, each device computes the gradients of its shard on a replica of the model, and the
-//! gradients are summed on the main device. Shard losses are weighted by their share of the
-//! micro-batch, so the sum is exactly the gradient of the micro-batch mean, whatever the number
-//! of devices (as `torch.nn.DataParallel`). GroupNorm has no batch statistics, so nothing else
-//! needs synchronising.
+//! Data parallelism over every device of the run, as `torch.nn.parallel.DistributedDataParallel`:
+//! each device keeps its own replica of the model and of the optimizer for the whole run. Each
+//! micro-batch is split into one shard per device; each device computes the gradients of its
+//! shard on its replica and accumulates them locally. At the end of an optimizer step the
+//! gradients are summed across devices (an all-reduce: gathered on the main device and summed
+//! there, since Burn 0.22's collective `all_reduce` exists only on CUDA and remote devices, and
+//! a gather works on every backend), and every replica applies the same update with the summed
+//! gradients. Shard losses are weighted by their share of the micro-batch, so the sum is exactly
+//! the gradient of the micro-batch mean, whatever the number of devices. GroupNorm has no batch
+//! statistics, so nothing else needs synchronising.
+//!
+//! The devices can be anything Burn runs on: GPUs of this machine, the CPU named several times,
+//! or devices served by other processes and machines (`bit serve`, Burn Remote), which then
+//! exchange only gradients with the main device, once per optimizer step.
 
 use bit_model::ResNetV2;
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::error::{Result, TrainError};
@@ -29,10 +37,45 @@ pub struct Targets {
     pub mixed: Option<(Tensor<1, Int>, f32)>,
 }
 
-/// The devices a run trains on; the first holds the model and the optimizer.
-#[derive(Debug, Clone)]
+/// The devices a run trains on, each with its replica of the model; the first (main) device
+/// holds the model the run checkpoints and evaluates, the others keep replicas in step with it.
+///
+/// One optimizer step over two CPU replicas, the same update as on one device:
+///
+/// ```
+/// use bit_model::{ResNetV2, ResNetV2Config};
+/// use bit_model::backend::devices_from_spec;
+/// use bit_train::{DataParallel, Targets, bit_optimizer};
+/// use burn::tensor::{Distribution, Int, Tensor};
+///
+/// let mut parallel = DataParallel::new(devices_from_spec("cpu,cpu").unwrap()).unwrap();
+/// let main = parallel.main().clone();
+/// let mut model = ResNetV2Config::new([1, 1, 1, 1], 1, 10).init(&main);
+/// let mut optim = bit_optimizer();
+/// parallel.replicate(&model, &optim);
+///
+/// let images = Tensor::<4>::random([4, 3, 32, 32], Distribution::Default, &main);
+/// let labels = Tensor::<1, Int>::from_ints([0, 1, 2, 3], &main);
+/// let loss = parallel.backward(&model, images, &Targets { labels, mixed: None }, 1.0);
+/// assert!(loss.is_finite());
+/// let grads = parallel.all_reduce(&model);
+/// parallel.update(0.003, &grads);
+/// model = optim.step(0.003, model, grads);
+/// ```
 pub struct DataParallel {
     devices: Vec<Device>,
+    /// Whether every device is this process's CPU (whose memory the host reports).
+    on_host: bool,
+    /// The replicas of `devices[1..]`, with their optimizers.
+    replicas: Vec<Replica>,
+    /// The gradients each device has accumulated since the last all-reduce.
+    pending: Vec<Option<GradientsAccumulator<ResNetV2>>>,
+}
+
+/// A device's copy of the model and of its optimizer.
+struct Replica {
+    model: ResNetV2,
+    optim: ModuleOptimizer,
 }
 
 impl DataParallel {
@@ -42,13 +85,37 @@ impl DataParallel {
             return Err(TrainError::InvalidConfig("no device to train on".into()));
         }
         Ok(Self {
+            on_host: devices.iter().all(|d| *d == Device::flex()),
+            pending: devices.iter().map(|_| None).collect(),
             devices: devices.into_iter().map(Device::autodiff).collect(),
+            replicas: Vec::new(),
         })
     }
 
-    /// The device of the model, the optimizer and the accumulated gradients.
+    /// Recomputes cheap activations in the backward instead of keeping them (Burn's balanced
+    /// gradient checkpointing): less memory per image, a little more compute.
+    pub fn with_gradient_checkpointing(mut self) -> Self {
+        self.devices = self
+            .devices
+            .into_iter()
+            .map(Device::gradient_checkpointing)
+            .collect();
+        self
+    }
+
+    /// The device of the model, the optimizer and the all-reduced gradients.
     pub fn main(&self) -> &Device {
         &self.devices[0]
+    }
+
+    /// The devices, main first.
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
+
+    /// Whether every device is this process's CPU, so that the host's memory is theirs.
+    pub fn on_host(&self) -> bool {
+        self.on_host
     }
 
     /// Number of devices.
@@ -61,15 +128,46 @@ impl DataParallel {
         self.devices.is_empty()
     }
 
-    /// Gradients of `scale * loss(micro-batch)` with respect to `model`'s parameters, on the
-    /// main device, and the unscaled mean loss. `images` and `targets` live on the main device.
-    pub fn gradients(
-        &self,
+    /// Copies `model` (on the main device) and its optimizer `optim` (momentum buffers
+    /// included) to every other device, where they stay for the run. Called once at the start
+    /// and after a resume; gradients pending from before are dropped.
+    pub fn replicate(&mut self, model: &ResNetV2, optim: &ModuleOptimizer) {
+        self.replicas = self.devices[1..]
+            .iter()
+            .map(|device| Replica {
+                model: model.clone().fork(device),
+                optim: optim.clone(),
+            })
+            .collect();
+        self.pending.iter_mut().for_each(|p| *p = None);
+    }
+
+    /// The model of device `index` (0: `None`, the main device's model is the caller's), to
+    /// check that the replicas stay in step.
+    pub fn replica(&self, index: usize) -> Option<&ResNetV2> {
+        self.replicas.get(index.checked_sub(1)?).map(|r| &r.model)
+    }
+
+    /// Forward and backward of `scale * loss(micro-batch)`: each device runs its shard on its
+    /// replica and keeps the gradients until [`all_reduce`](Self::all_reduce). `model` is the
+    /// main device's replica; `images` and `targets` live on the main device. Returns the
+    /// unscaled mean loss of the micro-batch.
+    ///
+    /// # Panics
+    ///
+    /// If several devices are used before [`replicate`](Self::replicate).
+    pub fn backward(
+        &mut self,
         model: &ResNetV2,
         images: Tensor<4>,
         targets: &impl ShardLoss,
         scale: f32,
-    ) -> (GradientsParams, f32) {
+    ) -> f32 {
+        assert_eq!(
+            self.replicas.len() + 1,
+            self.devices.len(),
+            "DataParallel::replicate must place the replicas first"
+        );
         let n = images.dims()[0];
         let shards = self.devices.len().min(n);
         let bounds: Vec<(usize, usize)> = (0..shards)
@@ -78,17 +176,16 @@ impl DataParallel {
         let shard = |i: usize| {
             let (a, b) = bounds[i];
             let device = &self.devices[i];
-            let replica = if i == 0 {
-                model.clone()
-            } else {
-                model.clone().fork(device)
+            let replica = match i {
+                0 => model,
+                _ => &self.replicas[i - 1].model,
             };
             let x = images.clone().narrow(0, a, b - a).to_device(device);
             let loss = targets.shard_loss(replica.forward(x), (a, b), device);
             let weight = (b - a) as f32 / n as f32;
             let value = scalar(loss.clone()) * weight;
-            let grads = GradientsParams::from_grads((loss * (weight * scale)).backward(), &replica);
-            (grads.to_device(self.main(), model), value)
+            let grads = GradientsParams::from_grads((loss * (weight * scale)).backward(), replica);
+            (grads, value)
         };
         let results: Vec<(GradientsParams, f32)> = if shards == 1 {
             vec![shard(0)]
@@ -97,17 +194,72 @@ impl DataParallel {
                 let handles: Vec<_> = (0..shards).map(|i| s.spawn(move || shard(i))).collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().expect("a device thread panicked"))
+                    .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
                     .collect()
             })
         };
-        let mut sum = GradientsAccumulator::<ResNetV2>::new();
         let mut loss = 0.0;
-        for (grads, value) in results {
-            sum.accumulate(model, grads);
+        for (i, (grads, value)) in results.into_iter().enumerate() {
+            let replica = match i {
+                0 => model,
+                _ => &self.replicas[i - 1].model,
+            };
+            self.pending[i]
+                .get_or_insert_with(GradientsAccumulator::new)
+                .accumulate(replica, grads);
             loss += value;
         }
-        (sum.grads(), loss)
+        loss
+    }
+
+    /// The sum over devices of the gradients accumulated since the last call, on the main
+    /// device: the gradients of the optimizer step.
+    pub fn all_reduce(&mut self, model: &ResNetV2) -> GradientsParams {
+        let main = self.main().clone();
+        let mut sum = GradientsAccumulator::<ResNetV2>::new();
+        for pending in &mut self.pending {
+            if let Some(mut acc) = pending.take() {
+                sum.accumulate(model, acc.grads().to_device(&main, model));
+            }
+        }
+        sum.grads()
+    }
+
+    /// Every replica takes the optimizer step the main device takes with `grads` (the
+    /// all-reduced gradients, on the main device) at learning rate `rate`.
+    pub fn update(&mut self, rate: f64, grads: &GradientsParams) {
+        let copies: Vec<GradientsParams> = self
+            .replicas
+            .iter()
+            .zip(&self.devices[1..])
+            .map(|(replica, device)| copy_to(grads, &replica.model, device))
+            .collect();
+        let replicas = std::mem::take(&mut self.replicas);
+        self.replicas = std::thread::scope(|s| {
+            let handles: Vec<_> = replicas
+                .into_iter()
+                .zip(copies)
+                .map(|(Replica { model, mut optim }, grads)| {
+                    s.spawn(move || {
+                        let model = optim.step(rate, model, grads);
+                        Replica { model, optim }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+    }
+}
+
+impl std::fmt::Debug for DataParallel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataParallel")
+            .field("devices", &self.devices)
+            .field("replicas", &self.replicas.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,6 +277,30 @@ impl ShardLoss for Targets {
             None => ce.forward(logits, own),
         }
     }
+}
+
+/// A copy of `grads` (the gradients of `model`'s parameters) on `device`: the broadcast half
+/// of the all-reduce.
+fn copy_to(grads: &GradientsParams, model: &ResNetV2, device: &Device) -> GradientsParams {
+    struct Copy<'a> {
+        from: &'a GradientsParams,
+        to: GradientsParams,
+        device: &'a Device,
+    }
+    impl ModuleVisitor for Copy<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.from.get::<D>(param.id) {
+                self.to.register(param.id, g.to_device(self.device));
+            }
+        }
+    }
+    let mut copy = Copy {
+        from: grads,
+        to: GradientsParams::new(),
+        device,
+    };
+    model.visit(&mut copy);
+    copy.to
 }
 
 /// The value of a one-element tensor.

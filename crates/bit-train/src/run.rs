@@ -12,29 +12,32 @@ use std::time::Instant;
 use bit_data::{Batch, BatchStream, Mixup, MixupStep};
 use bit_model::ResNetV2;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use serde_json::json;
 
 use crate::checkpoint::{self, RunLock, TrainState};
 use crate::error::{Result, TrainError};
 use crate::log::{RunLog, python_exp};
-use crate::parallel::Targets;
+use crate::memory::{self, BatchSplit};
+use crate::parallel::{DataParallel, Targets};
 
 /// What a loop optimizes and how it is evaluated.
 pub(crate) trait Objective {
     /// An evaluation's result.
     type Eval;
 
-    /// Gradients of `scale * loss` on micro-batch `batch` of optimizer step `step`, on the
-    /// model's device, and the unscaled loss.
-    fn gradients(
+    /// Forward and backward of `scale * loss` on micro-batch `batch` of optimizer step `step`
+    /// over the devices of `parallel` (`model` is the main device's replica), leaving the
+    /// gradients there; returns the unscaled loss.
+    fn backward(
         &mut self,
+        parallel: &mut DataParallel,
         model: &ResNetV2,
         batch: &Batch,
         step: usize,
         scale: f32,
-    ) -> Result<(GradientsParams, f32)>;
+    ) -> Result<f32>;
 
     /// Evaluates `model` (with autodiff) on the held-out data.
     fn evaluate(&mut self, model: &ResNetV2) -> Result<Self::Eval>;
@@ -69,6 +72,9 @@ pub(crate) struct Position {
     pub step: usize,
     /// The next micro-batch of the training stream.
     pub next_batch: u64,
+    /// Micro-batches per step: the checkpoint's when resuming (if it recorded it), else
+    /// chosen before the loop starts.
+    pub batch_split: Option<usize>,
 }
 
 /// How a loop ended.
@@ -109,19 +115,96 @@ impl Run {
         })
     }
 
-    /// Runs `objective` from `at` while `lr(step)` gives a learning rate (`total` steps in
-    /// all), then evaluates and checkpoints (with `bookmark`'s description of the data).
+    /// Sets `at.batch_split` from `setting` (see [`BatchSplit`]): with `auto`, by probing
+    /// what micro-batches of `crop` px images cost `objective` on `parallel`'s devices.
+    /// Logs the choice.
+    pub fn choose_split<O: Objective>(
+        &mut self,
+        setting: BatchSplit,
+        batch: usize,
+        at: &mut Position,
+        (objective, parallel): (&mut O, &mut DataParallel),
+        crop: usize,
+    ) -> Result<usize> {
+        let sizes = (batch, parallel.len());
+        // Momentum (SGD) or two moments (Adam) per parameter on every device, made at the
+        // first update.
+        let reserve = 2 * 4 * (at.model.num_params() * parallel.len()) as u64;
+        let on_host = parallel.on_host();
+        parallel.replicate(&at.model, &at.optim);
+        let model = &at.model;
+        let probe = |images: usize| -> Result<()> {
+            let batch = Batch {
+                images: vec![0.0; images * 3 * crop * crop],
+                labels: vec![0; images],
+                size: crop,
+            };
+            // A step number no run reaches, so no view of a real step is cached.
+            objective.backward(parallel, model, &batch, usize::MAX, 1.0)?;
+            drop(parallel.all_reduce(model));
+            Ok(())
+        };
+        let (split, note) =
+            memory::resolve_split(setting, sizes, (at.batch_split, reserve), on_host, probe)?;
+        self.log.info(&note);
+        at.batch_split = Some(split);
+        Ok(split)
+    }
+
+    /// Runs `objective` from `at` on the devices of `parallel` (which get their replicas of
+    /// `at` here) while `lr(step)` gives a learning rate (`total` steps in all), then evaluates
+    /// and checkpoints (with `bookmark`'s description of the data).
+    ///
+    /// Burn reports a device that stops answering (a dead `bit serve` worker, a broken
+    /// connection) by panicking where a tensor is read; that becomes
+    /// [`TrainError::DeviceFailed`] here, with the checkpoints written before untouched.
     #[allow(clippy::too_many_arguments)]
     pub fn drive<O: Objective>(
         &mut self,
+        at: Position,
+        objective: &mut O,
+        parallel: &mut DataParallel,
+        batches: &mut BatchStream,
+        settings: &LoopSettings,
+        schedule: (&dyn Fn(usize) -> Option<f64>, usize),
+        bookmark: &Bookmark,
+        stop: &AtomicBool,
+    ) -> Result<Finished<O::Eval>> {
+        let step = std::sync::atomic::AtomicUsize::new(at.step);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.drive_steps(
+                at, objective, parallel, batches, settings, schedule, bookmark, stop, &step,
+            )
+        }));
+        outcome.unwrap_or_else(|panic| {
+            let reason = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a device thread panicked")
+                .to_string();
+            self.log.finish_progress();
+            let step = step.load(Ordering::SeqCst);
+            self.log
+                .warn(&format!("[step {step}]: device failure: {reason}"));
+            Err(TrainError::DeviceFailed { step, reason })
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn drive_steps<O: Objective>(
+        &mut self,
         mut at: Position,
         objective: &mut O,
+        parallel: &mut DataParallel,
         batches: &mut BatchStream,
         settings: &LoopSettings,
         (lr, total): (&dyn Fn(usize) -> Option<f64>, usize),
         bookmark: &Bookmark,
         stop: &AtomicBool,
+        step: &std::sync::atomic::AtomicUsize,
     ) -> Result<Finished<O::Eval>> {
+        parallel.replicate(&at.model, &at.optim);
         self.log.info("Starting training!");
         self.log.start_progress(at.step, total);
         let started = Instant::now();
@@ -133,15 +216,18 @@ impl Run {
                 interrupted = true;
                 break;
             }
-            let grads = self.step_gradients(&mut at, objective, batches, settings, rate)?;
+            let grads =
+                self.step_gradients(&mut at, objective, parallel, batches, settings, rate)?;
             let grads = match settings.clip_global_norm {
                 Some(max) => clip_global_norm(&at.model, grads, max),
                 None => grads,
             };
             let start = Instant::now();
+            parallel.update(rate, &grads);
             at.model = at.optim.step(rate, at.model, grads);
             self.timings.add("update", start);
             at.step += 1;
+            step.store(at.step, Ordering::SeqCst);
             self.log.progress(at.step, String::new());
             let due = settings
                 .eval_every
@@ -163,18 +249,19 @@ impl Run {
         })
     }
 
-    /// The summed gradients of one optimizer step's micro-batches, logged one by one.
+    /// The summed gradients of one optimizer step's micro-batches (logged one by one) over
+    /// every device, on the main device.
     fn step_gradients<O: Objective>(
         &mut self,
         at: &mut Position,
         objective: &mut O,
+        parallel: &mut DataParallel,
         batches: &mut BatchStream,
         settings: &LoopSettings,
         rate: f64,
     ) -> Result<GradientsParams> {
         let step = at.step;
         let split = settings.batch_split;
-        let mut sum = GradientsAccumulator::<ResNetV2>::new();
         for micro in 1..=split {
             let start = Instant::now();
             let batch = batches.next().ok_or(TrainError::StreamEnded { step })??;
@@ -182,7 +269,8 @@ impl Run {
             self.images_seen += batch.len();
             self.timings.add("load", start);
             let start = Instant::now();
-            let (grads, loss) = objective.gradients(&at.model, &batch, step, 1.0 / split as f32)?;
+            let scale = 1.0 / split as f32;
+            let loss = objective.backward(parallel, &at.model, &batch, step, scale)?;
             self.timings.add("fprop+grads", start);
             if !loss.is_finite() {
                 self.log
@@ -190,7 +278,6 @@ impl Run {
                 self.log.finish_progress();
                 return Err(TrainError::NonFiniteLoss { step, loss });
             }
-            sum.accumulate(&at.model, grads);
             let of = if split > 1 {
                 format!(" ({micro}/{split})")
             } else {
@@ -202,7 +289,10 @@ impl Run {
             self.log.metric(json!({"event": "train", "step": step, "micro_batch": micro, "loss": loss, "lr": rate}));
             self.log.progress(step, format!("loss {loss:.4} lr {lr}"));
         }
-        Ok(sum.grads())
+        let start = Instant::now();
+        let grads = parallel.all_reduce(&at.model);
+        self.timings.add("all-reduce", start);
+        Ok(grads)
     }
 
     fn evaluate<O: Objective>(
@@ -328,6 +418,7 @@ impl Bookmark {
             classes: self.classes.clone(),
             train_examples: self.train_examples,
             batch: self.batch,
+            batch_split: at.batch_split,
         }
     }
 
@@ -364,6 +455,7 @@ impl Bookmark {
             optim,
             step: saved.state.step,
             next_batch: saved.state.next_batch,
+            batch_split: saved.state.batch_split,
         })
     }
 
@@ -409,6 +501,11 @@ impl Views {
             current: None,
             device,
         }
+    }
+
+    /// The device the views are made on.
+    pub fn device(&self) -> Device {
+        self.device.clone()
     }
 
     /// The images of `batch` at optimizer step `step` and what they should be trained on.

@@ -12,10 +12,9 @@ use bit_data::{
 use bit_hyperrule::HyperRule;
 use bit_infer::{EvalResult, evaluate};
 use bit_model::ResNetV2;
-use bit_model::backend::devices_from_spec;
 use burn::module::Module;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{ModuleOptimizer, SgdConfig};
 use burn::tensor::Device;
 use serde_json::json;
 
@@ -67,10 +66,10 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
     let (dataset, datadir) = config.validate()?;
     let mut run = Run::open(config.run_dir(), options.quiet)?;
     run.log.info(&format!("{config:?}"));
-    let devices = DataParallel::new(devices_from_spec(&config.run.device)?)?;
+    let mut parallel = config.run.data_parallel()?;
     run.log.info(&format!(
         "Going to train on {} device(s): {}",
-        devices.len(),
+        parallel.len(),
         config.run.device
     ));
     // Fail fast on a missing checkpoint, before any dataset download: a saved run needs none,
@@ -87,8 +86,8 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
     run.log.info(&rule.to_string());
 
     let bookmark = Bookmark::of(&config.run, &*train);
-    let main = devices.main().clone();
-    let at = match start {
+    let main = parallel.main().clone();
+    let mut at = match start {
         Start::Resume(saved) => bookmark.resume(&saved, bit_optimizer(), &main, &mut run.log)?,
         Start::Fresh(path) => fresh(&path, bookmark.classes.len(), &main, &mut run.log)?,
     };
@@ -99,26 +98,34 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         ));
     }
 
-    let loader = config.run.loader();
+    let mut objective = FineTune {
+        views: Views::new(Mixup::new(rule.mixup_alpha, config.run.seed)?, main.clone()),
+        eval: EvalFeed {
+            valid,
+            crop: rule.crop,
+            loader: config.run.loader(1),
+        },
+    };
+    let split = run.choose_split(
+        config.run.batch_split,
+        config.run.batch,
+        &mut at,
+        (&mut objective, &mut parallel),
+        rule.crop,
+    )?;
+    let loader = config.run.loader(split);
+    objective.eval.loader = loader;
     let preprocess = Preprocess::Train {
         precrop: rule.precrop,
         crop: rule.crop,
     };
     let mut batches = BatchStream::train(train.clone(), preprocess, loader, at.next_batch)?;
-    let mut objective = FineTune {
-        devices: &devices,
-        views: Views::new(Mixup::new(rule.mixup_alpha, config.run.seed)?, main.clone()),
-        eval: EvalFeed {
-            valid,
-            crop: rule.crop,
-            loader,
-        },
-    };
     let finished = run.drive(
         at,
         &mut objective,
+        &mut parallel,
         &mut batches,
-        &config.run.loop_settings(None),
+        &config.run.loop_settings(split, None),
         (&|step| rule.lr(step), rule.total_steps()),
         &bookmark,
         &options.stop,
@@ -138,28 +145,28 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
 
 /// Fine-tuning's objective: cross-entropy on the (mixed) labels, over every device; evaluated
 /// by loss, top-1 and top-5 on the validation set.
-struct FineTune<'a> {
-    devices: &'a DataParallel,
+struct FineTune {
     views: Views,
     eval: EvalFeed,
 }
 
-impl Objective for FineTune<'_> {
+impl Objective for FineTune {
     type Eval = EvalResult;
 
-    fn gradients(
+    fn backward(
         &mut self,
+        parallel: &mut DataParallel,
         model: &ResNetV2,
         batch: &Batch,
         step: usize,
         scale: f32,
-    ) -> Result<(GradientsParams, f32)> {
+    ) -> Result<f32> {
         let (x, targets) = self.views.of(batch, step);
-        Ok(self.devices.gradients(model, x, &targets, scale))
+        Ok(parallel.backward(model, x, &targets, scale))
     }
 
     fn evaluate(&mut self, model: &ResNetV2) -> Result<EvalResult> {
-        let device = self.devices.main().clone().without_autodiff();
+        let device = self.views.device().without_autodiff();
         Ok(evaluate(
             &model.clone().valid(),
             self.eval.stream()?,
@@ -266,6 +273,7 @@ fn fresh(path: &Path, classes: usize, device: &Device, log: &mut RunLog) -> Resu
         optim: bit_optimizer(),
         step: 0,
         next_batch: 0,
+        batch_split: None,
     })
 }
 

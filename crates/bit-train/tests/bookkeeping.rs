@@ -10,7 +10,7 @@ use bit_train::{
 use burn::module::Param;
 
 fn config(name: &str) -> TrainConfig {
-    let logdir = std::env::temp_dir().join(format!("bit-train-bookkeeping-{}", std::process::id()));
+    let logdir = bit_testkit::scratch_root("bit-train-bookkeeping");
     let mut c = TrainConfig::new(
         name,
         bit_testkit::golden_file("tiny.weights.npz").to_string_lossy(),
@@ -20,7 +20,7 @@ fn config(name: &str) -> TrainConfig {
     );
     c.examples_per_class = Some(2);
     c.run.batch = 8;
-    c.run.batch_split = 2;
+    c.run.batch_split = 2.into();
     c.steps = Some(10);
     c.resolution = Some((36, 32));
     c.run.max_eval_examples = Some(64);
@@ -93,7 +93,7 @@ fn batch_split_logs_every_micro_batch_with_the_step_learning_rate() {
 #[test]
 fn a_stop_request_ends_with_evaluation_and_checkpoint() {
     let mut config = config("stopped");
-    config.run.batch_split = 1;
+    config.run.batch_split = 1.into();
     std::fs::remove_dir_all(config.run_dir()).ok();
     let options = TrainOptions {
         quiet: true,
@@ -111,7 +111,7 @@ fn a_stop_request_ends_with_evaluation_and_checkpoint() {
 fn bad_settings_are_refused_before_any_work() {
     let mut c = config("bad");
     c.run.batch = 10;
-    c.run.batch_split = 4;
+    c.run.batch_split = 4.into();
     assert!(matches!(
         train(&c, &TrainOptions::default()),
         Err(TrainError::InvalidConfig(_))
@@ -145,7 +145,7 @@ fn bad_settings_are_refused_before_any_work() {
 #[test]
 fn a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoint() {
     let mut config = config("diverging");
-    config.run.batch_split = 1;
+    config.run.batch_split = 1.into();
     config.run.eval_every = Some(1);
     // Step 0 trains at lr 0 (warmup) and is checkpointed; then the update overflows float32
     // and the weights become infinite. (At lr 1e30 the loss only grows to ~1e29: the
@@ -263,7 +263,7 @@ fn a_second_process_on_the_same_run_is_turned_away() {
 
 /// `root/{train,val}/<class>/<i>.png` of solid colours, and the config to train on them.
 fn folder_run(name: &str) -> (TrainConfig, std::path::PathBuf) {
-    let root = std::env::temp_dir().join(format!("bit-train-folder-{}-{name}", std::process::id()));
+    let root = bit_testkit::scratch_root("bit-train-folder").join(name);
     std::fs::remove_dir_all(&root).ok();
     for split in ["train", "val"] {
         for (c, class) in ["a", "b"].iter().enumerate() {
@@ -282,7 +282,7 @@ fn folder_run(name: &str) -> (TrainConfig, std::path::PathBuf) {
     c.examples_per_class = None;
     c.steps = Some(1);
     c.run.batch = 4;
-    c.run.batch_split = 1;
+    c.run.batch_split = 1.into();
     c.resolution = Some((24, 16));
     (c, root)
 }

@@ -11,7 +11,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bit-train-distill-{}-{name}", std::process::id()));
+    let dir = bit_testkit::scratch_root("bit-train-distill").join(name);
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -41,7 +41,7 @@ fn config(dir: &Path, name: &str) -> DistillConfig {
         dir.join("logs"),
     );
     c.run.batch = 8;
-    c.run.batch_split = 2;
+    c.run.batch_split = 2.into();
     c.steps = 8;
     c.run.eval_every = Some(2);
     c.run.max_eval_examples = Some(32);

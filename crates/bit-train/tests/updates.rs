@@ -7,7 +7,7 @@ use bit_model::backend::devices_from_spec;
 use bit_model::{ResNetV2, ResNetV2Config};
 use bit_train::checkpoint::{self, TrainState};
 use bit_train::{DataParallel, Targets, bit_optimizer};
-use burn::optim::{GradientsAccumulator, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
 fn tiny_weights() -> PathBuf {
@@ -36,6 +36,26 @@ fn params(model: &ResNetV2) -> Vec<f32> {
     all
 }
 
+/// Max |a - b| relative to max |b|: how far apart two trained weights are.
+fn relative_to_weights(a: &[f32], b: &[f32]) -> f32 {
+    let gap = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    gap / b.iter().map(|x| x.abs()).fold(0.0, f32::max)
+}
+
+/// Two trained weights agree to 1e-5 relative, and their gap is float32 summation noise next
+/// to the update itself (1e-4 of it: a wrong weighting or a lost shard is ~1e-1).
+fn assert_same_update(what: &str, a: &[f32], b: &[f32], before: &[f32]) {
+    let (weights, step) = (relative_to_weights(a, b), relative_gap(a, b, before));
+    assert!(
+        weights <= 1e-5 && step < 1e-4,
+        "{what}: {weights} of the weights, {step} of the step"
+    );
+}
+
 /// Max |a - b| relative to max |b - before|: how far apart two updates are, compared to the
 /// update itself.
 fn relative_gap(a: &[f32], b: &[f32], before: &[f32]) -> f32 {
@@ -53,31 +73,51 @@ fn relative_gap(a: &[f32], b: &[f32], before: &[f32]) -> f32 {
     gap / step
 }
 
-/// One SGD step over `x` split into `split` micro-batches on `devices`.
-fn one_step(devices: &DataParallel, split: usize, lambda: Option<f32>) -> Vec<f32> {
-    let main = devices.main().clone();
-    let model = ResNetV2::from_npz(tiny_weights(), &main).unwrap();
-    let (x, y) = batch(&main, 8);
-    let partners = y.clone().flip([0]);
-    let mut acc = GradientsAccumulator::<ResNetV2>::new();
-    let micro = 8 / split;
-    for m in 0..split {
-        let at = m * micro;
-        let targets = Targets {
-            labels: y.clone().narrow(0, at, micro),
-            mixed: lambda.map(|l| (partners.clone().narrow(0, at, micro), l)),
-        };
-        let (grads, loss) = devices.gradients(
-            &model,
-            x.clone().narrow(0, at, micro),
-            &targets,
-            1.0 / split as f32,
-        );
-        assert!(loss.is_finite());
-        acc.accumulate(&model, grads);
-    }
+/// `steps` SGD steps, each over its own batch of 8 split into `split` micro-batches, on
+/// `devices`; the main model's parameters after them. Every replica must hold exactly the
+/// main model's weights after every step.
+fn train(devices: &str, split: usize, lambda: Option<f32>, steps: u64) -> Vec<f32> {
+    train_on(
+        DataParallel::new(devices_from_spec(devices).unwrap()).unwrap(),
+        split,
+        lambda,
+        steps,
+    )
+}
+
+fn train_on(mut parallel: DataParallel, split: usize, lambda: Option<f32>, steps: u64) -> Vec<f32> {
+    let main = parallel.main().clone();
+    let mut model = ResNetV2::from_npz(tiny_weights(), &main).unwrap();
     let mut sgd = bit_optimizer();
-    params(&sgd.step(0.003, model, acc.grads()))
+    parallel.replicate(&model, &sgd);
+    for s in 0..steps {
+        let (x, y) = batch(&main, 8);
+        let x = x * (1.0 + s as f32);
+        let partners = y.clone().flip([0]);
+        let micro = 8 / split;
+        for m in 0..split {
+            let at = m * micro;
+            let targets = Targets {
+                labels: y.clone().narrow(0, at, micro),
+                mixed: lambda.map(|l| (partners.clone().narrow(0, at, micro), l)),
+            };
+            let x = x.clone().narrow(0, at, micro);
+            let loss = parallel.backward(&model, x, &targets, 1.0 / split as f32);
+            assert!(loss.is_finite());
+        }
+        let grads = parallel.all_reduce(&model);
+        parallel.update(0.003, &grads);
+        model = sgd.step(0.003, model, grads);
+        for r in 1..parallel.len() {
+            let replica = parallel.replica(r).expect("one replica per device");
+            assert_eq!(
+                params(replica),
+                params(&model),
+                "replica {r} after step {s}"
+            );
+        }
+    }
+    params(&model)
 }
 
 fn before() -> Vec<f32> {
@@ -86,16 +126,14 @@ fn before() -> Vec<f32> {
 
 #[test]
 fn batch_split_gives_the_update_of_one_big_batch() {
-    let cpu = DataParallel::new(devices_from_spec("cpu").unwrap()).unwrap();
-    let whole = one_step(&cpu, 1, None);
+    let whole = train("cpu", 1, None, 1);
     let before = before();
     for split in [2, 4, 8] {
-        let gap = relative_gap(&one_step(&cpu, split, None), &whole, &before);
-        // float32 sums in another order: ~1e-6 of the step.
-        assert!(gap < 1e-3, "batch_split {split}: {gap}");
+        let split_run = train("cpu", split, None, 1);
+        assert_same_update(&format!("batch_split {split}"), &split_run, &whole, &before);
     }
-    let mixed = one_step(&cpu, 1, Some(0.7));
-    assert!(relative_gap(&one_step(&cpu, 4, Some(0.7)), &mixed, &before) < 1e-3);
+    let mixed = train("cpu", 1, Some(0.7), 1);
+    assert_same_update("mixup", &train("cpu", 4, Some(0.7), 1), &mixed, &before);
     assert!(
         relative_gap(&mixed, &whole, &before) > 1e-2,
         "mixup changes the update"
@@ -103,45 +141,49 @@ fn batch_split_gives_the_update_of_one_big_batch() {
 }
 
 #[test]
-fn several_devices_give_the_update_of_one() {
-    let one = DataParallel::new(devices_from_spec("cpu").unwrap()).unwrap();
-    let three = DataParallel::new(devices_from_spec("cpu,cpu,cpu").unwrap()).unwrap();
-    assert_eq!(three.len(), 3);
+fn replicas_that_stay_put_give_the_update_of_one_device() {
     let before = before();
-    // 8 examples over 3 devices: shards of 2, 3 and 3, weighted by size.
-    let gap = relative_gap(
-        &one_step(&three, 1, None),
-        &one_step(&one, 1, None),
-        &before,
-    );
-    assert!(gap < 1e-3, "{gap}");
-    let gap = relative_gap(
-        &one_step(&three, 2, Some(0.3)),
-        &one_step(&one, 2, Some(0.3)),
-        &before,
-    );
-    assert!(gap < 1e-3, "{gap}");
+    // Two steps: the second runs on the replicas' own updated weights and momentum.
+    let one = train("cpu", 1, None, 2);
+    for devices in ["cpu,cpu", "cpu,cpu,cpu"] {
+        // 8 examples over 3 devices: shards of 2, 3 and 3, weighted by size.
+        assert_same_update(devices, &train(devices, 1, None, 2), &one, &before);
+    }
+    let one = train("cpu", 2, Some(0.3), 2);
+    let three = train("cpu,cpu,cpu", 2, Some(0.3), 2);
+    assert_same_update("3 devices, split 2, mixup", &three, &one, &before);
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_update() {
+    let before = before();
+    let plain = train("cpu,cpu", 2, Some(0.3), 2);
+    let devices = devices_from_spec("cpu,cpu").unwrap();
+    let parallel = DataParallel::new(devices)
+        .unwrap()
+        .with_gradient_checkpointing();
+    // The recomputed GroupNorm+ReLU outputs are the very values the forward made.
+    let recomputed = train_on(parallel, 2, Some(0.3), 2);
+    assert_same_update("gradient checkpointing", &recomputed, &plain, &before);
 }
 
 fn sgd_steps(
     mut model: ResNetV2,
     optim: &mut ModuleOptimizer,
-    devices: &DataParallel,
+    parallel: &mut DataParallel,
     steps: std::ops::Range<u64>,
 ) -> ResNetV2 {
+    parallel.replicate(&model, optim);
     for s in steps {
-        let main = devices.main();
-        let (x, y) = batch(main, 4);
+        let main = parallel.main().clone();
+        let (x, y) = batch(&main, 4);
         let x = x * (1.0 + s as f32);
-        let (grads, _) = devices.gradients(
-            &model,
-            x,
-            &Targets {
-                labels: y,
-                mixed: None,
-            },
-            1.0,
-        );
+        let targets = Targets {
+            labels: y,
+            mixed: None,
+        };
+        parallel.backward(&model, x, &targets, 1.0);
+        let grads = parallel.all_reduce(&model);
         model = optim.step(0.003, model, grads);
     }
     model
@@ -149,16 +191,16 @@ fn sgd_steps(
 
 #[test]
 fn a_checkpoint_continues_training_exactly_momentum_included() {
-    let devices = DataParallel::new(devices_from_spec("cpu").unwrap()).unwrap();
+    let mut devices = DataParallel::new(devices_from_spec("cpu").unwrap()).unwrap();
     let main = devices.main().clone();
     let start = || ResNetV2::from_npz_with_zero_head(tiny_weights(), 10, &main).unwrap();
 
     let mut optim = bit_optimizer();
-    let straight = params(&sgd_steps(start(), &mut optim, &devices, 0..3));
+    let straight = params(&sgd_steps(start(), &mut optim, &mut devices, 0..3));
 
     let mut optim = bit_optimizer();
-    let half = sgd_steps(start(), &mut optim, &devices, 0..1);
-    let run = std::env::temp_dir().join(format!("bit-train-ckpt-{}", std::process::id()));
+    let half = sgd_steps(start(), &mut optim, &mut devices, 0..1);
+    let run = bit_testkit::scratch_root("bit-train-ckpt");
     let state = TrainState {
         step: 1,
         next_batch: 1,
@@ -167,6 +209,7 @@ fn a_checkpoint_continues_training_exactly_momentum_included() {
         classes: (0..10).map(|c| c.to_string()).collect(),
         train_examples: 4,
         batch: 4,
+        batch_split: Some(1),
     };
     checkpoint::save(&run, &half, &optim, &state).unwrap();
     drop((half, optim));
@@ -175,7 +218,7 @@ fn a_checkpoint_continues_training_exactly_momentum_included() {
     assert_eq!(saved.state, state);
     let resumed = saved.model(&main).unwrap();
     let mut optim = saved.optimizer(bit_optimizer()).unwrap();
-    let resumed = params(&sgd_steps(resumed, &mut optim, &devices, 1..3));
+    let resumed = params(&sgd_steps(resumed, &mut optim, &mut devices, 1..3));
     assert_eq!(
         resumed, straight,
         "momentum buffers must survive the checkpoint"
@@ -186,7 +229,7 @@ fn a_checkpoint_continues_training_exactly_momentum_included() {
     let amnesiac = params(&sgd_steps(
         saved.model(&main).unwrap(),
         &mut bit_optimizer(),
-        &devices,
+        &mut devices,
         1..3,
     ));
     assert_ne!(amnesiac, straight);

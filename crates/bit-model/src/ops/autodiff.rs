@@ -4,7 +4,11 @@
 //! strategies apply to these operations like to its own.
 
 use burn::backend::AutodiffBackend;
+use std::marker::PhantomData;
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::retro_forward::RetroForward;
+use burn::backend::autodiff::checkpoint::state::BackwardStates;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
@@ -109,6 +113,35 @@ impl<B: BitOps> Backward<B, 1> for ZeroPadMaxPool2dBackward {
 
 #[derive(Debug)]
 struct GroupNormReluBackward;
+
+/// Recomputes `relu(group_norm(x))` in the backward where gradient checkpointing dropped it.
+/// The op is memory-bound (two passes over its input), so under Burn's balanced strategy the
+/// convolution after it keeps no copy of its input: about half of a bottleneck's activations.
+/// Without checkpointing Burn treats it as compute-bound and keeps the output, as before.
+struct RetroGroupNormRelu<B> {
+    inputs: [NodeId; 3],
+    options: GroupNormOptions,
+    backend: PhantomData<B>,
+}
+
+impl<B> std::fmt::Debug for RetroGroupNormRelu<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetroGroupNormRelu")
+            .field("inputs", &self.inputs)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<B: BitOps> RetroForward for RetroGroupNormRelu<B> {
+    fn forward(&self, states: &mut BackwardStates, out_node: NodeId) {
+        let [x, gamma, beta] = self
+            .inputs
+            .map(|id| states.get_state::<FloatTensor<B>>(&id));
+        let out = B::group_norm_relu(x, gamma, beta, self.options);
+        states.save(out_node, out.output);
+    }
+}
 
 impl<B: BitOps> Backward<B, 3> for GroupNormReluBackward {
     /// Inputs, and the group statistics of the forward (`[batch, groups]`, small).
@@ -259,9 +292,16 @@ impl<B: BitOps, C: CheckpointStrategy> BitOps for Autodiff<B, C> {
         beta: FloatTensor<Self>,
         options: GroupNormOptions,
     ) -> GroupNormReluOutput<Self> {
+        let retro = RetroGroupNormRelu::<B> {
+            inputs: [x.id(), gamma.id(), beta.id()],
+            options,
+            backend: PhantomData,
+        };
         let prep = GroupNormReluBackward
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
-            .compute_bound()
+            .memory_bound()
+            .retro_forward(retro)
+            .parents([&x, &gamma, &beta])
             .stateful();
         let (output, mean, rstd) = match prep {
             OpsKind::Tracked(mut prep) => {

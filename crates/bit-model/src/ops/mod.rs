@@ -9,7 +9,7 @@
 //!   backward call until the weights change.
 //! - **`Autodiff<B>`**: the backward passes are ours (no intermediate tensors of the
 //!   standardization or of GroupNorm are recorded), built from `B`'s own backward primitives.
-//! - **other backends** (`wgpu`, `vulkan`, `cuda`): the trait's default bodies, composed of
+//! - **other backends** (`wgpu`, `vulkan`, `cuda`, remote devices): the trait's default bodies, composed of
 //!   Burn's ordinary tensor ops (the same computation the model used before these kernels); a
 //!   GPU kernel can replace any of them behind the same trait.
 //!
@@ -92,7 +92,8 @@ pub struct GroupNormReluGrads<B: Backend> {
 #[backend_extension(
     Flex,
     Autodiff,
-    Cube: cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))
+    Cube: cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda")),
+    Remote: cfg(feature = "remote")
 )]
 pub trait BitOps: Backend {
     /// `conv2d(x, standardize(weight))`: for each output filter, `(w - mean) / sqrt(var + eps)`
@@ -179,6 +180,11 @@ pub trait BitOps: Backend {
 
 #[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
 impl BitOps for burn::backend::Cube {}
+
+/// On a device another process serves, the composed bodies: each of Burn's ops they are made
+/// of runs on the server's backend.
+#[cfg(feature = "remote")]
+impl BitOps for burn::backend::Remote {}
 
 /// A weight-standardized convolution on the backend `x` lives on, differentiable with respect
 /// to `x` and the raw `weight` on an autodiff device.

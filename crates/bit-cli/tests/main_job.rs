@@ -1,0 +1,125 @@
+//! The README's main job, exactly as written there (BiT-M-R50x1 on CIFAR-10 at the reference's
+//! batch 512), starts and trains on this machine without any flag: `--batch_split auto`
+//! measures what a micro-batch costs and splits the batch to fit the free memory. CIFAR-10 is a
+//! local copy in the release's binary format (full size, 50000 + 10000 records) and the
+//! weights are the golden R50x1 checkpoint placed as `BiT-M-R50x1.npz`, since neither can be
+//! downloaded here.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bit_testkit::{KillOnDrop, ScratchDir};
+
+/// The extracted CIFAR-10 release (`cifar-10-batches-bin`) in `datadir`, full size.
+fn cifar10(datadir: &Path) {
+    let dir = datadir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ];
+    for (f, file) in files.iter().enumerate() {
+        let mut data = Vec::with_capacity(10_000 * 3073);
+        for r in 0..10_000usize {
+            let label = (r % 10) as u8;
+            data.push(label);
+            // A different smooth picture per class: learnable, and quick to write.
+            data.extend((0..3072).map(|p| (p / 32 * (label as usize + 1) + f * 7 + r % 13) as u8));
+        }
+        std::fs::write(dir.join(file), data).unwrap();
+    }
+    let names = "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n";
+    std::fs::write(dir.join("batches.meta.txt"), names).unwrap();
+}
+
+/// Total memory of this machine (or of its cgroup, if smaller), in bytes.
+fn machine_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    limit.map_or(total * 1024, |l| l.min(total * 1024))
+}
+
+#[test]
+fn the_readme_main_job_starts_within_memory_without_flags() {
+    let scratch = ScratchDir::new("main-job");
+    let (logdir, datadir, models) = (
+        scratch.join("bit_logs"),
+        scratch.join("cifar10"),
+        scratch.join("bit_models"),
+    );
+    cifar10(&datadir);
+    std::fs::create_dir_all(&models).unwrap();
+    std::os::unix::fs::symlink(
+        bit_testkit::golden_file("r50x1.weights.npz"),
+        models.join("BiT-M-R50x1.npz"),
+    )
+    .unwrap();
+
+    // README: bit train --name cifar10_run --model BiT-M-R50x1 --logdir /tmp/bit_logs
+    //     --dataset cifar10 --datadir /tmp/cifar10 --bit_pretrained_dir ~/bit_models
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_bit"))
+            .args(["train", "--name", "cifar10_run", "--model", "BiT-M-R50x1"])
+            .arg("--logdir")
+            .arg(&logdir)
+            .args(["--dataset", "cifar10", "--datadir"])
+            .arg(&datadir)
+            .arg("--bit_pretrained_dir")
+            .arg(&models)
+            .env("BIT_HOME", scratch.join("cache"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Its log on stderr, line by line, until the second optimizer step starts (the first has
+    // then run all its micro-batches and updated the weights).
+    let stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let started = Instant::now();
+    let mut log = Vec::new();
+    let mut peak = 0;
+    for line in stderr.lines().map_while(Result::ok) {
+        peak = peak.max(child.peak_memory().unwrap_or(0));
+        log.push(line);
+        let last = log.last().unwrap();
+        if last.contains("[step 1") {
+            break;
+        }
+        assert!(
+            !last.starts_with("error") && started.elapsed() < Duration::from_secs(1800),
+            "{}",
+            log.join("\n")
+        );
+    }
+    peak = peak.max(child.peak_memory().unwrap_or(0));
+    drop(child);
+    let log = log.join("\n");
+    assert!(
+        log.contains("[step 1"),
+        "the run ended before its second step:\n{log}"
+    );
+    let choice = log
+        .lines()
+        .find(|l| l.contains("--batch_split auto:"))
+        .unwrap_or_else(|| panic!("no split logged:\n{log}"));
+    let total = machine_memory();
+    assert!(peak < total, "peak {peak} of {total} bytes ({choice})");
+    eprintln!(
+        "{choice}\npeak RSS {:.2} GiB of {:.2} GiB",
+        peak as f64 / (1u64 << 30) as f64,
+        total as f64 / (1u64 << 30) as f64
+    );
+}

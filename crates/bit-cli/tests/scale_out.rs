@@ -1,0 +1,215 @@
+//! Training over `bit serve` worker processes on 127.0.0.1 (Burn Remote over WebSocket), as
+//! users run it across machines: two workers train like one, a worker killed mid-run stops the
+//! run with a clear error and the same command resumes from its checkpoint, and anything that
+//! is not a worker is refused by name.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bit_model::ResNetV2;
+use bit_testkit::{KillOnDrop, ScratchDir, bit_serve};
+use burn::tensor::Device;
+
+fn bit() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_bit"))
+}
+
+/// `bit train` of the golden tiny model on Fashion-MNIST at 32 px for `steps` steps of 16
+/// images (two micro-batches each), on `device`.
+fn train(logdir: &Path, name: &str, device: &str, steps: usize) -> Command {
+    assert!(
+        Path::new(bit_data::DEBIAN_FASHION_MNIST_DIR).is_dir(),
+        "apt-get install dataset-fashion-mnist"
+    );
+    let mut cmd = Command::new(bit());
+    cmd.args(["train", "--name", name, "--model"])
+        .arg(bit_testkit::golden_file("tiny.weights.npz"))
+        .arg("--logdir")
+        .arg(logdir)
+        .args(["--dataset", "fashion_mnist", "--resolution", "32,32"])
+        .args(["--batch", "16", "--batch_split", "2", "--workers", "2"])
+        .args(["--steps", &steps.to_string(), "--eval_every", "2"])
+        .args(["--max_eval_examples", "32", "--device", device])
+        .env_remove("BIT_REMOTE_TOKEN")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The trained weights of a finished run, and its training losses.
+fn outcome(run: &Path) -> (Vec<f32>, Vec<f64>) {
+    let model = ResNetV2::from_safetensors(run.join("model.safetensors"), &Device::flex()).unwrap();
+    let mut weights = bit_model::backend::host_values(model.root.conv.weight.val());
+    weights.extend(bit_model::backend::host_values(model.head.fc.weight.val()));
+    let losses = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["event"] == "train")
+        .map(|m| m["loss"].as_f64().unwrap())
+        .collect();
+    (weights, losses)
+}
+
+/// Max |a - b| over max |b|.
+fn relative(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let gap = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    gap / b.iter().map(|x| x.abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn two_worker_processes_train_like_one() {
+    let logs = ScratchDir::new("scale-out-same");
+    let (_one, one) = bit_serve(bit(), None);
+    let (_two, two) = bit_serve(bit(), None);
+    run(&mut train(&logs, "one", &one, 3));
+    run(&mut train(&logs, "two", &format!("{one},{two}"), 3));
+    run(&mut train(&logs, "local", "cpu", 3));
+    let (w1, l1) = outcome(&logs.join("one"));
+    let (w2, l2) = outcome(&logs.join("two"));
+    let (local, ll) = outcome(&logs.join("local"));
+    assert_eq!(l1.len(), 6, "3 steps of 2 micro-batches");
+    // Same ops on the same backend, gradients summed in another order: float32 noise.
+    assert!(relative(&w2, &w1) <= 1e-5, "{}", relative(&w2, &w1));
+    for (a, b) in l2.iter().zip(&l1) {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "losses {l2:?} vs {l1:?}");
+    }
+    // The workers run Burn's composed ops, this process its own kernels: the same function.
+    assert!(relative(&w2, &local) <= 1e-4, "{}", relative(&w2, &local));
+    for (a, b) in l2.iter().zip(&ll) {
+        assert!((a - b).abs() <= 1e-4 * b.abs(), "losses {l2:?} vs {ll:?}");
+    }
+}
+
+/// The step of the checkpoint `checkpoint.json` points at.
+fn checkpoint_step(run: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(run.join("checkpoint.json")).ok()?;
+    text.split("step-").nth(1)?.get(..6)?.parse().ok()
+}
+
+#[test]
+fn a_worker_killed_mid_run_is_a_clear_error_and_the_run_resumes() {
+    let logs = ScratchDir::new("scale-out-dead");
+    let run_dir: PathBuf = logs.join("r");
+    let (_kept, kept) = bit_serve(bit(), None);
+    let (doomed, address) = bit_serve(bit(), None);
+    let devices = format!("{kept},{address}");
+    let mut child = KillOnDrop(
+        train(&logs, "r", &devices, 400)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    while checkpoint_step(&run_dir).is_none() {
+        assert!(child.0.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(doomed); // SIGKILL the second worker mid-run
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the run hangs on a dead worker"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("a device failed at step"), "{stderr}");
+    assert!(stderr.contains("rerun the same command"), "{stderr}");
+    let saved = checkpoint_step(&run_dir).unwrap();
+
+    // A new worker in the dead one's place: the same command resumes at the checkpoint.
+    let (_new, replacement) = bit_serve(bit(), None);
+    let devices = format!("{kept},{replacement}");
+    let out = run(train(&logs, "r", &devices, saved + 2).stderr(Stdio::piped()));
+    let log = std::fs::read_to_string(run_dir.join("train.log")).unwrap();
+    assert!(log.contains(&format!("Resumed at step {saved}")), "{log}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("after {} steps", saved + 2)));
+}
+
+#[test]
+fn anything_but_a_worker_is_refused_by_name() {
+    let logs = ScratchDir::new("scale-out-refused");
+    // A server that answers garbage.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let garbage = format!("ws://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            // Whatever the client sent (its handshake), then not a WebSocket answer.
+            let mut request = [0u8; 1024];
+            let _request_length = stream.read(&mut request);
+            stream.write_all(b"\x00\xffnot a websocket\r\n\r\n").ok();
+        }
+    });
+    // A port nothing listens on.
+    let refused = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("ws://{}", l.local_addr().unwrap())
+    };
+    for (device, why) in [
+        (garbage.as_str(), "cannot connect the remote device"),
+        (refused.as_str(), "cannot be reached"),
+        ("ws://127.0.0.1", "expected ws://host:port"),
+    ] {
+        let started = Instant::now();
+        let out = train(&logs, "g", device, 1).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(why) && stderr.contains(device),
+            "{device}: {stderr}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "{device}");
+    }
+    // Serving beyond this machine needs a token.
+    let out = Command::new(bit())
+        .args(["serve", "--port", "0", "--bind", "0.0.0.0"])
+        .env_remove("BIT_REMOTE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BIT_REMOTE_TOKEN"));
+}
+
+#[test]
+fn a_worker_with_a_token_turns_away_clients_without_it() {
+    let logs = ScratchDir::new("scale-out-token");
+    let (_worker, address) = bit_serve(bit(), Some("s3cret"));
+    let out = train(&logs, "t", &address, 1)
+        .env("BIT_REMOTE_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rejected the credential"), "{stderr}");
+    run(train(&logs, "t", &address, 1).env("BIT_REMOTE_TOKEN", "s3cret"));
+}

@@ -1,0 +1,132 @@
+//! Scratch directories and child processes that clean up after a test, whatever its outcome.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A fresh directory under the system's temporary directory, removed with everything in it
+/// when dropped, so that a passing or failing test leaves nothing behind.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// `{tmp}/bit-scratch-{pid}/{name}`, emptied first (see [`scratch_root`]).
+    pub fn new(name: &str) -> Self {
+        let dir = scratch_root("bit-scratch").join(name);
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+/// `{tmp}/{prefix}-{pid}`: this test process's own directory for `prefix`, created. The test
+/// harness runs no destructors at exit, so what a test binary writes outlives it; the first call
+/// in a process therefore removes the `{prefix}-{pid}...` entries of processes that have exited,
+/// so that repeated test runs do not fill the disk.
+pub fn scratch_root(prefix: &str) -> PathBuf {
+    let tmp = std::env::temp_dir();
+    static SWEPT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut swept = SWEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if !swept.iter().any(|p| p == prefix) {
+        swept.push(prefix.to_string());
+        let stale = std::fs::read_dir(&tmp)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                let name = entry.file_name();
+                let Some(rest) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(&format!("{prefix}-")))
+                else {
+                    return false;
+                };
+                let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                let next = rest[pid.len()..].chars().next();
+                !pid.is_empty()
+                    && next.is_none_or(|c| c == '-')
+                    && !Path::new(&format!("/proc/{pid}")).exists()
+            });
+        for entry in stale {
+            std::fs::remove_dir_all(entry.path()).ok();
+        }
+    }
+    let dir = tmp.join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    /// Its peak resident memory so far (`VmHWM`, Linux), in bytes.
+    pub fn peak_memory(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// `bit serve --port 0` started as a child (the `bit` binary at `bit`) with `token` as its
+/// `$BIT_REMOTE_TOKEN` (none if `None`, whatever the test's environment says): the process and
+/// the `ws://` address it printed. Panics if it does not print one within a minute.
+pub fn bit_serve(bit: &Path, token: Option<&str>) -> (KillOnDrop, String) {
+    let mut command = Command::new(bit);
+    command.args(["serve", "--port", "0"]);
+    match token {
+        Some(token) => command.env("BIT_REMOTE_TOKEN", token),
+        None => command.env_remove("BIT_REMOTE_TOKEN"),
+    };
+    let mut child = KillOnDrop(
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("ws://") {
+                let address: String = line[at..].split_whitespace().next().unwrap().into();
+                tx.send(address).ok();
+            }
+        }
+    });
+    let started = Instant::now();
+    let address = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("bit serve printed no address in {:?}", started.elapsed()));
+    (child, address)
+}
