@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bit_testkit::{KillOnDrop, ScratchDir};
+use bit_train::memory::peak_resident_memory_of;
 
 /// The extracted CIFAR-10 release (`cifar-10-batches-bin`) in `datadir`, full size.
 fn cifar10(datadir: &Path) {
@@ -92,7 +93,7 @@ fn the_readme_main_job_starts_within_memory_without_flags() {
     let mut log = Vec::new();
     let mut peak = 0;
     for line in stderr.lines().map_while(Result::ok) {
-        peak = peak.max(child.peak_memory().unwrap_or(0));
+        peak = peak.max(peak_resident_memory_of(child.0.id()).unwrap_or(0));
         log.push(line);
         let last = log.last().unwrap();
         if last.contains("[step 1") {
@@ -104,7 +105,7 @@ fn the_readme_main_job_starts_within_memory_without_flags() {
             log.join("\n")
         );
     }
-    peak = peak.max(child.peak_memory().unwrap_or(0));
+    peak = peak.max(peak_resident_memory_of(child.0.id()).unwrap_or(0));
     drop(child);
     let log = log.join("\n");
     assert!(

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bit_model::ResNetV2;
-use bit_testkit::{KillOnDrop, ScratchDir, bit_serve};
+use bit_testkit::{KillOnDrop, ScratchDir, bit_serve, max_relative_gap};
 use burn::tensor::Device;
 
 fn bit() -> &'static Path {
@@ -63,17 +63,6 @@ fn outcome(run: &Path) -> (Vec<f32>, Vec<f64>) {
     (weights, losses)
 }
 
-/// Max |a - b| over max |b|.
-fn relative(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let gap = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max);
-    gap / b.iter().map(|x| x.abs()).fold(0.0, f32::max)
-}
-
 #[test]
 fn two_worker_processes_train_like_one() {
     let logs = ScratchDir::new("scale-out-same");
@@ -87,12 +76,20 @@ fn two_worker_processes_train_like_one() {
     let (local, ll) = outcome(&logs.join("local"));
     assert_eq!(l1.len(), 6, "3 steps of 2 micro-batches");
     // Same ops on the same backend, gradients summed in another order: float32 noise.
-    assert!(relative(&w2, &w1) <= 1e-5, "{}", relative(&w2, &w1));
+    assert!(
+        max_relative_gap(&w2, &w1) <= 1e-5,
+        "{}",
+        max_relative_gap(&w2, &w1)
+    );
     for (a, b) in l2.iter().zip(&l1) {
         assert!((a - b).abs() <= 1e-5 * b.abs(), "losses {l2:?} vs {l1:?}");
     }
     // The workers run Burn's composed ops, this process its own kernels: the same function.
-    assert!(relative(&w2, &local) <= 1e-4, "{}", relative(&w2, &local));
+    assert!(
+        max_relative_gap(&w2, &local) <= 1e-4,
+        "{}",
+        max_relative_gap(&w2, &local)
+    );
     for (a, b) in l2.iter().zip(&ll) {
         assert!((a - b).abs() <= 1e-4 * b.abs(), "losses {l2:?} vs {ll:?}");
     }

@@ -44,6 +44,17 @@ pub fn golden_array(name: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
     (shape, npy.into_vec().unwrap())
 }
 
+/// `max |a - b| / max |b|`: how far apart two sets of weights are, relative to their scale.
+pub fn max_relative_gap(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    let gap = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    gap / b.iter().map(|x| x.abs()).fold(0.0, f32::max)
+}
+
 /// Asserts `|a - b| <= atol + rtol * |b|` element-wise, naming the worst element.
 pub fn assert_close(what: &str, a: &[f32], b: &[f32], atol: f32, rtol: f32) {
     assert_eq!(a.len(), b.len(), "{what}: lengths differ");

@@ -74,22 +74,6 @@ pub fn scratch_root(prefix: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct KillOnDrop(pub Child);
 
-impl KillOnDrop {
-    /// Its peak resident memory so far (`VmHWM`, Linux), in bytes.
-    pub fn peak_memory(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).ok()?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
-    }
-}
-
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         self.0.kill().ok();

@@ -182,6 +182,12 @@ pub fn peak_resident_memory() -> Option<u64> {
     )
 }
 
+/// The peak resident memory of process `pid` in bytes (`VmHWM`): a worker's, a child's.
+pub fn peak_resident_memory_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    kib_field(&status, "VmHWM:")
+}
+
 /// The most resident memory this process used while `work` ran, in bytes above what it held
 /// before: the kernel's peak (reset first) where it can be reset, else sampled every 2 ms.
 pub fn peak_while<T>(work: impl FnOnce() -> T) -> (T, Option<u64>) {

@@ -36,20 +36,13 @@ fn params(model: &ResNetV2) -> Vec<f32> {
     all
 }
 
-/// Max |a - b| relative to max |b|: how far apart two trained weights are.
-fn relative_to_weights(a: &[f32], b: &[f32]) -> f32 {
-    let gap = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max);
-    gap / b.iter().map(|x| x.abs()).fold(0.0, f32::max)
-}
-
 /// Two trained weights agree to 1e-5 relative, and their gap is float32 summation noise next
 /// to the update itself (1e-4 of it: a wrong weighting or a lost shard is ~1e-1).
 fn assert_same_update(what: &str, a: &[f32], b: &[f32], before: &[f32]) {
-    let (weights, step) = (relative_to_weights(a, b), relative_gap(a, b, before));
+    let (weights, step) = (
+        bit_testkit::max_relative_gap(a, b),
+        relative_gap(a, b, before),
+    );
     assert!(
         weights <= 1e-5 && step < 1e-4,
         "{what}: {weights} of the weights, {step} of the step"
