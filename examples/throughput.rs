@@ -152,8 +152,7 @@ fn time_training(config: &ResNetV2Config, mut parallel: DataParallel, args: &Arg
             parallel.backward(&model, x, &targets, 1.0 / split as f32);
         }
         let grads = parallel.all_reduce(&model);
-        parallel.update(0.003, &grads);
-        model = sgd.step(0.003, model, grads);
+        model = parallel.step(0.003, model, &mut sgd, grads);
         // Reading a parameter back waits for the update on asynchronous backends.
         let _ = model.head.fc.bias.as_ref().map(|b| b.val().into_data());
         if let Some(replica) = parallel.replica(parallel.len() - 1) {

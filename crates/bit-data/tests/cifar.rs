@@ -2,33 +2,15 @@
 //! served over HTTP on 127.0.0.1.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bit_data::{Cifar, DataError, FetchError, ImageDataset, RemoteFile, Split};
-use bit_testkit::HttpServer;
+use bit_testkit::{HttpServer, ScratchDir};
 
 /// A fresh directory, removed with everything in it when dropped (the release-size files are
 /// large).
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.0).ok();
-    }
-}
-
-fn scratch(name: &str) -> Scratch {
-    let dir = bit_testkit::scratch_root("bit-data-cifar").join(name);
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("data-cifar-{name}"))
 }
 
 /// Pixel `p` of channel `c` of record `r`: a recognisable pattern.

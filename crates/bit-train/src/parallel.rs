@@ -59,8 +59,7 @@ pub struct Targets {
 /// let loss = parallel.backward(&model, images, &Targets { labels, mixed: None }, 1.0);
 /// assert!(loss.is_finite());
 /// let grads = parallel.all_reduce(&model);
-/// parallel.update(0.003, &grads);
-/// model = optim.step(0.003, model, grads);
+/// model = parallel.step(0.003, model, &mut optim, grads);
 /// ```
 pub struct DataParallel {
     devices: Vec<Device>,
@@ -225,17 +224,24 @@ impl DataParallel {
         sum.grads()
     }
 
-    /// Every replica takes the optimizer step the main device takes with `grads` (the
-    /// all-reduced gradients, on the main device) at learning rate `rate`.
-    pub fn update(&mut self, rate: f64, grads: &GradientsParams) {
+    /// The optimizer step with `grads` (the all-reduced gradients, on the main device) at
+    /// learning rate `rate` on every device at once: `model` with `optim` on the main device
+    /// (returned), each replica with its own optimizer on its device.
+    pub fn step(
+        &mut self,
+        rate: f64,
+        model: ResNetV2,
+        optim: &mut ModuleOptimizer,
+        grads: GradientsParams,
+    ) -> ResNetV2 {
         let copies: Vec<GradientsParams> = self
             .replicas
             .iter()
             .zip(&self.devices[1..])
-            .map(|(replica, device)| copy_to(grads, &replica.model, device))
+            .map(|(replica, device)| copy_to(&grads, &replica.model, device))
             .collect();
         let replicas = std::mem::take(&mut self.replicas);
-        self.replicas = std::thread::scope(|s| {
+        let (model, replicas) = std::thread::scope(|s| {
             let handles: Vec<_> = replicas
                 .into_iter()
                 .zip(copies)
@@ -246,11 +252,15 @@ impl DataParallel {
                     })
                 })
                 .collect();
-            handles
+            let model = optim.step(rate, model, grads);
+            let replicas: Vec<Replica> = handles
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
+                .collect();
+            (model, replicas)
         });
+        self.replicas = replicas;
+        model
     }
 }
 

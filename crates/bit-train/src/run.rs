@@ -223,8 +223,7 @@ impl Run {
                 None => grads,
             };
             let start = Instant::now();
-            parallel.update(rate, &grads);
-            at.model = at.optim.step(rate, at.model, grads);
+            at.model = parallel.step(rate, at.model, &mut at.optim, grads);
             self.timings.add("update", start);
             at.step += 1;
             step.store(at.step, Ordering::SeqCst);

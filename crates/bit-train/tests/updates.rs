@@ -99,8 +99,7 @@ fn train_on(mut parallel: DataParallel, split: usize, lambda: Option<f32>, steps
             assert!(loss.is_finite());
         }
         let grads = parallel.all_reduce(&model);
-        parallel.update(0.003, &grads);
-        model = sgd.step(0.003, model, grads);
+        model = parallel.step(0.003, model, &mut sgd, grads);
         for r in 1..parallel.len() {
             let replica = parallel.replica(r).expect("one replica per device");
             assert_eq!(
@@ -177,7 +176,7 @@ fn sgd_steps(
         };
         parallel.backward(&model, x, &targets, 1.0);
         let grads = parallel.all_reduce(&model);
-        model = optim.step(0.003, model, grads);
+        model = parallel.step(0.003, model, optim, grads);
     }
     model
 }
