@@ -67,6 +67,10 @@ pub struct DataParallel {
     on_host: bool,
     /// The replicas of `devices[1..]`, with their optimizers.
     replicas: Vec<Replica>,
+    /// With several replicas on this process's CPU, one thread pool each, splitting the cores
+    /// between them as separate devices would (instead of every replica's kernels contending
+    /// for all of them).
+    pools: Vec<rayon::ThreadPool>,
     /// The gradients each device has accumulated since the last all-reduce.
     pending: Vec<Option<GradientsAccumulator<ResNetV2>>>,
 }
@@ -83,8 +87,25 @@ impl DataParallel {
         if devices.is_empty() {
             return Err(TrainError::InvalidConfig("no device to train on".into()));
         }
+        let on_host = devices.iter().all(|d| *d == Device::flex());
+        let pools = if on_host && devices.len() > 1 {
+            let share = (rayon::current_num_threads() / devices.len()).max(1);
+            // A pool that cannot be built leaves its replica on the global pool: slower, same
+            // result.
+            (0..devices.len())
+                .filter_map(|_| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(share)
+                        .build()
+                        .ok()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
-            on_host: devices.iter().all(|d| *d == Device::flex()),
+            on_host,
+            pools,
             pending: devices.iter().map(|_| None).collect(),
             devices: devices.into_iter().map(Device::autodiff).collect(),
             replicas: Vec::new(),
@@ -190,7 +211,15 @@ impl DataParallel {
             vec![shard(0)]
         } else {
             std::thread::scope(|s| {
-                let handles: Vec<_> = (0..shards).map(|i| s.spawn(move || shard(i))).collect();
+                let pools = &self.pools;
+                let handles: Vec<_> = (0..shards)
+                    .map(|i| {
+                        s.spawn(move || match pools.get(i) {
+                            Some(pool) => pool.install(|| shard(i)),
+                            None => shard(i),
+                        })
+                    })
+                    .collect();
                 handles
                     .into_iter()
                     .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
