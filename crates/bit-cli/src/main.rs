@@ -83,11 +83,12 @@ enum Command {
     Eval(Box<infer::EvalArgs>),
     /// Convert a model between .npz (official layout) and .safetensors.
     Export(infer::ExportArgs),
-    /// Serve this machine's devices to `bit train`/`bit distill --device ws://HOST:PORT` run
-    /// elsewhere (Burn Remote over WebSocket): the trainer keeps a model replica on each served
-    /// device and exchanges gradients once per step. The channel is plain WebSocket: not
-    /// encrypted, and authenticated only by $BIT_REMOTE_TOKEN (sent in clear) when set; listens
-    /// on 127.0.0.1 unless --bind says otherwise. See docs/distributed.md.
+    /// Serve this machine's devices to `bit train`/`bit distill --device ws://HOST:PORT` (or
+    /// iroh://ID@HOST:PORT) run elsewhere, through Burn Remote: the trainer keeps a model replica
+    /// on each served device and exchanges gradients once per step. WebSocket (default) is not
+    /// encrypted and authenticates clients only by $BIT_REMOTE_TOKEN, sent in clear; Iroh
+    /// (--transport iroh) is encrypted and authenticates the server by its key, clients by the
+    /// token. Listens on 127.0.0.1 unless --bind says otherwise. See docs/distributed.md.
     #[cfg(feature = "remote")]
     Serve(serve::ServeArgs),
 }

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bit_model::ResNetV2;
-use bit_testkit::{KillOnDrop, ScratchDir, bit_serve, max_relative_gap};
+use bit_testkit::{KillOnDrop, ScratchDir, bit_serve, bit_serve_with, max_relative_gap};
 use burn::tensor::Device;
 
 fn bit() -> &'static Path {
@@ -209,4 +209,62 @@ fn a_worker_with_a_token_turns_away_clients_without_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("rejected the credential"), "{stderr}");
     run(train(&logs, "t", &address, 1).env("BIT_REMOTE_TOKEN", "s3cret"));
+}
+
+/// A UDP port free a moment ago.
+fn free_udp_port() -> String {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().port().to_string()
+}
+
+/// `bit serve --transport iroh` with the key in `key`, and the address it printed.
+fn iroh_worker(key: &Path) -> (KillOnDrop, String) {
+    let port = free_udp_port();
+    let args = ["--transport", "iroh", "--bind", "0.0.0.0", "--port", &port];
+    let key = key.to_str().unwrap();
+    bit_serve_with(
+        bit(),
+        &[&args[..], &["--key", key]].concat(),
+        Some("s3cret"),
+    )
+}
+
+#[test]
+fn an_iroh_worker_is_dialled_by_its_key_and_lets_in_only_its_token() {
+    let logs = ScratchDir::new("scale-out-iroh");
+    let (_worker, address) = iroh_worker(&logs.join("worker.key"));
+    assert!(address.starts_with("iroh://"), "{address}");
+    run(train(&logs, "iroh", &address, 1).env("BIT_REMOTE_TOKEN", "s3cret"));
+
+    let out = train(&logs, "wrong-token", &address, 1)
+        .env("BIT_REMOTE_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rejected the credential"), "{stderr}");
+
+    // The key authenticates the server: another server's id at this address is not answered.
+    let (_other, elsewhere) = iroh_worker(&logs.join("other.key"));
+    let other_id = &elsewhere["iroh://".len()..elsewhere.find('@').unwrap()];
+    let at = &address[address.find('@').unwrap()..];
+    let impostor = format!("iroh://{other_id}{at}");
+    let out = train(&logs, "impostor", &impostor, 1)
+        .env("BIT_REMOTE_TOKEN", "s3cret")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot connect the remote device"),
+        "{stderr}"
+    );
+
+    // Iroh binds every interface: only with --bind said, and never without a token.
+    let out = Command::new(bit())
+        .args(["serve", "--transport", "iroh", "--port", &free_udp_port()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bind 0.0.0.0"));
 }

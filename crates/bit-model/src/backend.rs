@@ -3,8 +3,8 @@
 //! Burn 0.22 chooses the backend through the [`Device`] value, so the same model code runs on
 //! every backend compiled into the binary. The CPU backend (`flex`) is always there; GPU
 //! backends come with this crate's cargo features `wgpu`, `vulkan` and `cuda`; devices that
-//! other processes or machines serve (`bit serve`, Burn Remote over WebSocket) come with the
-//! `remote` feature and are named `ws://host:port[/index]`.
+//! other processes or machines serve (`bit serve`, Burn Remote over WebSocket or Iroh) come with the
+//! `remote` feature and are named `ws://host:port[/index]` or `iroh://ID@host:port[/index]`.
 
 use burn::tensor::{Device, Tensor};
 
@@ -32,6 +32,7 @@ pub fn compiled_backends() -> Vec<&'static str> {
     let mut names = vec!["cpu"];
     if cfg!(feature = "remote") {
         names.push("ws://host:port[/index]");
+        names.push("iroh://ID@host:port[/index]");
     }
     if cfg!(feature = "wgpu") {
         names.push("wgpu");
@@ -47,8 +48,9 @@ pub fn compiled_backends() -> Vec<&'static str> {
 
 /// The device called `name`: `cpu` (Burn's `flex` backend, also accepted as `flex`), `wgpu`,
 /// `vulkan`, or `cuda`, each optionally with `:<index>` for the n-th GPU; with the `remote`
-/// feature, `ws://host:port[/index]`, device `index` (default 0) of a `bit serve` process,
-/// connected here (the credential is `$BIT_REMOTE_TOKEN` if set).
+/// feature, `ws://host:port[/index]` or `iroh://ID@host:port[/index]`, device `index`
+/// (default 0) of a `bit serve` process, connected here (the credential is `$BIT_REMOTE_TOKEN`
+/// if set).
 ///
 /// ```
 /// use bit_model::backend::device_from_name;
@@ -153,21 +155,34 @@ pub fn compiled_devices() -> Vec<(&'static str, Device)> {
         .collect()
 }
 
-/// Devices served by other processes: `ws://host:port[/index]`.
+/// Devices served by other processes: `ws://host:port[/index]` (WebSocket) and
+/// `iroh://ID@host:port[/index]` (Iroh: the server's key id, then where to dial it).
 mod remote {
     use super::*;
 
-    /// A remote device as named: the server's URL and, if given, which of its devices.
+    /// A remote device as named: the server and, if given, which of its devices.
     pub(super) struct RemoteName {
         name: String,
         #[cfg_attr(not(feature = "remote"), allow(dead_code))]
-        url: String,
+        server: Server,
         index: Option<usize>,
+    }
+
+    /// Where a server is, per transport.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    enum Server {
+        /// `ws://host:port`.
+        WebSocket(String),
+        /// The key id and `host:port`.
+        Iroh(String, String),
     }
 
     /// `Some` for a name with a remote scheme (whether or not this build can connect it).
     pub(super) fn parse(name: &str) -> Option<Result<RemoteName>> {
-        let rest = name.strip_prefix("ws://")?;
+        let (scheme, rest) = name.split_once("://")?;
+        if scheme != "ws" && scheme != "iroh" {
+            return None;
+        }
         let bad = |why: &str| Error::RemoteDevice {
             name: name.to_string(),
             reason: why.to_string(),
@@ -180,15 +195,25 @@ mod remote {
             },
             None => (rest, None),
         };
-        let port_ok = address
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !port_ok {
-            return Some(Err(bad("expected ws://host:port[/index]")));
-        }
+        let host_port = |address: &str| {
+            address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        };
+        let server = match (scheme, address.split_once('@')) {
+            ("ws", _) if host_port(address) => Server::WebSocket(format!("ws://{address}")),
+            ("iroh", Some((id, at))) if !id.is_empty() && host_port(at) => {
+                Server::Iroh(id.to_string(), at.to_string())
+            }
+            _ => {
+                return Some(Err(bad(
+                    "expected ws://host:port[/index] or iroh://ID@host:port[/index]",
+                )));
+            }
+        };
         Some(Ok(RemoteName {
             name: name.to_string(),
-            url: format!("ws://{address}"),
+            server,
             index,
         }))
     }
@@ -199,7 +224,7 @@ mod remote {
             #[cfg(feature = "remote")]
             {
                 let options =
-                    Device::remote_options(&self.host()).device_index(self.index.unwrap_or(0));
+                    Device::remote_options(&self.host()?).device_index(self.index.unwrap_or(0));
                 options.init().map_err(|e| self.error(e))
             }
             #[cfg(not(feature = "remote"))]
@@ -213,7 +238,7 @@ mod remote {
             }
             #[cfg(feature = "remote")]
             {
-                let devices = self.host().devices().map_err(|e| self.error(e))?;
+                let devices = self.host()?.devices().map_err(|e| self.error(e))?;
                 Ok(devices.into_iter().collect())
             }
             #[cfg(not(feature = "remote"))]
@@ -221,12 +246,32 @@ mod remote {
         }
 
         #[cfg(feature = "remote")]
-        fn host(&self) -> burn::remote::RemoteHost {
-            let host = burn::remote::RemoteHost::websocket(&self.url);
-            match std::env::var("BIT_REMOTE_TOKEN") {
+        fn host(&self) -> Result<burn::remote::RemoteHost> {
+            use burn::remote::{EndpointId, IrohHost, IrohRelays, RemoteHost};
+            let host = match &self.server {
+                Server::WebSocket(url) => RemoteHost::websocket(url),
+                Server::Iroh(id, at) => {
+                    let bad = |reason: String| Error::RemoteDevice {
+                        name: self.name.clone(),
+                        reason,
+                    };
+                    let id: EndpointId = id
+                        .parse()
+                        .map_err(|e| bad(format!("`{id}` is not an Iroh server id: {e}")))?;
+                    let addresses = std::net::ToSocketAddrs::to_socket_addrs(at)
+                        .map_err(|e| bad(format!("cannot resolve {at}: {e}")))?;
+                    // Direct connections only: no relay server is contacted.
+                    let host = addresses.fold(
+                        IrohHost::new(id).with_relays(IrohRelays::Disabled),
+                        IrohHost::with_address,
+                    );
+                    RemoteHost::iroh(host)
+                }
+            };
+            Ok(match std::env::var("BIT_REMOTE_TOKEN") {
                 Ok(token) if !token.is_empty() => host.with_credential(token),
                 _ => host,
-            }
+            })
         }
 
         #[cfg(feature = "remote")]

@@ -6,7 +6,7 @@ mod http;
 mod process;
 
 pub use http::{HttpServer, STALL_AFTER};
-pub use process::{KillOnDrop, ScratchDir, bit_serve, scratch_root};
+pub use process::{KillOnDrop, ScratchDir, bit_serve, bit_serve_with, scratch_root};
 
 /// The reference vectors (`shared/golden`): `$BIT_GOLDEN_DIR`, else `../shared/golden` beside
 /// the checkout. Panics when they are absent, so numerical tests fail instead of skipping.

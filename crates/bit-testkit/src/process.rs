@@ -85,8 +85,14 @@ impl Drop for KillOnDrop {
 /// `$BIT_REMOTE_TOKEN` (none if `None`, whatever the test's environment says): the process and
 /// the `ws://` address it printed. Panics if it does not print one within a minute.
 pub fn bit_serve(bit: &Path, token: Option<&str>) -> (KillOnDrop, String) {
+    bit_serve_with(bit, &["--port", "0"], token)
+}
+
+/// [`bit_serve`] with other arguments: the process and the address it printed (`ws://...` or
+/// `iroh://...`, an unspecified host replaced by 127.0.0.1).
+pub fn bit_serve_with(bit: &Path, args: &[&str], token: Option<&str>) -> (KillOnDrop, String) {
     let mut command = Command::new(bit);
-    command.args(["serve", "--port", "0"]);
+    command.arg("serve").args(args);
     match token {
         Some(token) => command.env("BIT_REMOTE_TOKEN", token),
         None => command.env_remove("BIT_REMOTE_TOKEN"),
@@ -102,9 +108,10 @@ pub fn bit_serve(bit: &Path, token: Option<&str>) -> (KillOnDrop, String) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("ws://") {
-                let address: String = line[at..].split_whitespace().next().unwrap().into();
-                tx.send(address).ok();
+            if let Some(at) = line.find("ws://").or_else(|| line.find("iroh://")) {
+                let address = line[at..].split_whitespace().next().unwrap();
+                let address = address.trim_end_matches([';', ',', '.']);
+                tx.send(address.replace("0.0.0.0", "127.0.0.1")).ok();
             }
         }
     });

@@ -59,9 +59,9 @@ pub struct RunSettings {
     pub save: bool,
     /// Devices, data-parallel (a replica of the model on each; gradients summed every step):
     /// cpu; with a GPU build cuda / wgpu / vulkan (every GPU of this machine) or a list such as
-    /// cuda:0,cuda:1; ws://HOST:PORT for every device a `bit serve` process serves (other
-    /// machines: list several, e.g. ws://a:7000,ws://b:7000; token: $BIT_REMOTE_TOKEN; see
-    /// docs/distributed.md).
+    /// cuda:0,cuda:1; ws://HOST:PORT (or iroh://ID@HOST:PORT, encrypted) for every device a
+    /// `bit serve` process serves (other machines: list several, e.g. ws://a:7000,ws://b:7000;
+    /// token: $BIT_REMOTE_TOKEN; see docs/distributed.md).
     #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]
     pub device: String,
     /// Recompute GroupNorm+ReLU outputs in the backward instead of keeping them (Burn's
