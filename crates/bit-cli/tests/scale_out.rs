@@ -48,6 +48,31 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Runs `cmd`, which must fail saying `why`; what it printed on stderr.
+fn refused(cmd: &mut Command, why: &str) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(why), "expected `{why}`: {stderr}");
+    stderr
+}
+
+/// Two runs trained the same weights and losses, to `tolerance` relative.
+fn assert_same_training(
+    (w1, l1): &(Vec<f32>, Vec<f64>),
+    (w2, l2): &(Vec<f32>, Vec<f64>),
+    tolerance: f64,
+) {
+    let gap = max_relative_gap(w2, w1);
+    assert!(f64::from(gap) <= tolerance, "weights {gap} apart");
+    for (a, b) in l2.iter().zip(l1) {
+        assert!(
+            (a - b).abs() <= tolerance * b.abs(),
+            "losses {l2:?} vs {l1:?}"
+        );
+    }
+}
+
 /// The trained weights of a finished run, and its training losses.
 fn outcome(run: &Path) -> (Vec<f32>, Vec<f64>) {
     let model = ResNetV2::from_safetensors(run.join("model.safetensors"), &Device::flex()).unwrap();
@@ -71,28 +96,16 @@ fn two_worker_processes_train_like_one() {
     run(&mut train(&logs, "one", &one, 3));
     run(&mut train(&logs, "two", &format!("{one},{two}"), 3));
     run(&mut train(&logs, "local", "cpu", 3));
-    let (w1, l1) = outcome(&logs.join("one"));
-    let (w2, l2) = outcome(&logs.join("two"));
-    let (local, ll) = outcome(&logs.join("local"));
-    assert_eq!(l1.len(), 6, "3 steps of 2 micro-batches");
+    let one = outcome(&logs.join("one"));
+    assert_eq!(one.1.len(), 6, "3 steps of 2 micro-batches");
     // Same ops on the same backend, gradients summed in another order: float32 noise.
-    assert!(
-        max_relative_gap(&w2, &w1) <= 1e-5,
-        "{}",
-        max_relative_gap(&w2, &w1)
-    );
-    for (a, b) in l2.iter().zip(&l1) {
-        assert!((a - b).abs() <= 1e-5 * b.abs(), "losses {l2:?} vs {l1:?}");
-    }
+    assert_same_training(&outcome(&logs.join("two")), &one, 1e-5);
     // The workers run Burn's composed ops, this process its own kernels: the same function.
-    assert!(
-        max_relative_gap(&w2, &local) <= 1e-4,
-        "{}",
-        max_relative_gap(&w2, &local)
+    assert_same_training(
+        &outcome(&logs.join("two")),
+        &outcome(&logs.join("local")),
+        1e-4,
     );
-    for (a, b) in l2.iter().zip(&ll) {
-        assert!((a - b).abs() <= 1e-4 * b.abs(), "losses {l2:?} vs {ll:?}");
-    }
 }
 
 /// The step of the checkpoint `checkpoint.json` points at.
@@ -168,46 +181,37 @@ fn anything_but_a_worker_is_refused_by_name() {
         }
     });
     // A port nothing listens on.
-    let refused = {
+    let nobody = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         format!("ws://{}", l.local_addr().unwrap())
     };
     for (device, why) in [
         (garbage.as_str(), "cannot connect the remote device"),
-        (refused.as_str(), "cannot be reached"),
+        (nobody.as_str(), "cannot be reached"),
         ("ws://127.0.0.1", "expected ws://host:port"),
     ] {
         let started = Instant::now();
-        let out = train(&logs, "g", device, 1).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
-        assert!(
-            stderr.contains(why) && stderr.contains(device),
-            "{device}: {stderr}"
-        );
+        let stderr = refused(&mut train(&logs, "g", device, 1), why);
+        assert!(stderr.contains(&format!("`{device}`")), "{stderr}");
         assert!(started.elapsed() < Duration::from_secs(60), "{device}");
     }
     // Serving beyond this machine needs a token.
-    let out = Command::new(bit())
-        .args(["serve", "--port", "0", "--bind", "0.0.0.0"])
-        .env_remove("BIT_REMOTE_TOKEN")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("BIT_REMOTE_TOKEN"));
+    refused(
+        Command::new(bit())
+            .args(["serve", "--port", "0", "--bind", "0.0.0.0"])
+            .env_remove("BIT_REMOTE_TOKEN"),
+        "BIT_REMOTE_TOKEN",
+    );
 }
 
 #[test]
 fn a_worker_with_a_token_turns_away_clients_without_it() {
     let logs = ScratchDir::new("scale-out-token");
     let (_worker, address) = bit_serve(bit(), Some("s3cret"));
-    let out = train(&logs, "t", &address, 1)
-        .env("BIT_REMOTE_TOKEN", "wrong")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("rejected the credential"), "{stderr}");
+    refused(
+        train(&logs, "t", &address, 1).env("BIT_REMOTE_TOKEN", "wrong"),
+        "rejected the credential",
+    );
     run(train(&logs, "t", &address, 1).env("BIT_REMOTE_TOKEN", "s3cret"));
 }
 
@@ -236,35 +240,24 @@ fn an_iroh_worker_is_dialled_by_its_key_and_lets_in_only_its_token() {
     assert!(address.starts_with("iroh://"), "{address}");
     run(train(&logs, "iroh", &address, 1).env("BIT_REMOTE_TOKEN", "s3cret"));
 
-    let out = train(&logs, "wrong-token", &address, 1)
-        .env("BIT_REMOTE_TOKEN", "wrong")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("rejected the credential"), "{stderr}");
+    refused(
+        train(&logs, "wrong-token", &address, 1).env("BIT_REMOTE_TOKEN", "wrong"),
+        "rejected the credential",
+    );
 
     // The key authenticates the server: another server's id at this address is not answered.
     let (_other, elsewhere) = iroh_worker(&logs.join("other.key"));
     let other_id = &elsewhere["iroh://".len()..elsewhere.find('@').unwrap()];
     let at = &address[address.find('@').unwrap()..];
     let impostor = format!("iroh://{other_id}{at}");
-    let out = train(&logs, "impostor", &impostor, 1)
-        .env("BIT_REMOTE_TOKEN", "s3cret")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("cannot connect the remote device"),
-        "{stderr}"
+    refused(
+        train(&logs, "impostor", &impostor, 1).env("BIT_REMOTE_TOKEN", "s3cret"),
+        "cannot connect the remote device",
     );
 
     // Iroh binds every interface: only with --bind said, and never without a token.
-    let out = Command::new(bit())
-        .args(["serve", "--transport", "iroh", "--port", &free_udp_port()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--bind 0.0.0.0"));
+    refused(
+        Command::new(bit()).args(["serve", "--transport", "iroh", "--port", &free_udp_port()]),
+        "--bind 0.0.0.0",
+    );
 }
