@@ -10,21 +10,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bit_data::{Cifar, Split};
 use bit_testkit::{KillOnDrop, ScratchDir};
 use bit_train::memory::peak_resident_memory_of;
 
-/// The extracted CIFAR-10 release (`cifar-10-batches-bin`) in `datadir`, full size.
+/// The extracted CIFAR-10 release in `datadir`, full size (10000 records per file).
 fn cifar10(datadir: &Path) {
-    let dir = datadir.join("cifar-10-batches-bin");
+    let cifar = Cifar::Cifar10;
+    let dir = datadir.join(cifar.dir_name());
     std::fs::create_dir_all(&dir).unwrap();
-    let files = [
-        "data_batch_1.bin",
-        "data_batch_2.bin",
-        "data_batch_3.bin",
-        "data_batch_4.bin",
-        "data_batch_5.bin",
-        "test_batch.bin",
-    ];
+    let files = [cifar.files(Split::Train), cifar.files(Split::Valid)].concat();
     for (f, file) in files.iter().enumerate() {
         let mut data = Vec::with_capacity(10_000 * 3073);
         for r in 0..10_000usize {
@@ -36,7 +31,7 @@ fn cifar10(datadir: &Path) {
         std::fs::write(dir.join(file), data).unwrap();
     }
     let names = "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n";
-    std::fs::write(dir.join("batches.meta.txt"), names).unwrap();
+    std::fs::write(dir.join(cifar.names_file()), names).unwrap();
 }
 
 /// Total memory of this machine (or of its cgroup, if smaller), in bytes.

@@ -53,7 +53,16 @@ impl Cifar {
         }
     }
 
-    fn files(self, split: Split) -> Vec<&'static str> {
+    /// The record files of `split` in the extracted directory ([`dir_name`](Self::dir_name)),
+    /// as the release names them.
+    ///
+    /// ```
+    /// use bit_data::{Cifar, Split};
+    ///
+    /// assert_eq!(Cifar::Cifar10.files(Split::Train).len(), 5);
+    /// assert_eq!(Cifar::Cifar100.files(Split::Valid), ["test.bin"]);
+    /// ```
+    pub fn files(self, split: Split) -> Vec<&'static str> {
         match (self, split) {
             (Self::Cifar10, Split::Train) => vec![
                 "data_batch_1.bin",
@@ -83,7 +92,8 @@ impl Cifar {
         }
     }
 
-    fn names_file(self) -> &'static str {
+    /// The file of class names in the extracted directory, one per line.
+    pub fn names_file(self) -> &'static str {
         match self {
             Self::Cifar10 => "batches.meta.txt",
             Self::Cifar100 => "fine_label_names.txt",
