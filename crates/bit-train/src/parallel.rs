@@ -11,7 +11,8 @@
 //!
 //! The devices can be anything Burn runs on: GPUs of this machine, the CPU named several times,
 //! or devices served by other processes and machines (`bit serve`, Burn Remote), which then
-//! exchange only gradients with the main device, once per optimizer step.
+//! receive their shard of each micro-batch, send back its loss, and exchange gradients with the
+//! main device once per optimizer step.
 
 use bit_model::ResNetV2;
 use burn::module::{Module, ModuleVisitor, Param};
