@@ -113,6 +113,19 @@ fn the_readme_main_job_starts_within_memory_without_flags() {
         .unwrap_or_else(|| panic!("no split logged:\n{log}"));
     let total = machine_memory();
     assert!(peak < total, "peak {peak} of {total} bytes ({choice})");
+    // The prediction held: the whole process (model, momentum, loader and the micro-batch the
+    // split allows) stayed within it, give or take what the probes do not see.
+    let predicted: f64 = choice
+        .split("~")
+        .nth(1)
+        .and_then(|rest| rest.split(" GiB").next())
+        .and_then(|gib| gib.parse().ok())
+        .unwrap_or_else(|| panic!("no prediction in `{choice}`"));
+    let gib = peak as f64 / (1u64 << 30) as f64;
+    assert!(
+        gib <= 1.3 * predicted + 1.0,
+        "peak {gib:.2} GiB, predicted {predicted} ({choice})"
+    );
     eprintln!(
         "{choice}\npeak RSS {:.2} GiB of {:.2} GiB",
         peak as f64 / (1u64 << 30) as f64,
