@@ -44,7 +44,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     config.run.bit_pretrained_dir = args.bit_pretrained_dir;
     config.examples_per_class = args.examples_per_class;
-    // The README's lighter setting: batch 128 in four micro-batches of 32, lr 0.001.
+    // A lighter setting: batch 128 in four micro-batches of 32 (an explicit split; the default,
+    // `BatchSplit::Auto`, sizes it to the free memory), lr 0.001.
     config.run.batch = 128;
     config.run.batch_split = 4.into();
     config.base_lr = 0.001;
