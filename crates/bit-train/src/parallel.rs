@@ -3,9 +3,9 @@
 //! micro-batch is split into one shard per device; each device computes the gradients of its
 //! shard on its replica and accumulates them locally. At the end of an optimizer step the
 //! gradients are summed across devices (an all-reduce: gathered on the main device and summed
-//! there, since Burn 0.22's collective `all_reduce` exists only on CUDA and remote devices, and
-//! a gather works on every backend), and every replica applies the same update with the summed
-//! gradients. Shard losses are weighted by their share of the micro-batch, so the sum is exactly
+//! there, since Burn 0.22's collective `all_reduce` exists only on CUDA, and through Burn Remote
+//! only among one server's devices, while a gather works on every backend and across servers),
+//! and every replica applies the same update with the summed gradients. Shard losses are weighted by their share of the micro-batch, so the sum is exactly
 //! the gradient of the micro-batch mean, whatever the number of devices. GroupNorm has no batch
 //! statistics, so nothing else needs synchronising.
 //!
