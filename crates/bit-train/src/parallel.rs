@@ -5,9 +5,10 @@
 //! gradients are summed across devices (an all-reduce: gathered on the main device and summed
 //! there, since Burn 0.22's collective `all_reduce` exists only on CUDA, and through Burn Remote
 //! only among one server's devices, while a gather works on every backend and across servers),
-//! and every replica applies the same update with the summed gradients. Shard losses are weighted by their share of the micro-batch, so the sum is exactly
-//! the gradient of the micro-batch mean, whatever the number of devices. GroupNorm has no batch
-//! statistics, so nothing else needs synchronising.
+//! and every replica applies the same update with the summed gradients. Shard losses are
+//! weighted by their share of the micro-batch, so the sum is exactly the gradient of the
+//! micro-batch mean, whatever the number of devices. GroupNorm has no batch statistics, so
+//! nothing else needs synchronising.
 //!
 //! The devices can be anything Burn runs on: GPUs of this machine, the CPU named several times,
 //! or devices served by other processes and machines (`bit serve`, Burn Remote), which then
