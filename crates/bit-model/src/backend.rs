@@ -3,8 +3,9 @@
 //! Burn 0.22 chooses the backend through the [`Device`] value, so the same model code runs on
 //! every backend compiled into the binary. The CPU backend (`flex`) is always there; GPU
 //! backends come with this crate's cargo features `wgpu`, `vulkan` and `cuda`; devices that
-//! other processes or machines serve (`bit serve`, Burn Remote over WebSocket or Iroh) come with the
-//! `remote` feature and are named `ws://host:port[/index]` or `iroh://ID@host:port[/index]`.
+//! other processes or machines serve (`bit serve`, Burn Remote over WebSocket or Iroh) come
+//! with the `remote` feature and are named `ws://host:port[/index]` or
+//! `iroh://ID@host:port[/index]`.
 
 use burn::tensor::{Device, Tensor};
 
