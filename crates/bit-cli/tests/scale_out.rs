@@ -108,10 +108,10 @@ fn two_worker_processes_train_like_one() {
     );
 }
 
-/// The step of the checkpoint `checkpoint.json` points at.
+/// The step of the run's checkpoint, read as a resuming run reads it.
 fn checkpoint_step(run: &Path) -> Option<usize> {
-    let text = std::fs::read_to_string(run.join("checkpoint.json")).ok()?;
-    text.split("step-").nth(1)?.get(..6)?.parse().ok()
+    let saved = bit_train::checkpoint::find(run).ok()??;
+    Some(saved.state.step)
 }
 
 #[test]
