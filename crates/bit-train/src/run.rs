@@ -131,9 +131,15 @@ impl Run {
         // first update.
         let reserve = 2 * 4 * (at.model.num_params() * parallel.len()) as u64;
         let on_host = parallel.on_host();
-        parallel.replicate(&at.model, &at.optim);
-        let model = &at.model;
+        let (model, optim) = (&at.model, &at.optim);
+        // Replicas only if a probe runs: on remote devices (never probed) placing them would
+        // upload the whole model once more before `drive` places them for the run.
+        let mut placed = false;
         let probe = |images: usize| -> Result<()> {
+            if !placed {
+                parallel.replicate(model, optim);
+                placed = true;
+            }
             let batch = Batch {
                 images: vec![0.0; images * 3 * crop * crop],
                 labels: vec![0; images],
