@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bit_data::{Cifar, Split};
 use bit_testkit::{KillOnDrop, ScratchDir};
-use bit_train::memory::peak_resident_memory_of;
+use bit_train::memory::{peak_resident_memory_of, total_memory};
 
 /// The extracted CIFAR-10 release in `datadir`, full size (10000 records per file).
 fn cifar10(datadir: &Path) {
@@ -32,20 +32,6 @@ fn cifar10(datadir: &Path) {
     }
     let names = "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n";
     std::fs::write(dir.join(cifar.names_file()), names).unwrap();
-}
-
-/// Total memory of this machine (or of its cgroup, if smaller), in bytes.
-fn machine_memory() -> u64 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let total: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    limit.map_or(total * 1024, |l| l.min(total * 1024))
 }
 
 #[test]
@@ -111,7 +97,7 @@ fn the_readme_main_job_starts_within_memory_without_flags() {
         .lines()
         .find(|l| l.contains("--batch_split auto:"))
         .unwrap_or_else(|| panic!("no split logged:\n{log}"));
-    let total = machine_memory();
+    let total = total_memory().expect("/proc/meminfo");
     assert!(peak < total, "peak {peak} of {total} bytes ({choice})");
     // The prediction held: the whole process (model, momentum, loader and the micro-batch the
     // split allows) stayed within it, give or take what the probes do not see.

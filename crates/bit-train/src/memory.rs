@@ -155,15 +155,28 @@ impl MicroBatchMemory {
 /// (a container, a systemd slice) limits the process. `None` where this cannot be read.
 pub fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let mut available = kib_field(&meminfo, "MemAvailable:")?;
-    let cgroup_v2 =
-        read_u64("/sys/fs/cgroup/memory.max").zip(read_u64("/sys/fs/cgroup/memory.current"));
-    let cgroup_v1 = read_u64("/sys/fs/cgroup/memory/memory.limit_in_bytes")
-        .zip(read_u64("/sys/fs/cgroup/memory/memory.usage_in_bytes"));
-    if let Some((limit, used)) = cgroup_v2.or(cgroup_v1) {
-        available = available.min(limit.saturating_sub(used));
-    }
-    Some(available)
+    let available = kib_field(&meminfo, "MemAvailable:")?;
+    Some(match cgroup_limit_and_usage() {
+        Some((limit, used)) => available.min(limit.saturating_sub(used)),
+        None => available,
+    })
+}
+
+/// Bytes this machine has (`MemTotal`), or its cgroup's limit where that is smaller.
+pub fn total_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total = kib_field(&meminfo, "MemTotal:")?;
+    Some(cgroup_limit_and_usage().map_or(total, |(limit, _)| total.min(limit)))
+}
+
+/// The memory limit of this process's cgroup (v2, else v1) and what it uses, where limited.
+fn cgroup_limit_and_usage() -> Option<(u64, u64)> {
+    let v2 = read_u64("/sys/fs/cgroup/memory.max").zip(read_u64("/sys/fs/cgroup/memory.current"));
+    let v1 = || {
+        read_u64("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+            .zip(read_u64("/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+    };
+    v2.or_else(v1)
 }
 
 /// This process's resident memory in bytes (`VmRSS`).
