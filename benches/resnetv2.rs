@@ -1,5 +1,9 @@
-//! Criterion benchmarks of BiT ResNetV2 on every backend compiled in (`cargo bench`;
-//! `--features wgpu` etc. add GPU backends):
+//! Criterion benchmarks of BiT ResNetV2 on every backend compiled in that has a device here
+//! (`cargo bench`; `--features wgpu` etc. add GPU backends), so that backends compare in one
+//! report. A GPU backend on a software adapter (Mesa's lavapipe) is labelled `wgpu(software)`:
+//! it measures the CPU running compute shaders, not a GPU, and runs the small cases only (R50x1
+//! takes minutes per step there). Every timed iteration ends with the device synchronized,
+//! since GPU backends return before their kernels finish.
 //!
 //! - `model/*`: inference and one SGD training step for the tiny golden model at 64 px and
 //!   R50x1 at 128 px, batch 8;
@@ -10,7 +14,7 @@
 
 use std::time::Duration;
 
-use bit_model::backend::compiled_devices;
+use bit_model::backend::{AdapterKind, GpuBackend, compiled_devices, gpu_adapters};
 use bit_model::ops::{self, GroupNormOptions, PoolOptions, reference};
 use bit_model::{ResNetV2Config, StdConv2dConfig};
 use burn::nn::GroupNormConfig;
@@ -28,6 +32,27 @@ fn images(batch: usize, size: usize, device: &Device) -> Tensor<4> {
     )
 }
 
+/// Every backend with a device here, labelled; software GPU adapters say so.
+fn backends() -> Vec<(String, Device, bool)> {
+    compiled_devices()
+        .into_iter()
+        .map(|(name, device)| {
+            let software = match name {
+                "wgpu" => Some(GpuBackend::Wgpu),
+                "vulkan" => Some(GpuBackend::Vulkan),
+                _ => None,
+            }
+            .and_then(|backend| gpu_adapters(backend).into_iter().next())
+            .is_some_and(|adapter| adapter.kind == AdapterKind::Software);
+            let label = match software {
+                true => format!("{name}(software)"),
+                false => name.to_string(),
+            };
+            (label, device, software)
+        })
+        .collect()
+}
+
 fn bench_model(c: &mut Criterion) {
     let mut group = c.benchmark_group("model");
     group
@@ -37,8 +62,12 @@ fn bench_model(c: &mut Criterion) {
         ("tiny@64", ResNetV2Config::new([1, 1, 1, 1], 1, 10), 64),
         ("R50x1@128", ResNetV2Config::new([3, 4, 6, 3], 1, 10), 128),
     ];
-    for (backend, device) in compiled_devices() {
+    for (backend, device, software) in backends() {
         for (name, config, size) in &cases {
+            if software && *size > 64 {
+                eprintln!("{backend}/{name}: skipped on a software adapter (minutes per step)");
+                continue;
+            }
             let batch = 8;
             let model = config.init(&device);
             group.bench_function(format!("{backend}/{name}/infer/b{batch}"), |b| {
@@ -88,26 +117,28 @@ fn bench_model(c: &mut Criterion) {
 fn fused_vs_composed(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
+    device: &Device,
     input: impl Fn() -> Tensor<4>,
     fused: impl Fn(Tensor<4>) -> Tensor<4>,
     composed: impl Fn(Tensor<4>) -> Tensor<4>,
 ) {
+    let run = |f: &dyn Fn(Tensor<4>) -> Tensor<4>, x: Tensor<4>| {
+        let grads = f(x).sum().backward();
+        device.sync().expect("the device ran the step");
+        grads
+    };
     group.bench_function(format!("{name}/fused"), |b| {
-        b.iter_batched(&input, |x| fused(x).sum().backward(), BatchSize::SmallInput)
+        b.iter_batched(&input, |x| run(&fused, x), BatchSize::SmallInput)
     });
     group.bench_function(format!("{name}/composed"), |b| {
-        b.iter_batched(
-            &input,
-            |x| composed(x).sum().backward(),
-            BatchSize::SmallInput,
-        )
+        b.iter_batched(&input, |x| run(&composed, x), BatchSize::SmallInput)
     });
 }
 
 fn bench_components(c: &mut Criterion) {
     let mut group = c.benchmark_group("components");
     group.sample_size(20);
-    for (backend, device) in compiled_devices() {
+    for (backend, device, _) in backends() {
         let ad = device.autodiff();
         // An R50x1 block-2 activation at 128 px, batch 8, channels-last.
         let activation = |channels| {
@@ -126,6 +157,7 @@ fn bench_components(c: &mut Criterion) {
             fused_vs_composed(
                 &mut group,
                 &format!("{backend}/std_conv{kernel}x{kernel}_fwd_bwd"),
+                &ad,
                 activation(128),
                 |x| ops::std_conv2d(x, weight.clone(), options),
                 |x| reference::std_conv2d(x, weight.clone(), options),
@@ -143,6 +175,7 @@ fn bench_components(c: &mut Criterion) {
         fused_vs_composed(
             &mut group,
             &format!("{backend}/group_norm_relu_fwd_bwd"),
+            &ad,
             activation(256),
             |x| ops::group_norm_relu(x, gamma.clone(), beta.clone(), options),
             |x| reference::group_norm_relu(x, gamma.clone(), beta.clone(), options),
@@ -155,6 +188,7 @@ fn bench_components(c: &mut Criterion) {
         fused_vs_composed(
             &mut group,
             &format!("{backend}/root_pool_fwd_bwd"),
+            &ad,
             activation(64),
             |x| ops::zero_pad_max_pool2d(x, pool),
             |x| reference::zero_pad_max_pool2d(x, pool),

@@ -16,13 +16,10 @@
 //! in this process, `ws://...` devices that `bit serve` processes serve (their memory is theirs:
 //! read their peak from `/proc/PID/status`, as `scripts/bench_scale_out.sh` does).
 
-use std::time::Instant;
-
+use bit_model::ResNetV2Config;
 use bit_model::backend::devices_from_spec;
-use bit_model::{ResNetV2, ResNetV2Config};
-use bit_train::memory::peak_resident_memory;
-use bit_train::{DataParallel, Targets, bit_optimizer};
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use bit_train::DataParallel;
+use bit_train::throughput::{Workload, measure_inference, measure_training};
 use clap::{Parser, ValueEnum};
 
 #[derive(Parser)]
@@ -61,24 +58,30 @@ enum Mode {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let config = match args.arch.as_str() {
+    let model = match args.arch.as_str() {
         "tiny" => ResNetV2Config::new([1, 1, 1, 1], 1, 10),
         arch => arch.parse::<bit_model::Architecture>()?.config(10),
     };
+    let work = Workload {
+        model,
+        size: args.size,
+        batch: args.batch,
+        iters: args.iters,
+        warmup: args.warmup,
+        batch_split: args.batch_split,
+    };
     let devices = devices_from_spec(&args.device)?;
-    let times = match args.mode {
-        Mode::Infer => time_inference(&config, &devices[0], &args),
+    let m = match args.mode {
+        Mode::Infer => measure_inference(&work, &devices[0]),
         Mode::Train => {
             let mut parallel = DataParallel::new(devices)?;
             if args.grad_checkpointing {
                 parallel = parallel.with_gradient_checkpointing();
             }
-            time_training(&config, parallel, &args)
+            measure_training(&work, parallel)
         }
     };
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
+    let s = &m.seconds;
     println!(
         "{} @{} {} batch {}{} on {}: {:.2} img/s (median {:.3} s/iter over {}; min {:.3}, max {:.3}), peak RSS {} MiB",
         args.arch,
@@ -96,71 +99,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (false, false) => String::new(),
         },
         args.device,
-        args.batch as f64 / median,
-        median,
-        times.len(),
-        sorted[0],
-        sorted[sorted.len() - 1],
-        peak_resident_memory().map_or("?".into(), |b| (b >> 20).to_string()),
+        m.images_per_second,
+        s[s.len() / 2],
+        s.len(),
+        s[0],
+        s[s.len() - 1],
+        m.host_peak_bytes
+            .map_or("?".into(), |b| (b >> 20).to_string()),
     );
     Ok(())
-}
-
-fn images(args: &Args, device: &Device) -> Tensor<4> {
-    Tensor::random(
-        [args.batch, 3, args.size, args.size],
-        Distribution::Uniform(-1.0, 1.0),
-        device,
-    )
-}
-
-fn time_inference(config: &ResNetV2Config, device: &Device, args: &Args) -> Vec<f64> {
-    let model = config.init(device);
-    (0..args.warmup + args.iters)
-        .map(|_| {
-            let x = images(args, device);
-            device.sync().ok();
-            let start = Instant::now();
-            let logits = model.forward(x);
-            let _ = logits.into_data(); // reading back syncs asynchronous backends
-            start.elapsed().as_secs_f64()
-        })
-        .skip(args.warmup)
-        .collect()
-}
-
-fn time_training(config: &ResNetV2Config, mut parallel: DataParallel, args: &Args) -> Vec<f64> {
-    let device = parallel.main().clone();
-    let mut model: ResNetV2 = config.init(&device);
-    let mut sgd = bit_optimizer();
-    parallel.replicate(&model, &sgd);
-    let split = args.batch_split.max(1);
-    let micro = args.batch / split;
-    let mut times = Vec::new();
-    for i in 0..args.warmup + args.iters {
-        let x = images(args, &device);
-        let y = Tensor::<1, Int>::random([args.batch], Distribution::Uniform(0.0, 10.0), &device);
-        device.sync().ok();
-        let start = Instant::now();
-        for m in 0..split {
-            let at = m * micro;
-            let targets = Targets {
-                labels: y.clone().narrow(0, at, micro),
-                mixed: None,
-            };
-            let x = x.clone().narrow(0, at, micro);
-            parallel.backward(&model, x, &targets, 1.0 / split as f32);
-        }
-        let grads = parallel.all_reduce(&model);
-        model = parallel.step(0.003, model, &mut sgd, grads);
-        // Reading a parameter back waits for the update on asynchronous backends.
-        let _ = model.head.fc.bias.as_ref().map(|b| b.val().into_data());
-        if let Some(replica) = parallel.replica(parallel.len() - 1) {
-            let _ = replica.head.fc.bias.as_ref().map(|b| b.val().into_data());
-        }
-        if i >= args.warmup {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    times
 }

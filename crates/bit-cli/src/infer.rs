@@ -34,7 +34,8 @@ pub struct ModelArgs {
     /// the release's ImageNet label files).
     #[arg(long)]
     labels: Option<PathBuf>,
-    /// Device: cpu, or with a GPU build wgpu[:i] / vulkan[:i] / cuda[:i].
+    /// Device: cpu, or wgpu[:i] (the best GPU adapter, or the i-th: discrete, integrated,
+    /// virtual, software), vulkan[:i] / cuda[:i] in builds with them.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Images per forward pass.

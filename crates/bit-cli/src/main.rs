@@ -9,6 +9,7 @@ use bit_train::{TrainConfig, TrainOptions};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod infer;
 #[cfg(feature = "remote")]
 mod serve;
@@ -83,6 +84,12 @@ enum Command {
     Eval(Box<infer::EvalArgs>),
     /// Convert a model between .npz (official layout) and .safetensors.
     Export(infer::ExportArgs),
+    /// Images per second and memory of a model (random weights) on a device: inference or a
+    /// whole training step, timed after warm-up with the device synchronized.
+    Bench(bench::BenchArgs),
+    /// Check this build on a device against reference vectors of the official PyTorch code
+    /// (logits, features, one SGD step): exits non-zero if any value is out of tolerance.
+    Selftest(bench::SelftestArgs),
     /// Serve this machine's devices to `bit train`/`bit distill --device ws://HOST:PORT` (or
     /// iroh://ID@HOST:PORT) run elsewhere, through Burn Remote: the trainer keeps a model replica
     /// on each served device and exchanges gradients once per step. WebSocket (default) is not
@@ -117,6 +124,8 @@ fn main() -> ExitCode {
         Command::Embed(args) => infer::embed(*args),
         Command::Eval(args) => infer::eval(*args),
         Command::Export(args) => infer::export(args),
+        Command::Bench(args) => bench::bench(&args),
+        Command::Selftest(args) => bench::selftest(&args),
         #[cfg(feature = "remote")]
         Command::Serve(args) => serve::serve(&args),
     };
@@ -205,15 +214,21 @@ fn plot(runs: &[PathBuf], out: &Path) -> Result<(), Box<dyn std::error::Error>> 
     Ok(())
 }
 
+/// `tiny` (one unit per block, width 1: the golden test model) or a BiT architecture, with a
+/// `head`-way head.
+fn architecture(arch: &str, head: usize) -> Result<ResNetV2Config, String> {
+    if arch.eq_ignore_ascii_case("tiny") {
+        return Ok(ResNetV2Config::new([1, 1, 1, 1], 1, head));
+    }
+    let known = Architecture::ALL.map(|a| a.to_string()).join(", ");
+    let arch = arch
+        .parse::<Architecture>()
+        .map_err(|_| format!("--arch `{arch}`: expected tiny or one of {known}"))?;
+    Ok(arch.config(head))
+}
+
 fn init(arch: &str, head: usize, out: &Path, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
-    let config = if arch.eq_ignore_ascii_case("tiny") {
-        ResNetV2Config::new([1, 1, 1, 1], 1, head)
-    } else {
-        let known = Architecture::ALL.map(|a| a.to_string()).join(", ");
-        arch.parse::<Architecture>()
-            .map_err(|_| format!("--arch `{arch}`: expected tiny or one of {known}"))?
-            .config(head)
-    };
+    let config = architecture(arch, head)?;
     let device = Device::flex();
     device.seed(seed);
     config.try_init(&device)?.save_npz(out)?;

@@ -48,10 +48,15 @@ pub fn compiled_backends() -> Vec<&'static str> {
 }
 
 /// The device called `name`: `cpu` (Burn's `flex` backend, also accepted as `flex`), `wgpu`,
-/// `vulkan`, or `cuda`, each optionally with `:<index>` for the n-th GPU; with the `remote`
-/// feature, `ws://host:port[/index]` or `iroh://ID@host:port[/index]`, device `index`
-/// (default 0) of a `bit serve` process, connected here (the credential is `$BIT_REMOTE_TOKEN`
-/// if set).
+/// `vulkan`, or `cuda`, each optionally with `:<index>`; with the `remote` feature,
+/// `ws://host:port[/index]` or `iroh://ID@host:port[/index]`, device `index` (default 0) of a
+/// `bit serve` process, connected here (the credential is `$BIT_REMOTE_TOKEN` if set).
+///
+/// `wgpu` and `vulkan` name the best adapter the machine has — a discrete GPU, else an
+/// integrated one, a virtual one, then a software (CPU) adapter such as Mesa's lavapipe — and
+/// `wgpu:N` the N-th of [`gpu_adapters`]' list in that order. A machine with no adapter, or
+/// fewer than N + 1, gets [`Error::NoGpuAdapter`] listing what was found, never a panic in the
+/// driver's thread.
 ///
 /// ```
 /// use bit_model::backend::device_from_name;
@@ -76,21 +81,136 @@ pub fn device_from_name(name: &str) -> Result<Device> {
         Some(i) => i.parse().map_err(|_| unknown())?,
         None => 0,
     };
-    match kind.to_ascii_lowercase().as_str() {
+    let kind = kind.to_ascii_lowercase();
+    match kind.as_str() {
         "cpu" | "flex" if index == 0 => Ok(Device::flex()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Ok(Device::wgpu(gpu_kind(index))),
-        #[cfg(feature = "vulkan")]
-        "vulkan" => Ok(Device::vulkan(gpu_kind(index))),
         #[cfg(feature = "cuda")]
         "cuda" => Ok(Device::cuda(index)),
-        _ => Err(unknown()),
+        _ => {
+            let backend = gpu_backend(&kind).ok_or_else(unknown)?;
+            let adapters = gpu_adapters(backend);
+            match adapters.get(index) {
+                Some(adapter) => Ok(adapter.device.clone()),
+                None => Err(no_adapter(name, &adapters)),
+            }
+        }
     }
 }
 
-#[cfg(any(feature = "wgpu", feature = "vulkan"))]
-fn gpu_kind(index: usize) -> burn::tensor::DeviceKind {
-    burn::tensor::DeviceKind::DiscreteGpu(index)
+/// A GPU backend that picks among the machine's adapters at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuBackend {
+    /// wgpu on the graphics API it settles on (Vulkan, Metal, DX12): the `wgpu` feature.
+    Wgpu,
+    /// wgpu pinned to Vulkan: the `vulkan` feature.
+    Vulkan,
+}
+
+/// Which kind of adapter a device is, in the order [`device_from_name`] prefers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AdapterKind {
+    /// A discrete GPU.
+    Discrete,
+    /// A GPU sharing the CPU's memory (laptops, Apple silicon).
+    Integrated,
+    /// A virtual machine's GPU.
+    Virtual,
+    /// A software rasterizer on the CPU (Mesa's lavapipe, WARP): correct, not fast.
+    Software,
+}
+
+/// One adapter of a GPU backend.
+#[derive(Debug, Clone)]
+pub struct GpuAdapter {
+    /// What kind of adapter it is.
+    pub kind: AdapterKind,
+    /// The device to put tensors on (opened when first used).
+    pub device: Device,
+}
+
+/// Every adapter `backend` reaches on this machine, best first: discrete GPUs, integrated,
+/// virtual, then software adapters, each kind in the driver's order. Empty where the backend
+/// is not compiled in or the machine has no driver for it.
+///
+/// ```
+/// use bit_model::backend::{GpuBackend, gpu_adapters};
+///
+/// // Sorted by kind, whatever this machine has (possibly nothing).
+/// let adapters = gpu_adapters(GpuBackend::Wgpu);
+/// assert!(adapters.windows(2).all(|w| w[0].kind <= w[1].kind));
+/// ```
+pub fn gpu_adapters(backend: GpuBackend) -> Vec<GpuAdapter> {
+    #[cfg(any(feature = "wgpu", feature = "vulkan"))]
+    {
+        use burn::tensor::{DeviceKind, DeviceType};
+        let (device_type, make): (DeviceType, fn(DeviceKind) -> Device) = match backend {
+            #[cfg(feature = "wgpu")]
+            GpuBackend::Wgpu => (DeviceType::Wgpu, Device::wgpu),
+            #[cfg(feature = "vulkan")]
+            GpuBackend::Vulkan => (DeviceType::Vulkan, Device::vulkan),
+            #[allow(unreachable_patterns)]
+            _ => return Vec::new(),
+        };
+        let mut listed: Vec<Device> = Device::enumerate(device_type).into_iter().collect();
+        // Burn lists adapters as devices without their kind; a device made from a kind and an
+        // index compares equal to the listed device it names.
+        let indexed: [(AdapterKind, fn(usize) -> DeviceKind); 3] = [
+            (AdapterKind::Discrete, DeviceKind::DiscreteGpu),
+            (AdapterKind::Integrated, DeviceKind::IntegratedGpu),
+            (AdapterKind::Virtual, DeviceKind::VirtualGpu),
+        ];
+        let mut adapters = Vec::new();
+        for (kind, of_index) in indexed {
+            for index in 0.. {
+                let device = make(of_index(index));
+                let Some(at) = listed.iter().position(|d| *d == device) else {
+                    break;
+                };
+                listed.remove(at);
+                adapters.push(GpuAdapter { kind, device });
+            }
+        }
+        // What is left: the software adapter (and adapters wgpu cannot classify).
+        adapters.extend(listed.into_iter().map(|device| GpuAdapter {
+            kind: AdapterKind::Software,
+            device,
+        }));
+        adapters
+    }
+    #[cfg(not(any(feature = "wgpu", feature = "vulkan")))]
+    {
+        let _ = backend;
+        Vec::new()
+    }
+}
+
+/// `name` asked for an adapter that is not there: say what is.
+fn no_adapter(name: &str, adapters: &[GpuAdapter]) -> Error {
+    let found = if adapters.is_empty() {
+        "none (no driver answered: install the GPU's Vulkan driver, or Mesa's \
+         `mesa-vulkan-drivers` for the software adapter lavapipe)"
+            .to_string()
+    } else {
+        adapters
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{i}: {:?} {}", a.kind, adapter_name(&a.device)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    Error::NoGpuAdapter {
+        name: name.to_string(),
+        found,
+    }
+}
+
+/// What the driver calls a device (opens it).
+fn adapter_name(device: &Device) -> String {
+    #[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
+    if let Some(identity) = device.identity() {
+        return identity.name;
+    }
+    format!("{device:?}")
 }
 
 /// The devices a spec names, for data-parallel training: a comma-separated list of
@@ -118,32 +238,46 @@ pub fn devices_from_spec(spec: &str) -> Result<Vec<Device>> {
     Ok(devices)
 }
 
-/// Every device of a GPU backend named without an index; `None` for other names.
+/// Every device of a GPU backend named without an index; `None` for other names. For `wgpu`
+/// and `vulkan`: every hardware GPU, or the software adapter on a machine without one (a
+/// software replica beside a real GPU would only hold the GPU back).
 fn all_devices_of(name: &str) -> Option<Result<Vec<Device>>> {
     if let Some(remote) = remote::parse(name) {
         return Some(remote.and_then(|r| r.connect_all()));
     }
-    let device_type = gpu_backend(&name.to_ascii_lowercase())?;
-    let found: Vec<Device> = Device::enumerate(device_type).into_iter().collect();
-    Some(if found.is_empty() {
-        Err(Error::UnknownDevice {
-            name: name.to_string(),
-            available: "no such device on this machine".into(),
-        })
-    } else {
-        Ok(found)
+    let lower = name.to_ascii_lowercase();
+    #[cfg(feature = "cuda")]
+    if lower == "cuda" {
+        use burn::tensor::DeviceType;
+        let found: Vec<Device> = Device::enumerate(DeviceType::Cuda).into_iter().collect();
+        return Some(if found.is_empty() {
+            Err(Error::NoGpuAdapter {
+                name: name.to_string(),
+                found: "no CUDA device".into(),
+            })
+        } else {
+            Ok(found)
+        });
+    }
+    let adapters = gpu_adapters(gpu_backend(&lower)?);
+    let best = adapters.first().map(|a| a.kind == AdapterKind::Software);
+    Some(match best {
+        None => Err(no_adapter(name, &adapters)),
+        Some(software_only) => Ok(adapters
+            .into_iter()
+            .filter(|a| software_only || a.kind != AdapterKind::Software)
+            .map(|a| a.device)
+            .collect()),
     })
 }
 
-/// The GPU backend of a name, among those compiled in.
-fn gpu_backend(name: &str) -> Option<burn::tensor::DeviceType> {
+/// The wgpu-based backend of a name, among those compiled in.
+fn gpu_backend(name: &str) -> Option<GpuBackend> {
     match name {
-        #[cfg(feature = "cuda")]
-        "cuda" => Some(burn::tensor::DeviceType::Cuda),
         #[cfg(feature = "wgpu")]
-        "wgpu" => Some(burn::tensor::DeviceType::Wgpu),
+        "wgpu" => Some(GpuBackend::Wgpu),
         #[cfg(feature = "vulkan")]
-        "vulkan" => Some(burn::tensor::DeviceType::Vulkan),
+        "vulkan" => Some(GpuBackend::Vulkan),
         _ => None,
     }
 }

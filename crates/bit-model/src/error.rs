@@ -138,6 +138,16 @@ pub enum Error {
         available: String,
     },
 
+    /// A GPU backend was named but the machine has no adapter for it (or fewer than the index
+    /// asks for).
+    #[error("no GPU adapter for `{name}`; found: {found}")]
+    NoGpuAdapter {
+        /// The name asked for (`wgpu`, `vulkan:1`, ...).
+        name: String,
+        /// The adapters this machine has, best first, with their index.
+        found: String,
+    },
+
     /// A device served by another process (`bit serve`, Burn Remote) could not be connected:
     /// nothing listens there, it is not a Burn Remote server, it refused the token, or it has
     /// no such device.

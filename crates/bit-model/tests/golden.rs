@@ -86,8 +86,7 @@ fn oihw_to_hwio(t: Tensor<4>) -> Vec<f32> {
     values(t.permute([2, 3, 1, 0]))
 }
 
-fn forward_parity(name: &str) {
-    let device = Device::flex();
+fn forward_parity(name: &str, device: Device) {
     let mut case = Case::open(name);
     let model = ResNetV2::from_npz(&case.weights, &device).unwrap();
     let x = case.input(&device);
@@ -115,8 +114,8 @@ struct StepTolerance {
 }
 
 /// One `torch.optim.SGD(lr=0.003, momentum=0.9)` step on mean cross-entropy.
-fn sgd_step_parity(name: &str, tol: StepTolerance) {
-    let device = Device::flex().autodiff();
+fn sgd_step_parity(name: &str, tol: StepTolerance, device: Device) {
+    let device = device.autodiff();
     let mut case = Case::open(name);
     let model = ResNetV2::from_npz(&case.weights, &device).unwrap();
     let (x, y) = (case.input(&device), case.labels(&device));
@@ -175,35 +174,33 @@ fn sgd_step_parity(name: &str, tol: StepTolerance) {
 
 #[test]
 fn tiny_logits_and_features_match_reference() {
-    forward_parity("tiny");
+    forward_parity("tiny", Device::flex());
 }
 
 #[test]
 fn r50x1_logits_and_features_match_reference() {
-    forward_parity("r50x1");
+    forward_parity("r50x1", Device::flex());
 }
 
 #[test]
 fn tiny_sgd_step_matches_reference() {
-    sgd_step_parity(
-        "tiny",
-        StepTolerance {
-            loss_after: 1e-5,
-            root_kernel_after: 1e-6,
-        },
-    );
+    sgd_step_parity("tiny", TINY_STEP, Device::flex());
 }
+
+const TINY_STEP: StepTolerance = StepTolerance {
+    loss_after: 1e-5,
+    root_kernel_after: 1e-6,
+};
 
 #[test]
 fn r50x1_sgd_step_matches_reference() {
-    sgd_step_parity(
-        "r50x1",
-        StepTolerance {
-            loss_after: 2e-3,
-            root_kernel_after: 3e-4,
-        },
-    );
+    sgd_step_parity("r50x1", R50X1_STEP, Device::flex());
 }
+
+const R50X1_STEP: StepTolerance = StepTolerance {
+    loss_after: 2e-3,
+    root_kernel_after: 3e-4,
+};
 
 /// The inferred architecture of the golden files, and the zero-head path of fine-tuning.
 #[test]
@@ -231,4 +228,40 @@ fn golden_checkpoints_infer_architecture_and_zero_head() {
         1e-4,
         1e-4,
     );
+}
+
+/// The same checks on the GPU backend (`bit_model::backend::device_from_name("wgpu")`: the best
+/// adapter there is; in CI Mesa's software Vulkan driver lavapipe), which runs this crate's
+/// CubeCL kernels and Burn's GPU convolutions. The tolerances are the CPU's: the kernels sum in
+/// another order (a tree per cube instead of a sequential or SIMD loop), which moves float32
+/// results by ~1e-6 relative, well inside tolerances already sized for two float32
+/// implementations (the reference's and ours). A machine without an adapter fails here, naming
+/// what it found: the GPU path is never skipped silently.
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use super::*;
+
+    fn gpu() -> Device {
+        bit_model::backend::device_from_name("wgpu").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn tiny_logits_and_features_match_reference_on_wgpu() {
+        forward_parity("tiny", gpu());
+    }
+
+    #[test]
+    fn r50x1_logits_and_features_match_reference_on_wgpu() {
+        forward_parity("r50x1", gpu());
+    }
+
+    #[test]
+    fn tiny_sgd_step_matches_reference_on_wgpu() {
+        sgd_step_parity("tiny", TINY_STEP, gpu());
+    }
+
+    #[test]
+    fn r50x1_sgd_step_matches_reference_on_wgpu() {
+        sgd_step_parity("r50x1", R50X1_STEP, gpu());
+    }
 }

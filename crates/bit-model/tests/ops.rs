@@ -13,9 +13,34 @@ use bit_model::{ResNetV2, ResNetV2Config};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor, TensorData};
 
-fn device() -> Device {
-    Device::flex().autodiff()
+/// Every check below runs on the CPU (`flex`) and, in a build with the `wgpu` feature, on the
+/// GPU backend (the best adapter there is; lavapipe in CI): there the fused ops are this crate's
+/// CubeCL kernels and the composed reference Burn's GPU ops. A machine without an adapter fails,
+/// naming what it found.
+macro_rules! on_every_backend {
+    ($($check:ident),* $(,)?) => {
+        mod flex {
+            $(#[test] fn $check() { super::$check(&burn::tensor::Device::flex().autodiff()); })*
+        }
+        #[cfg(feature = "wgpu")]
+        mod wgpu {
+            $(#[test] fn $check() {
+                let gpu = bit_model::backend::device_from_name("wgpu")
+                    .unwrap_or_else(|e| panic!("{e}"));
+                super::$check(&gpu.autodiff());
+            })*
+        }
+    };
 }
+
+on_every_backend!(
+    std_conv2d_forward_and_gradients_match_the_composed_ops,
+    std_conv2d_add_is_the_convolution_plus_the_residual_with_its_gradient,
+    group_norm_relu_forward_and_gradients_match_the_composed_ops,
+    zero_pad_max_pool2d_and_its_gradient_match_the_composed_ops,
+    degenerate_inputs_give_finite_results,
+    whole_model_gradients_match_the_composed_ops,
+);
 
 /// Deterministic values in [-1, 1) plus `offset`.
 fn values(seed: u64, n: usize, offset: f32) -> Vec<f32> {
@@ -30,9 +55,9 @@ fn values(seed: u64, n: usize, offset: f32) -> Vec<f32> {
         .collect()
 }
 
-fn tensor<const D: usize>(seed: u64, shape: [usize; D], offset: f32) -> Tensor<D> {
+fn tensor<const D: usize>(device: &Device, seed: u64, shape: [usize; D], offset: f32) -> Tensor<D> {
     let n = shape.iter().product();
-    Tensor::from_data(TensorData::new(values(seed, n, offset), shape), &device()).require_grad()
+    Tensor::from_data(TensorData::new(values(seed, n, offset), shape), device).require_grad()
 }
 
 fn data<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -97,8 +122,7 @@ const CONVS: [Conv; 7] = [
     conv([5, 3, 3, 6, 5, 3, 1, 1]),    // 3x3 on a 3x3 map: every tap touches padding
 ];
 
-#[test]
-fn std_conv2d_forward_and_gradients_match_the_composed_ops() {
+fn std_conv2d_forward_and_gradients_match_the_composed_ops(device: &Device) {
     for (i, c) in CONVS.iter().enumerate() {
         let seed = 10 * i as u64;
         let options = StdConvOptions {
@@ -106,13 +130,13 @@ fn std_conv2d_forward_and_gradients_match_the_composed_ops() {
             padding: c.padding,
             eps: 1e-10,
         };
-        let x = tensor(seed, [c.batch, c.height, c.width, c.c_in], 0.0);
+        let x = tensor(device, seed, [c.batch, c.height, c.width, c.c_in], 0.0);
         // Filters with a non-zero mean: the standardization's centring matters.
-        let weight = tensor(seed + 1, [c.c_out, c.c_in, c.kernel, c.kernel], 0.3);
+        let weight = tensor(device, seed + 1, [c.c_out, c.c_in, c.kernel, c.kernel], 0.3);
         let fused = ops::std_conv2d(x.clone(), weight.clone(), options);
         let composed = reference::std_conv2d(x.clone(), weight.clone(), options);
         assert_eq!(fused.dims(), composed.dims());
-        let upstream = tensor(seed + 2, fused.dims(), 0.0).detach();
+        let upstream = tensor(device, seed + 2, fused.dims(), 0.0).detach();
         let what = format!("{c:?}");
         assert_rel(
             &format!("{what} forward"),
@@ -134,13 +158,12 @@ fn std_conv2d_forward_and_gradients_match_the_composed_ops() {
     }
 }
 
-#[test]
-fn std_conv2d_add_is_the_convolution_plus_the_residual_with_its_gradient() {
+fn std_conv2d_add_is_the_convolution_plus_the_residual_with_its_gradient(device: &Device) {
     let (x, weight) = (
-        tensor(1, [3, 5, 7, 12], 0.0),
-        tensor(2, [20, 12, 1, 1], 0.1),
+        tensor(device, 1, [3, 5, 7, 12], 0.0),
+        tensor(device, 2, [20, 12, 1, 1], 0.1),
     );
-    let residual = tensor(3, [3, 5, 7, 20], 0.0);
+    let residual = tensor(device, 3, [3, 5, 7, 20], 0.0);
     let options = StdConvOptions {
         stride: 1,
         padding: 0,
@@ -149,7 +172,7 @@ fn std_conv2d_add_is_the_convolution_plus_the_residual_with_its_gradient() {
     let fused = ops::std_conv2d_add(x.clone(), weight.clone(), residual.clone(), options);
     let composed = reference::std_conv2d(x.clone(), weight.clone(), options) + residual.clone();
     assert_rel("forward", data(fused.clone()), data(composed.clone()), 1e-4);
-    let upstream = tensor(4, [3, 5, 7, 20], 0.0).detach();
+    let upstream = tensor(device, 4, [3, 5, 7, 20], 0.0).detach();
     let g_fused = (fused * upstream.clone()).sum().backward();
     let g_composed = (composed * upstream).sum().backward();
     for (name, t) in [("x", &x), ("weight", &weight), ("residual", &residual)] {
@@ -171,15 +194,14 @@ const NORMS: [(usize, usize, usize, usize, usize); 5] = [
     (2, 3, 3, 60, 4), // 15 channels per group
 ];
 
-#[test]
-fn group_norm_relu_forward_and_gradients_match_the_composed_ops() {
+fn group_norm_relu_forward_and_gradients_match_the_composed_ops(device: &Device) {
     for (i, &(n, h, w, c, groups)) in NORMS.iter().enumerate() {
         let seed = 100 + 10 * i as u64;
         let options = GroupNormOptions { groups, eps: 1e-5 };
         // A large common offset: the variance must not cancel catastrophically.
-        let x = tensor(seed, [n, h, w, c], 3.0);
-        let gamma = tensor(seed + 1, [c], 1.0);
-        let beta = tensor(seed + 2, [c], 0.0);
+        let x = tensor(device, seed, [n, h, w, c], 3.0);
+        let gamma = tensor(device, seed + 1, [c], 1.0);
+        let beta = tensor(device, seed + 2, [c], 0.0);
         let fused = ops::group_norm_relu(x.clone(), gamma.clone(), beta.clone(), options);
         let composed = reference::group_norm_relu(x.clone(), gamma.clone(), beta.clone(), options);
         let what = format!("gn {:?}", NORMS[i]);
@@ -189,7 +211,7 @@ fn group_norm_relu_forward_and_gradients_match_the_composed_ops() {
             data(composed.clone()),
             1e-4,
         );
-        let upstream = tensor(seed + 3, [n, h, w, c], 0.0).detach();
+        let upstream = tensor(device, seed + 3, [n, h, w, c], 0.0).detach();
         let g_fused = (fused * upstream.clone()).sum().backward();
         let g_composed = (composed * upstream).sum().backward();
         let grads = |g| {
@@ -208,8 +230,7 @@ fn group_norm_relu_forward_and_gradients_match_the_composed_ops() {
     }
 }
 
-#[test]
-fn zero_pad_max_pool2d_and_its_gradient_match_the_composed_ops() {
+fn zero_pad_max_pool2d_and_its_gradient_match_the_composed_ops(device: &Device) {
     let options = PoolOptions {
         kernel: 3,
         stride: 2,
@@ -220,7 +241,7 @@ fn zero_pad_max_pool2d_and_its_gradient_match_the_composed_ops() {
         .into_iter()
         .enumerate()
     {
-        let x = tensor(200 + i as u64, shape, -0.6);
+        let x = tensor(device, 200 + i as u64, shape, -0.6);
         let fused = ops::zero_pad_max_pool2d(x.clone(), options);
         let composed = reference::zero_pad_max_pool2d(x.clone(), options);
         assert_eq!(
@@ -228,7 +249,7 @@ fn zero_pad_max_pool2d_and_its_gradient_match_the_composed_ops() {
             data(composed.clone()),
             "{shape:?} forward"
         );
-        let upstream = tensor(300 + i as u64, fused.dims(), 0.0).detach();
+        let upstream = tensor(device, 300 + i as u64, fused.dims(), 0.0).detach();
         let g_fused = (fused * upstream.clone()).sum().backward();
         let g_composed = (composed * upstream).sum().backward();
         assert_rel(
@@ -240,17 +261,16 @@ fn zero_pad_max_pool2d_and_its_gradient_match_the_composed_ops() {
     }
 }
 
-#[test]
-fn degenerate_inputs_give_finite_results() {
+fn degenerate_inputs_give_finite_results(device: &Device) {
     // A group with zero variance: rstd = 1 / sqrt(eps), as the reference's epsilon gives.
-    let x = Tensor::<4>::ones([2, 3, 3, 64], &device()).require_grad();
-    let (gamma, beta) = (tensor(1, [64], 1.0), tensor(2, [64], 0.5));
+    let x = Tensor::<4>::ones([2, 3, 3, 64], device).require_grad();
+    let (gamma, beta) = (tensor(device, 1, [64], 1.0), tensor(device, 2, [64], 0.5));
     let options = GroupNormOptions {
         groups: 32,
         eps: 1e-5,
     };
     let y = ops::group_norm_relu(x.clone(), gamma.clone(), beta.clone(), options);
-    let grads = (y.clone() * tensor(3, [2, 3, 3, 64], 0.0).detach())
+    let grads = (y.clone() * tensor(device, 3, [2, 3, 3, 64], 0.0).detach())
         .sum()
         .backward();
     for v in [
@@ -261,15 +281,15 @@ fn degenerate_inputs_give_finite_results() {
         assert!(v.iter().all(|v| v.is_finite()));
     }
     // A constant kernel standardizes to zero; its gradient stays finite.
-    let weight = Tensor::<4>::full([4, 3, 3, 3], 0.7, &device()).require_grad();
-    let x = tensor(4, [1, 5, 5, 3], 0.0);
+    let weight = Tensor::<4>::full([4, 3, 3, 3], 0.7, device).require_grad();
+    let x = tensor(device, 4, [1, 5, 5, 3], 0.0);
     let options = StdConvOptions {
         stride: 1,
         padding: 1,
         eps: 1e-10,
     };
     let y = ops::std_conv2d(x, weight.clone(), options);
-    let grads = (y.clone() * tensor(5, [1, 5, 5, 4], 0.0).detach())
+    let grads = (y.clone() * tensor(device, 5, [1, 5, 5, 4], 0.0).detach())
         .sum()
         .backward();
     assert!(data(y).iter().all(|v| *v == 0.0));
@@ -359,14 +379,12 @@ fn composed_forward(model: &ResNetV2, x: Tensor<4>) -> Tensor<2> {
 /// a ReLU input lies within rounding of zero and its kink flips, which moves single backward
 /// paths (the golden README measures ~1% on R50x1 between PyTorch and float64), hence a relative
 /// L2 bound of 2e-2 per parameter here: a wrong term in any backward formula is O(1).
-#[test]
-fn whole_model_gradients_match_the_composed_ops() {
-    let device = device();
+fn whole_model_gradients_match_the_composed_ops(device: &Device) {
     device.seed(7);
     // Narrow, but every block, projection and stride of BiT; an odd input size.
-    let model: ResNetV2 = ResNetV2Config::new([1, 2, 1, 1], 1, 7).init(&device);
-    let x = tensor(7, [2, 3, 33, 31], 0.0).detach();
-    let upstream = tensor(8, [2, 7], 0.0).detach();
+    let model: ResNetV2 = ResNetV2Config::new([1, 2, 1, 1], 1, 7).init(device);
+    let x = tensor(device, 7, [2, 3, 33, 31], 0.0).detach();
+    let upstream = tensor(device, 8, [2, 7], 0.0).detach();
     let fused = model.forward(x.clone());
     let composed = composed_forward(&model, x);
     assert_rel("logits", data(fused.clone()), data(composed.clone()), 1e-4);

@@ -58,8 +58,9 @@ pub struct RunSettings {
     #[cfg_attr(feature = "cli", arg(long = "no-save", action = clap::ArgAction::SetFalse))]
     pub save: bool,
     /// Devices, data-parallel (a replica of the model on each; gradients summed every step):
-    /// cpu; with a GPU build cuda / wgpu / vulkan (every GPU of this machine) or a list such as
-    /// cuda:0,cuda:1; ws://HOST:PORT (or iroh://ID@HOST:PORT, encrypted) for every device a
+    /// cpu; wgpu (every GPU of this machine, or its software adapter where it has none;
+    /// the `bit` command has it by default), vulkan or cuda in builds with them; a list such
+    /// as wgpu:0,wgpu:1 (adapters best first: discrete, integrated, virtual, software); ws://HOST:PORT (or iroh://ID@HOST:PORT, encrypted) for every device a
     /// `bit serve` process serves (other machines: list several, e.g. ws://a:7000,ws://b:7000;
     /// token: $BIT_REMOTE_TOKEN; see docs/distributed.md).
     #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]

@@ -31,6 +31,7 @@ pub mod memory;
 mod parallel;
 mod plot;
 mod run;
+pub mod throughput;
 mod trainer;
 
 pub use bit_infer::{EvalResult, evaluate};

@@ -45,18 +45,49 @@ fn standardize<B: Backend>(weight: FloatTensor<B>, eps: f64) -> (FloatTensor<B>,
     )
 }
 
-pub(super) fn std_conv2d<B: Backend>(
+/// Burn's convolution of NHWC `x` with an already standardized kernel `w_hat`, NHWC out.
+pub(super) fn conv2d_nhwc<B: Backend>(
     x: FloatTensor<B>,
-    weight: FloatTensor<B>,
+    w_hat: FloatTensor<B>,
     options: StdConvOptions,
 ) -> FloatTensor<B> {
-    let (w_hat, _) = standardize::<B>(weight, options.eps);
     to_nhwc::<B>(B::conv2d(
         to_nchw::<B>(x),
         w_hat,
         None,
         conv_options(&options),
     ))
+}
+
+/// Gradient of [`conv2d_nhwc`] with respect to `x`.
+pub(super) fn conv2d_nhwc_x_backward<B: Backend>(
+    x: FloatTensor<B>,
+    w_hat: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    options: StdConvOptions,
+) -> FloatTensor<B> {
+    let (x, grad) = (to_nchw::<B>(x), to_nchw::<B>(output_grad));
+    to_nhwc::<B>(B::conv2d_x_backward(x, w_hat, grad, conv_options(&options)))
+}
+
+/// Gradient of [`conv2d_nhwc`] with respect to the standardized kernel `w_hat`.
+pub(super) fn conv2d_nhwc_weight_backward<B: Backend>(
+    x: FloatTensor<B>,
+    w_hat: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    options: StdConvOptions,
+) -> FloatTensor<B> {
+    let (x, grad) = (to_nchw::<B>(x), to_nchw::<B>(output_grad));
+    B::conv2d_weight_backward(x, w_hat, grad, conv_options(&options))
+}
+
+pub(super) fn std_conv2d<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    options: StdConvOptions,
+) -> FloatTensor<B> {
+    let (w_hat, _) = standardize::<B>(weight, options.eps);
+    conv2d_nhwc::<B>(x, w_hat, options)
 }
 
 pub(super) fn std_conv2d_add<B: Backend>(
@@ -75,8 +106,7 @@ pub(super) fn std_conv2d_x_backward<B: Backend>(
     options: StdConvOptions,
 ) -> FloatTensor<B> {
     let (w_hat, _) = standardize::<B>(weight, options.eps);
-    let (x, grad) = (to_nchw::<B>(x), to_nchw::<B>(output_grad));
-    to_nhwc::<B>(B::conv2d_x_backward(x, w_hat, grad, conv_options(&options)))
+    conv2d_nhwc_x_backward::<B>(x, w_hat, output_grad, options)
 }
 
 /// `dw = (g - mean(g) - w_hat * mean(g * w_hat)) / sqrt(var + eps)` per filter, where `g` is
@@ -90,8 +120,7 @@ pub(super) fn std_conv2d_weight_backward<B: Backend>(
     let shape = weight.shape();
     let [o, i, kh, kw] = dims4::<B>(&weight);
     let (w_hat, inv_std) = standardize::<B>(weight, options.eps);
-    let (x, grad) = (to_nchw::<B>(x), to_nchw::<B>(output_grad));
-    let grad_hat = B::conv2d_weight_backward(x, w_hat.clone(), grad, conv_options(&options));
+    let grad_hat = conv2d_nhwc_weight_backward::<B>(x, w_hat.clone(), output_grad, options);
     let flat = Shape::new([o, i * kh * kw]);
     let g = B::float_reshape(grad_hat, flat.clone());
     let w_hat = B::float_reshape(w_hat, flat);
@@ -128,8 +157,10 @@ pub(super) fn zero_pad_max_pool2d_backward<B: Backend>(
     let p = options.padding;
     let padded = zero_padded::<B>(x, p);
     let (k, s) = ([options.kernel; 2], [options.stride; 2]);
+    // 32-bit indices: every backend has them (64-bit ones are garbage on some wgpu adapters),
+    // and they address any image plane up to 2^31 values.
     let pooled =
-        B::max_pool2d_with_indices(padded.clone(), k, s, [0, 0], [1, 1], false, IntDType::I64);
+        B::max_pool2d_with_indices(padded.clone(), k, s, [0, 0], [1, 1], false, IntDType::I32);
     let grad = B::max_pool2d_with_indices_backward(
         padded,
         k,

@@ -9,9 +9,11 @@
 //!   backward call until the weights change.
 //! - **`Autodiff<B>`**: the backward passes are ours (no intermediate tensors of the
 //!   standardization or of GroupNorm are recorded), built from `B`'s own backward primitives.
-//! - **other backends** (`wgpu`, `vulkan`, `cuda`, remote devices): the trait's default bodies, composed of
-//!   Burn's ordinary tensor ops (the same computation the model used before these kernels); a
-//!   GPU kernel can replace any of them behind the same trait.
+//! - **`Cube`** (the GPU backends `wgpu`, `vulkan`, `cuda`): CubeCL kernels of our own for
+//!   weight standardization (cached per weight version, as on the CPU) and GroupNorm + ReLU,
+//!   forward and backward; Burn's own convolutions and pooling (see `cube`).
+//! - **other backends** (remote devices): the trait's default bodies, composed of Burn's
+//!   ordinary tensor ops (the same computation the model used before these kernels).
 //!
 //! Activations are **channels-last**, `[batch, height, width, channels]`, as in the original
 //! TF/JAX BiT: inside [`ResNetV2`](crate::ResNetV2) every tensor is NHWC, so the Burn ops
@@ -24,6 +26,8 @@
 
 mod autodiff;
 mod composed;
+#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
+mod cube;
 mod flex;
 
 use burn::backend::tensor::FloatTensor;
@@ -177,9 +181,6 @@ pub trait BitOps: Backend {
         composed::group_norm_relu_backward::<Self>(x, gamma, beta, mean, rstd, output_grad, options)
     }
 }
-
-#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
-impl BitOps for burn::backend::Cube {}
 
 /// On a device another process serves, the composed bodies: each of Burn's ops they are made
 /// of runs on the server's backend.

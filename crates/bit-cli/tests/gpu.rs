@@ -1,0 +1,214 @@
+//! The `bit` command on the GPU backend (`--device wgpu`: the best adapter there is; in CI Mesa's
+//! software Vulkan driver lavapipe), on real Fashion-MNIST images from Debian's
+//! `dataset-fashion-mnist`, starting from the golden tiny checkpoint:
+//!
+//! - a training run killed with SIGKILL after a checkpoint and resumed ends with the weights of
+//!   an uninterrupted GPU run, and near those of the same run on the CPU;
+//! - `bit eval --device wgpu` of that trained model gives the CPU's top-1 and top-5;
+//! - `bit distill --device wgpu` runs, evaluates and exports.
+//!
+//! Sizes are small (lavapipe runs compute shaders on the CPU, ~100x slower than `flex`) but
+//! every GPU code path of a run is taken: our CubeCL kernels forward and backward, Burn's
+//! convolutions, the optimizer, checkpoints, evaluation and export. A machine without an
+//! adapter fails here, naming what it found: the GPU path is never skipped silently.
+#![cfg(feature = "wgpu")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use bit_data::{DatasetName, NonImagePolicy, load_train_valid};
+use bit_model::ResNetV2;
+use bit_testkit::{KillOnDrop, ScratchDir, max_relative_gap};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+
+const STEPS: usize = 6;
+
+fn bit() -> Command {
+    assert!(
+        Path::new(bit_data::DEBIAN_FASHION_MNIST_DIR).is_dir(),
+        "apt-get install dataset-fashion-mnist"
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bit"));
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+fn bit_train(logdir: &Path, device: &str) -> Command {
+    let mut cmd = bit();
+    cmd.args(["train", "--name", "fm", "--model"])
+        .arg(bit_testkit::golden_file("tiny.weights.npz"))
+        .arg("--logdir")
+        .arg(logdir)
+        .args(["--dataset", "fashion_mnist", "--examples_per_class", "2"])
+        .args(["--batch", "8", "--steps", &STEPS.to_string()])
+        .args(["--resolution", "40,32", "--eval_every", "2"])
+        .args(["--max_eval_examples", "64", "--workers", "2"])
+        .args(["--device", device]);
+    cmd
+}
+
+fn succeeded(what: &str, output: Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Every parameter of a saved model, in visiting order.
+fn parameters(path: &Path) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let data = param.val().into_data().convert::<f32>();
+            self.0.extend(data.try_to_vec::<f32>().unwrap());
+        }
+    }
+    let model = ResNetV2::from_safetensors(path, &Device::flex()).unwrap();
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
+}
+
+fn checkpoint_step(run: &Path) -> Option<usize> {
+    Some(bit_train::checkpoint::find(run).ok()??.state.step)
+}
+
+/// 10 test images of each Fashion-MNIST class as PNGs in folders `c0`..`c9`, and a class map
+/// giving each folder its head index (the class names hold a `/`).
+fn test_folders(dir: &Path) -> PathBuf {
+    let data = load_train_valid(
+        DatasetName::FashionMnist,
+        Path::new(bit_data::DEBIAN_FASHION_MNIST_DIR),
+        NonImagePolicy::Error,
+    )
+    .unwrap();
+    let mut written = [0usize; 10];
+    for i in 0..data.valid.len() {
+        let label = data.valid.label(i);
+        if written[label] == 10 {
+            continue;
+        }
+        let folder = dir.join("images").join(format!("c{label}"));
+        std::fs::create_dir_all(&folder).unwrap();
+        let path = folder.join(format!("{i}.png"));
+        data.valid.image(i).unwrap().save(&path).unwrap();
+        written[label] += 1;
+    }
+    let map: String = (0..10).map(|c| format!("c{c} {c}\n")).collect();
+    std::fs::write(dir.join("classes.txt"), map).unwrap();
+    dir.join("images")
+}
+
+#[test]
+fn training_on_the_gpu_resumes_after_a_kill_and_matches_the_cpu() {
+    let dir = ScratchDir::new("gpu-train");
+    let (killed, straight, cpu) = (dir.join("killed"), dir.join("straight"), dir.join("cpu"));
+
+    // Killed once its first checkpoint exists (progress decides, not a clock), then resumed.
+    let run = killed.join("fm");
+    // Its stderr is not read while it runs: discarded, so a full pipe cannot stall it.
+    let mut child = KillOnDrop(
+        bit_train(&killed, "wgpu")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    while checkpoint_step(&run).is_none() {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("the GPU run ended ({status}) before it could be killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(child);
+    let saved = checkpoint_step(&run).unwrap();
+    assert!(saved < STEPS, "checkpoint at step {saved}");
+    succeeded(
+        "resumed GPU run",
+        bit_train(&killed, "wgpu").output().unwrap(),
+    );
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    assert!(log.contains(&format!("Resumed at step {saved}")), "{log}");
+    assert_eq!(checkpoint_step(&run), Some(STEPS));
+
+    succeeded("GPU run", bit_train(&straight, "wgpu").output().unwrap());
+    succeeded("CPU run", bit_train(&cpu, "cpu").output().unwrap());
+    let weights = |logdir: &Path| parameters(&logdir.join("fm").join("model.safetensors"));
+    let (resumed, uninterrupted, on_cpu) = (weights(&killed), weights(&straight), weights(&cpu));
+    // The same kernels on the same device: the kill cost nothing (float32 rounding at most).
+    let gap = max_relative_gap(&resumed, &uninterrupted);
+    assert!(gap <= 1e-6, "resumed vs uninterrupted GPU run: {gap:e}");
+    // Another backend sums in other orders; six SGD steps keep that at float32 noise.
+    let gap = max_relative_gap(&uninterrupted, &on_cpu);
+    assert!(gap <= 1e-4, "GPU vs CPU run: {gap:e}");
+
+    // The trained model evaluated on real images: the GPU gives the CPU's answers.
+    let images = test_folders(&dir);
+    let eval = |device: &str| {
+        let output = bit()
+            .args(["eval", "--model"])
+            .arg(straight.join("fm").join("model.safetensors"))
+            .args(["--dataset", "folder", "--datadir"])
+            .arg(&images)
+            .arg("--class_map")
+            .arg(dir.join("classes.txt"))
+            .args(["--device", device, "--batch", "25"])
+            .output()
+            .unwrap();
+        let stdout = succeeded(&format!("bit eval --device {device}"), output);
+        let (_, result) = stdout.split_once(": top-1 ").expect("a result line");
+        let (accuracy, loss) = result.split_once(", loss ").unwrap();
+        let loss: f64 = loss.split(' ').next().unwrap().parse().unwrap();
+        (accuracy.to_string(), loss)
+    };
+    let (gpu_accuracy, gpu_loss) = eval("wgpu");
+    let (cpu_accuracy, cpu_loss) = eval("cpu");
+    assert_eq!(gpu_accuracy, cpu_accuracy);
+    assert!(
+        (gpu_loss - cpu_loss).abs() <= 1e-4 * cpu_loss.abs().max(1.0),
+        "loss {gpu_loss} on the GPU, {cpu_loss} on the CPU"
+    );
+}
+
+#[test]
+fn distillation_runs_on_the_gpu() {
+    let dir = ScratchDir::new("gpu-distill");
+    let teacher = dir.join("teacher.safetensors");
+    ResNetV2::from_npz(
+        bit_testkit::golden_file("tiny.weights.npz"),
+        &Device::flex(),
+    )
+    .unwrap()
+    .save_safetensors_with_metadata(&teacher, &bit_infer::metadata(32, None))
+    .unwrap();
+    let output = bit()
+        .args(["distill", "--name", "student", "--teacher"])
+        .arg(&teacher)
+        .arg("--student")
+        .arg(bit_testkit::golden_file("tiny.weights.npz"))
+        .arg("--logdir")
+        .arg(dir.join("logs"))
+        .args(["--dataset", "fashion_mnist", "--batch", "8", "--steps", "4"])
+        .args([
+            "--eval_every",
+            "2",
+            "--max_eval_examples",
+            "32",
+            "--workers",
+            "2",
+        ])
+        .args(["--resolution", "32", "--device", "wgpu"])
+        .output()
+        .unwrap();
+    succeeded("bit distill --device wgpu", output);
+    let run = dir.join("logs").join("student");
+    let log = std::fs::read_to_string(run.join("train.log")).unwrap();
+    assert!(log.contains("Validation@end KL"), "{log}");
+    assert_eq!(checkpoint_step(&run), Some(4));
+    let student = parameters(&run.join("model.safetensors"));
+    assert!(student.iter().all(|v| v.is_finite()));
+}

@@ -1,0 +1,160 @@
+//! How fast a model runs on a device: images per second for inference or for a whole training
+//! step (forward, cross-entropy, backward, the all-reduce over replicas, SGD with momentum),
+//! and the memory it took, on the host and on the device. `bit bench` and the `throughput`
+//! example print these.
+//!
+//! Every timed iteration ends with a read-back, so asynchronous (GPU) backends are timed for
+//! the work they did, not for queueing it; inputs are fresh each iteration, so no backend can
+//! reuse a previous result.
+
+use std::time::Instant;
+
+use bit_model::{ResNetV2, ResNetV2Config};
+use burn::tensor::{Device, Distribution, Int, Tensor};
+
+use crate::memory::peak_resident_memory;
+use crate::{DataParallel, Targets, bit_optimizer};
+
+/// What to time: a batch of square random images, iterations, warm-up.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// The network (its weights are random: timing does not depend on them).
+    pub model: ResNetV2Config,
+    /// Square input resolution.
+    pub size: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Timed iterations.
+    pub iters: usize,
+    /// Untimed iterations first (kernel compilation and autotuning happen there on GPUs).
+    pub warmup: usize,
+    /// Training: micro-batches per step, accumulated as `bit train --batch_split` does.
+    pub batch_split: usize,
+}
+
+/// The outcome of timing a [`Workload`].
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// Seconds of each timed iteration, sorted.
+    pub seconds: Vec<f64>,
+    /// Images per second at the median iteration.
+    pub images_per_second: f64,
+    /// The process's peak resident memory (the host's memory, which holds a CPU backend's
+    /// tensors), where the OS reports it.
+    pub host_peak_bytes: Option<u64>,
+    /// What the main device's allocator holds after the run (its pools' high-water mark; they
+    /// keep pages for reuse), for backends that report it (the GPU backends).
+    pub device_reserved_bytes: Option<u64>,
+}
+
+impl Measurement {
+    fn of(mut seconds: Vec<f64>, batch: usize, device: &Device) -> Self {
+        seconds.sort_by(f64::total_cmp);
+        let median = seconds.get(seconds.len() / 2).copied().unwrap_or(f64::NAN);
+        Self {
+            images_per_second: batch as f64 / median,
+            seconds,
+            host_peak_bytes: peak_resident_memory(),
+            device_reserved_bytes: device.memory_pool_usage().map(|u| u.bytes_reserved),
+        }
+    }
+}
+
+fn images(work: &Workload, batch: usize, device: &Device) -> Tensor<4> {
+    Tensor::random(
+        [batch, 3, work.size, work.size],
+        Distribution::Uniform(-1.0, 1.0),
+        device,
+    )
+}
+
+/// Times the forward pass on `device`.
+///
+/// ```
+/// use bit_model::ResNetV2Config;
+/// use bit_train::throughput::{Workload, measure_inference};
+/// use burn::tensor::Device;
+///
+/// let work = Workload {
+///     model: ResNetV2Config::new([1, 1, 1, 1], 1, 10),
+///     size: 32,
+///     batch: 2,
+///     iters: 2,
+///     warmup: 1,
+///     batch_split: 1,
+/// };
+/// let m = measure_inference(&work, &Device::flex());
+/// assert_eq!(m.seconds.len(), 2);
+/// assert!(m.images_per_second > 0.0);
+/// ```
+pub fn measure_inference(work: &Workload, device: &Device) -> Measurement {
+    let model = work.model.init(device);
+    let seconds = (0..work.warmup + work.iters)
+        .map(|_| {
+            let x = images(work, work.batch, device);
+            device.sync().ok();
+            let start = Instant::now();
+            // Reading back waits for asynchronous backends.
+            let _ = model.forward(x).into_data();
+            start.elapsed().as_secs_f64()
+        })
+        .skip(work.warmup)
+        .collect();
+    Measurement::of(seconds, work.batch, device)
+}
+
+/// Times training steps over the devices of `parallel` (one device, or replicas).
+///
+/// ```
+/// use bit_model::ResNetV2Config;
+/// use bit_train::DataParallel;
+/// use bit_train::throughput::{Workload, measure_training};
+/// use burn::tensor::Device;
+///
+/// let work = Workload {
+///     model: ResNetV2Config::new([1, 1, 1, 1], 1, 10),
+///     size: 32,
+///     batch: 4,
+///     iters: 1,
+///     warmup: 1,
+///     batch_split: 2,
+/// };
+/// let parallel = DataParallel::new(vec![Device::flex()]).unwrap();
+/// let m = measure_training(&work, parallel);
+/// assert!(m.images_per_second > 0.0);
+/// ```
+pub fn measure_training(work: &Workload, mut parallel: DataParallel) -> Measurement {
+    let device = parallel.main().clone();
+    let mut model: ResNetV2 = work.model.init(&device);
+    let mut sgd = bit_optimizer();
+    parallel.replicate(&model, &sgd);
+    let split = work.batch_split.max(1);
+    let micro = work.batch / split;
+    let mut seconds = Vec::new();
+    for i in 0..work.warmup + work.iters {
+        let x = images(work, work.batch, &device);
+        let y = Tensor::<1, Int>::random([work.batch], Distribution::Uniform(0.0, 10.0), &device);
+        device.sync().ok();
+        let start = Instant::now();
+        for m in 0..split {
+            let at = m * micro;
+            let targets = Targets {
+                labels: y.clone().narrow(0, at, micro),
+                mixed: None,
+            };
+            let x = x.clone().narrow(0, at, micro);
+            parallel.backward(&model, x, &targets, 1.0 / split as f32);
+        }
+        let grads = parallel.all_reduce(&model);
+        model = parallel.step(0.003, model, &mut sgd, grads);
+        // Reading a parameter back waits for the update on asynchronous backends.
+        let _ = model.head.fc.bias.as_ref().map(|b| b.val().into_data());
+        if let Some(replica) = parallel.replica(parallel.len() - 1) {
+            let _ = replica.head.fc.bias.as_ref().map(|b| b.val().into_data());
+        }
+        if i >= work.warmup {
+            seconds.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Measurement::of(seconds, work.batch, &device)
+}
