@@ -73,7 +73,12 @@ fn bench_model(c: &mut Criterion) {
             group.bench_function(format!("{backend}/{name}/infer/b{batch}"), |b| {
                 b.iter_batched(
                     || images(batch, *size, &device),
-                    |x| model.forward(x).into_data(),
+                    |x| {
+                        let logits = model.forward(x);
+                        // `into_data` alone reads lazily: wait for the device.
+                        device.sync().expect("the device ran the forward pass");
+                        logits
+                    },
                     BatchSize::SmallInput,
                 )
             });
@@ -100,9 +105,8 @@ fn bench_model(c: &mut Criterion) {
                         let grads =
                             GradientsParams::from_grads(ce.forward(m.forward(x), y).backward(), &m);
                         let m = sgd.step(0.003, m, grads);
-                        let done = m.head.fc.weight.val().into_data();
+                        ad.sync().expect("the device ran the step");
                         model = Some(m);
-                        done
                     },
                     BatchSize::SmallInput,
                 )

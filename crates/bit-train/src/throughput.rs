@@ -3,9 +3,10 @@
 //! and the memory it took, on the host and on the device. `bit bench` and the `throughput`
 //! example print these.
 //!
-//! Every timed iteration ends with a read-back, so asynchronous (GPU) backends are timed for
-//! the work they did, not for queueing it; inputs are fresh each iteration, so no backend can
-//! reuse a previous result.
+//! Every timed iteration ends with the devices synchronized, so asynchronous (GPU) backends
+//! are timed for the work they did, not for queueing it (`into_data` alone does not wait: its
+//! bytes are read lazily); inputs are fresh each iteration, so no backend can reuse a previous
+//! result.
 
 use std::time::Instant;
 
@@ -94,8 +95,9 @@ pub fn measure_inference(work: &Workload, device: &Device) -> Measurement {
             let x = images(work, work.batch, device);
             device.sync().ok();
             let start = Instant::now();
-            // Reading back waits for asynchronous backends.
-            let _ = model.forward(x).into_data();
+            let logits = model.forward(x);
+            device.sync().expect("the device ran the forward pass");
+            drop(logits);
             start.elapsed().as_secs_f64()
         })
         .skip(work.warmup)
@@ -147,10 +149,8 @@ pub fn measure_training(work: &Workload, mut parallel: DataParallel) -> Measurem
         }
         let grads = parallel.all_reduce(&model);
         model = parallel.step(0.003, model, &mut sgd, grads);
-        // Reading a parameter back waits for the update on asynchronous backends.
-        let _ = model.head.fc.bias.as_ref().map(|b| b.val().into_data());
-        if let Some(replica) = parallel.replica(parallel.len() - 1) {
-            let _ = replica.head.fc.bias.as_ref().map(|b| b.val().into_data());
+        for device in parallel.devices() {
+            device.sync().expect("the device ran the step");
         }
         if i >= work.warmup {
             seconds.push(start.elapsed().as_secs_f64());
