@@ -48,6 +48,9 @@ struct Args {
     /// Training: recompute GroupNorm+ReLU outputs in the backward (Burn's balanced strategy).
     #[arg(long)]
     grad_checkpointing: bool,
+    /// f32, or on a GPU device bf16 / f16 (mixed precision).
+    #[arg(long, default_value = "f32")]
+    precision: bit_model::Precision,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -69,6 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         iters: args.iters,
         warmup: args.warmup,
         batch_split: args.batch_split,
+        precision: args.precision,
     };
     let devices = devices_from_spec(&args.device)?;
     let m = match args.mode {

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use bit_model::ResNetV2;
 use bit_model::backend::{device_from_name, devices_from_spec};
+use bit_model::{Precision, ResNetV2};
 use bit_train::DataParallel;
 use bit_train::throughput::{Measurement, Workload, measure_inference, measure_training};
 use burn::module::Module;
@@ -52,6 +52,9 @@ pub struct BenchArgs {
     /// Training: micro-batches per step.
     #[arg(long = "batch_split", default_value_t = 1)]
     batch_split: usize,
+    /// What the network computes in: f32, or on a GPU device bf16 / f16 (mixed precision).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 pub fn bench(args: &BenchArgs) -> CliResult {
@@ -62,11 +65,15 @@ pub fn bench(args: &BenchArgs) -> CliResult {
         iters: args.iters.max(1),
         warmup: args.warmup,
         batch_split: args.batch_split,
+        precision: args.precision,
     };
     if args.batch_split == 0 || !args.batch.is_multiple_of(args.batch_split) {
         return Err("--batch must be a multiple of --batch_split (at least 1)".into());
     }
     let devices = devices_from_spec(&args.device)?;
+    for device in &devices {
+        args.precision.check(device)?;
+    }
     let m = match args.mode {
         Mode::Infer => measure_inference(&work, &devices[0]),
         Mode::Train => measure_training(&work, DataParallel::new(devices)?),
@@ -80,10 +87,11 @@ fn line(args: &BenchArgs, m: &Measurement) -> String {
     let mib = |b: Option<u64>| b.map_or("n/a".to_string(), |b| format!("{} MiB", b >> 20));
     let s = &m.seconds;
     format!(
-        "{} @{} {} batch {} on {}: {:.2} img/s (median {:.4} s/step of {}, min {:.4}, max {:.4}); \
+        "{} @{} {} {} batch {} on {}: {:.2} img/s (median {:.4} s/step of {}, min {:.4}, max {:.4}); \
          device memory reserved {}; host peak RSS {}",
         args.arch,
         args.size,
+        args.precision,
         match args.mode {
             Mode::Infer => "infer",
             Mode::Train => "train",
@@ -118,7 +126,7 @@ pub struct SelftestArgs {
 }
 
 /// `|got - want| <= atol + rtol |want|` everywhere, or the worst element.
-fn within(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Result<String, String> {
+fn within(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> Check {
     if got.len() != want.len() {
         return Err(format!(
             "{what}: {} values, the reference has {}",
@@ -180,14 +188,16 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .unwrap_or_default()
 }
 
-/// Forward (logits, features) and one SGD step of one case; every line of the report, and
-/// whether all passed. Tolerances are those of the project's own parity tests
+/// One comparison: what it found, `Err` when out of tolerance.
+type Check = Result<String, String>;
+
+/// Forward (logits, features) and one SGD step of one case: every comparison. Tolerances are those of the project's own parity tests
 /// (`crates/bit-model/tests/golden.rs` says why).
 fn check_case(
     dir: &Path,
     name: &str,
     device: &Device,
-) -> Result<(Vec<Result<String, String>>, bool), Box<dyn std::error::Error>> {
+) -> Result<Vec<Check>, Box<dyn std::error::Error>> {
     let weights = dir.join(format!("{name}.weights.npz"));
     let path = dir.join(format!("{name}.case.npz"));
     let arrays = NpzArchive::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -250,15 +260,15 @@ fn check_case(
         root_tol,
         0.0,
     ));
-    let passed = lines.iter().all(Result::is_ok);
-    Ok((lines, passed))
+    Ok(lines)
 }
 
 pub fn selftest(args: &SelftestArgs) -> CliResult {
     let device = device_from_name(&args.device)?;
     let mut failed = Vec::new();
     for name in &args.cases {
-        let (lines, passed) = check_case(&args.golden, name, &device)?;
+        let lines = check_case(&args.golden, name, &device)?;
+        let passed = lines.iter().all(Result::is_ok);
         for line in lines {
             match line {
                 Ok(l) => println!("ok    {name} on {}: {l}", args.device),

@@ -38,6 +38,9 @@ pub struct ModelArgs {
     /// virtual, software), vulkan[:i] / cuda[:i] in builds with them.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// What the network computes in: f32, or on a GPU device bf16 / f16 (weights stay f32).
+    #[arg(long, default_value = "f32")]
+    precision: bit_model::Precision,
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -56,6 +59,7 @@ impl ModelArgs {
         let options = LoadOptions {
             resolution: self.resolution,
             labels: self.labels.clone(),
+            precision: self.precision,
         };
         let hub = ModelHub::from_env()?.with_pretrained_dir(&self.bit_pretrained_dir);
         let model = InferenceModel::load(&hub, &self.model, &options, &device)?;

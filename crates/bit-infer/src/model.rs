@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use bit_model::zoo::{LabelSet, LoadedModel, ModelHub, PretrainedModel};
-use bit_model::{CLASSES_METADATA_KEY, RESOLUTION_METADATA_KEY, ResNetV2, run_metadata};
+use bit_model::{CLASSES_METADATA_KEY, Precision, RESOLUTION_METADATA_KEY, ResNetV2, run_metadata};
 use burn::tensor::Device;
 
 use crate::error::{InferError, Result};
@@ -22,6 +22,8 @@ pub struct LoadOptions {
     pub resolution: Option<usize>,
     /// A label file (one class name per line), instead of the file's or the release's names.
     pub labels: Option<PathBuf>,
+    /// What the network computes in (half precision needs a GPU device).
+    pub precision: Precision,
 }
 
 /// A model with what inference needs to know about it.
@@ -67,6 +69,7 @@ impl InferenceModel {
         options: &LoadOptions,
         device: &Device,
     ) -> Result<Self> {
+        options.precision.check(device)?;
         let LoadedModel {
             model: net,
             metadata,
@@ -126,7 +129,7 @@ impl InferenceModel {
             })
         };
         Ok(Self {
-            model: net,
+            model: net.with_precision(options.precision),
             resolution,
             class_names,
             path,

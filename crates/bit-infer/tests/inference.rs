@@ -272,6 +272,7 @@ fn fine_tuned_safetensors_carry_their_resolution_and_classes() {
     let options = LoadOptions {
         resolution: Some(96),
         labels: Some(labels.clone()),
+        ..Default::default()
     };
     let m = InferenceModel::load(&hub, path.to_str().unwrap(), &options, &device).unwrap();
     assert_eq!((m.resolution, m.class_name(9)), (96, "L9".to_string()));

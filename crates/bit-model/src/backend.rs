@@ -154,7 +154,8 @@ pub fn gpu_adapters(backend: GpuBackend) -> Vec<GpuAdapter> {
         let mut listed: Vec<Device> = Device::enumerate(device_type).into_iter().collect();
         // Burn lists adapters as devices without their kind; a device made from a kind and an
         // index compares equal to the listed device it names.
-        let indexed: [(AdapterKind, fn(usize) -> DeviceKind); 3] = [
+        type Indexed = fn(usize) -> DeviceKind;
+        let indexed: [(AdapterKind, Indexed); 3] = [
             (AdapterKind::Discrete, DeviceKind::DiscreteGpu),
             (AdapterKind::Integrated, DeviceKind::IntegratedGpu),
             (AdapterKind::Virtual, DeviceKind::VirtualGpu),

@@ -148,6 +148,17 @@ pub enum Error {
         found: String,
     },
 
+    /// A device cannot compute in the precision asked for.
+    #[error("cannot compute in {precision} on {device}: {reason}")]
+    UnsupportedPrecision {
+        /// `bf16` or `f16`.
+        precision: String,
+        /// The device, as Burn names it.
+        device: String,
+        /// Why not.
+        reason: String,
+    },
+
     /// A device served by another process (`bit serve`, Burn Remote) could not be connected:
     /// nothing listens there, it is not a Burn Remote server, it refused the token, or it has
     /// no such device.

@@ -33,6 +33,7 @@ mod error;
 mod native;
 mod npz;
 pub mod ops;
+mod precision;
 mod resnet;
 mod std_conv;
 pub mod zoo;
@@ -43,6 +44,7 @@ pub use native::{
     CLASSES_METADATA_KEY, CONFIG_METADATA_KEY, RESOLUTION_METADATA_KEY, run_metadata,
 };
 pub use npz::NpzCheckpoint;
+pub use precision::Precision;
 pub use resnet::{
     Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, Block, Head, HeadConfig, ROOT_PAD, ResNetV2,
     ResNetV2Config, RootBlock,

@@ -7,13 +7,14 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 use crate::bottleneck::{
     GN_EPS, GROUPS, PreActBottleneck, PreActBottleneckConfig, group_norm_relu,
 };
 use crate::error::Error;
 use crate::ops::{self, PoolOptions};
+use crate::precision::Precision;
 use crate::std_conv::{StdConv2d, StdConv2dConfig};
 
 /// Head size of the BiT-M checkpoints (ImageNet-21k, 21841 classes plus two unused ids).
@@ -224,7 +225,12 @@ impl ResNetV2Config {
         let head = HeadConfig::new(self.feature_dim(), self.head_size)
             .with_zero_init(self.zero_head)
             .init(device);
-        ResNetV2 { root, body, head }
+        ResNetV2 {
+            root,
+            body,
+            head,
+            precision: Precision::F32,
+        }
     }
 }
 
@@ -321,10 +327,12 @@ pub struct Head {
 }
 
 impl Head {
-    /// Pooled pre-logits: `mean_hw(relu(gn(x)))`, channels-last `[b, h, w, c]` -> `[b, c]`.
+    /// Pooled pre-logits: `mean_hw(relu(gn(x)))`, channels-last `[b, h, w, c]` -> `[b, c]`,
+    /// in `f32` (the mean of a half-precision input is taken in `f32`).
     pub fn pre_logits(&self, x: Tensor<4>) -> Tensor<2> {
         let [b, h, w, c] = x.dims();
         group_norm_relu(&self.gn, x)
+            .cast(DType::F32)
             .reshape([b, h * w, c])
             .mean_dim(1)
             .reshape([b, c])
@@ -357,12 +365,37 @@ pub struct ResNetV2 {
     pub body: Vec<Block>,
     /// Pre-head norm and classifier.
     pub head: Head,
+    /// What the body computes in; not stored in checkpoints.
+    #[module(skip)]
+    precision: Precision,
 }
 
 impl ResNetV2 {
-    /// Logits, `[batch, head_size]`.
+    /// Logits, `[batch, head_size]`, `f32` whatever the [`precision`](Self::with_precision).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         self.head.fc.forward(self.features(x))
+    }
+
+    /// The model computing in `precision` (mixed precision: weights, gradients and optimizer
+    /// state stay `f32`; see [`Precision`]). Check the device first with
+    /// [`Precision::check`].
+    ///
+    /// ```
+    /// use bit_model::{Precision, ResNetV2Config};
+    /// use burn::tensor::Device;
+    ///
+    /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 10).init(&Device::flex());
+    /// assert_eq!(model.precision(), Precision::F32);
+    /// assert_eq!(model.with_precision(Precision::Bf16).precision(), Precision::Bf16);
+    /// ```
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// What the model computes in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Pooled pre-logits, `[batch, 2048 * width_factor]`: what the head classifies, and what
@@ -371,13 +404,17 @@ impl ResNetV2 {
         self.head.pre_logits(self.body_channels_last(x))
     }
 
-    /// The output of `block4` before the pre-head norm, NCHW `[batch, 2048wf, h / 32, w / 32]`.
+    /// The output of `block4` before the pre-head norm, NCHW `[batch, 2048wf, h / 32, w / 32]`,
+    /// `f32`.
     pub fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        self.body_channels_last(x).permute([0, 3, 1, 2])
+        self.body_channels_last(x)
+            .cast(DType::F32)
+            .permute([0, 3, 1, 2])
     }
 
-    /// Root and blocks on NCHW images, channels-last out.
+    /// Root and blocks on NCHW images, in the model's precision, channels-last out.
     fn body_channels_last(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.precision.cast(x);
         let x = self.root.forward(x.permute([0, 2, 3, 1]));
         self.body.iter().fold(x, |x, block| block.forward(x))
     }

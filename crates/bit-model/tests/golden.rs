@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use bit_testkit::golden_dir;
 
-use bit_model::ResNetV2;
+use bit_model::{Precision, ResNetV2};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -263,5 +263,67 @@ mod wgpu {
     #[test]
     fn r50x1_sgd_step_matches_reference_on_wgpu() {
         sgd_step_parity("r50x1", R50X1_STEP, gpu());
+    }
+
+    /// ||got - want|| / ||want||.
+    fn relative_l2(got: &[f32], want: &[f32]) -> f64 {
+        let diff: f64 = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| ((g - w) as f64).powi(2))
+            .sum();
+        let norm: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum();
+        (diff / norm).sqrt()
+    }
+
+    /// Mixed precision: f32 weights, half activations; logits and features against the f32
+    /// reference, in relative L2. These random-weight reference nets amplify rounding: f32
+    /// itself is up to 1.8e-5 from float64 on them (the golden README), and f16's unit roundoff
+    /// is 2^13 times f32's, bf16's 2^16 times; measured on lavapipe, f16 gives 1.0e-2 / 1.6e-2
+    /// (tiny logits / features) and 8.2e-2 / 6.5e-2 (R50x1). The bounds leave 2-3x room for
+    /// other summation orders: a wrong kernel or a lost cast is O(1). Where the driver lacks the
+    /// type (bf16 on lavapipe), the refusal must say so.
+    fn mixed_precision_parity(name: &str, precision: Precision, bound: f64) {
+        let device = gpu();
+        if let Err(e) = precision.check(&device) {
+            let message = e.to_string();
+            assert!(message.contains("no kernels for this type"), "{message}");
+            eprintln!("{precision} on this adapter: {message}");
+            return;
+        }
+        let mut case = Case::open(name);
+        let model = ResNetV2::from_npz(&case.weights, &device)
+            .unwrap()
+            .with_precision(precision);
+        let x = case.input(&device);
+        let logits = model.forward(x.clone());
+        assert_eq!(logits.dtype(), burn::tensor::DType::F32);
+        for (what, got) in [
+            ("logits", values(logits)),
+            ("features", values(model.features(x))),
+        ] {
+            let want = case.array::<f32>(what).1;
+            let error = relative_l2(&got, &want);
+            eprintln!("{name} {precision} {what}: relative L2 {error:e}");
+            assert!(
+                error <= bound,
+                "{name} {precision} {what}: relative L2 {error:e}"
+            );
+        }
+    }
+
+    #[test]
+    fn tiny_in_f16_matches_reference_on_wgpu() {
+        mixed_precision_parity("tiny", Precision::F16, 5e-2);
+    }
+
+    #[test]
+    fn r50x1_in_f16_matches_reference_on_wgpu() {
+        mixed_precision_parity("r50x1", Precision::F16, 0.2);
+    }
+
+    #[test]
+    fn tiny_in_bf16_matches_reference_on_wgpu() {
+        mixed_precision_parity("tiny", Precision::Bf16, 0.3);
     }
 }

@@ -14,6 +14,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::loss_scale::LossScale;
 
 const POINTER: &str = "checkpoint.json";
 const MODEL: &str = "model.bpk";
@@ -43,6 +44,9 @@ pub struct TrainState {
     /// before it was recorded.
     #[serde(default)]
     pub batch_split: Option<usize>,
+    /// The loss scale of an f16 run (absent otherwise, and in older checkpoints).
+    #[serde(default)]
+    pub loss_scale: Option<LossScale>,
 }
 
 #[derive(Serialize, Deserialize)]

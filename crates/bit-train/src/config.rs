@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use bit_data::DatasetName;
+use bit_model::Precision;
 use bit_model::backend::devices_from_spec;
 use bit_model::zoo::{self, ModelHub};
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,11 @@ pub struct RunSettings {
     #[cfg_attr(feature = "cli", arg(long = "grad_checkpointing"))]
     #[serde(default)]
     pub grad_checkpointing: bool,
+    /// What the network computes in: f32, or mixed precision on a GPU device, bf16 or f16
+    /// (f32 weights, gradients and optimizer state; f16 with dynamic loss scaling).
+    #[cfg_attr(feature = "cli", arg(long, default_value = "f32"))]
+    #[serde(default)]
+    pub precision: Precision,
     /// Seed of shuffling, augmentation and mixup.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub seed: u64,
@@ -108,6 +114,7 @@ impl RunSettings {
             save: true,
             device: "cpu".into(),
             grad_checkpointing: false,
+            precision: Precision::F32,
             seed: 0,
             skip_non_images: false,
         }
@@ -179,12 +186,18 @@ impl RunSettings {
             eval_every: self.eval_every,
             save: self.save,
             clip_global_norm,
+            precision: self.precision,
         }
     }
 
-    /// The devices of this run, with gradient checkpointing if asked.
+    /// The devices of this run (each able to compute in the run's precision), with gradient
+    /// checkpointing if asked.
     pub(crate) fn data_parallel(&self) -> Result<crate::DataParallel> {
-        let parallel = crate::DataParallel::new(devices_from_spec(&self.device)?)?;
+        let devices = devices_from_spec(&self.device)?;
+        for device in &devices {
+            self.precision.check(device)?;
+        }
+        let parallel = crate::DataParallel::new(devices)?;
         Ok(if self.grad_checkpointing {
             parallel.with_gradient_checkpointing()
         } else {

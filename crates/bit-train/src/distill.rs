@@ -316,7 +316,8 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
     let mut parallel = config.run.data_parallel()?;
     let main = parallel.main().clone();
     let hub = config.run.hub()?;
-    let teacher = load_teacher(&hub, &config.teacher, &main, &mut run.log)?;
+    let mut teacher = load_teacher(&hub, &config.teacher, &main, &mut run.log)?;
+    teacher.model = teacher.model.with_precision(config.run.precision);
     let head = teacher.model.config().head_size;
     let crop = config.resolution.unwrap_or(teacher.resolution);
     let (train, valid) = load_data(&config.run, (dataset, &datadir), None, &mut run.log)?;
@@ -329,6 +330,7 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
             step: 0,
             next_batch: 0,
             batch_split: None,
+            loss_scale: None,
         },
     };
     let schedule = config.schedule();

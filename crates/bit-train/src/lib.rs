@@ -27,6 +27,7 @@ mod config;
 mod distill;
 mod error;
 mod log;
+mod loss_scale;
 pub mod memory;
 mod parallel;
 mod plot;
@@ -42,6 +43,7 @@ pub use distill::{
 };
 pub use error::{Result, TrainError};
 pub use log::python_exp;
+pub use loss_scale::LossScale;
 pub use memory::{BatchSplit, MicroBatchMemory};
 pub use parallel::{DataParallel, ShardLoss, Targets};
 pub use plot::{CURVES_FILE, Curves, plot};

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bit_data::{Batch, BatchStream, Mixup, MixupStep};
-use bit_model::ResNetV2;
+use bit_model::{Precision, ResNetV2};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::checkpoint::{self, RunLock, TrainState};
 use crate::error::{Result, TrainError};
 use crate::log::{RunLog, python_exp};
+use crate::loss_scale::{LossScale, Scaled};
 use crate::memory::{self, BatchSplit};
 use crate::parallel::{DataParallel, Targets};
 
@@ -60,6 +61,8 @@ pub(crate) struct LoopSettings {
     pub save: bool,
     /// Rescale the summed gradients to at most this global L2 norm before each update.
     pub clip_global_norm: Option<f32>,
+    /// What the model computes in.
+    pub precision: Precision,
 }
 
 /// Where the loop stands: what a checkpoint holds.
@@ -75,6 +78,8 @@ pub(crate) struct Position {
     /// Micro-batches per step: the checkpoint's when resuming (if it recorded it), else
     /// chosen before the loop starts.
     pub batch_split: Option<usize>,
+    /// The loss scale of f16 training: the checkpoint's when resuming.
+    pub loss_scale: Option<LossScale>,
 }
 
 /// How a loop ended.
@@ -210,6 +215,10 @@ impl Run {
         stop: &AtomicBool,
         step: &std::sync::atomic::AtomicUsize,
     ) -> Result<Finished<O::Eval>> {
+        at.model = at.model.with_precision(settings.precision);
+        if settings.precision.needs_loss_scaling() {
+            at.loss_scale.get_or_insert_with(LossScale::default);
+        }
         parallel.replicate(&at.model, &at.optim);
         self.log.info("Starting training!");
         self.log.start_progress(at.step, total);
@@ -224,13 +233,29 @@ impl Run {
             }
             let grads =
                 self.step_gradients(&mut at, objective, parallel, batches, settings, rate)?;
-            let grads = match settings.clip_global_norm {
-                Some(max) => clip_global_norm(&at.model, grads, max),
-                None => grads,
+            let grads = match at.loss_scale.as_mut() {
+                None => Some(grads),
+                Some(scaler) => match scaler.unscale(&at.model, grads) {
+                    Scaled::Finite(grads) => Some(grads),
+                    Scaled::Overflow { scale } => {
+                        self.log.warn(&format!(
+                            "[step {}]: gradients overflowed at loss scale {scale}: update \
+                             skipped, scale now {}",
+                            at.step, scaler.scale
+                        ));
+                        None
+                    }
+                },
             };
-            let start = Instant::now();
-            at.model = parallel.step(rate, at.model, &mut at.optim, grads);
-            self.timings.add("update", start);
+            if let Some(grads) = grads {
+                let grads = match settings.clip_global_norm {
+                    Some(max) => clip_global_norm(&at.model, grads, max),
+                    None => grads,
+                };
+                let start = Instant::now();
+                at.model = parallel.step(rate, at.model, &mut at.optim, grads);
+                self.timings.add("update", start);
+            }
             at.step += 1;
             step.store(at.step, Ordering::SeqCst);
             self.log.progress(at.step, String::new());
@@ -274,7 +299,8 @@ impl Run {
             self.images_seen += batch.len();
             self.timings.add("load", start);
             let start = Instant::now();
-            let scale = 1.0 / split as f32;
+            let loss_scale = at.loss_scale.map_or(1.0, |s| s.scale);
+            let scale = loss_scale / split as f32;
             let loss = objective.backward(parallel, &at.model, &batch, step, scale)?;
             self.timings.add("fprop+grads", start);
             if !loss.is_finite() {
@@ -424,6 +450,7 @@ impl Bookmark {
             train_examples: self.train_examples,
             batch: self.batch,
             batch_split: at.batch_split,
+            loss_scale: at.loss_scale,
         }
     }
 
@@ -461,6 +488,7 @@ impl Bookmark {
             step: saved.state.step,
             next_batch: saved.state.next_batch,
             batch_split: saved.state.batch_split,
+            loss_scale: saved.state.loss_scale,
         })
     }
 

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use bit_model::{ResNetV2, ResNetV2Config};
+use bit_model::{Precision, ResNetV2, ResNetV2Config};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 
 use crate::memory::peak_resident_memory;
@@ -31,6 +31,8 @@ pub struct Workload {
     pub warmup: usize,
     /// Training: micro-batches per step, accumulated as `bit train --batch_split` does.
     pub batch_split: usize,
+    /// What the network computes in.
+    pub precision: Precision,
 }
 
 /// The outcome of timing a [`Workload`].
@@ -72,7 +74,7 @@ fn images(work: &Workload, batch: usize, device: &Device) -> Tensor<4> {
 /// Times the forward pass on `device`.
 ///
 /// ```
-/// use bit_model::ResNetV2Config;
+/// use bit_model::{Precision, ResNetV2Config};
 /// use bit_train::throughput::{Workload, measure_inference};
 /// use burn::tensor::Device;
 ///
@@ -83,13 +85,14 @@ fn images(work: &Workload, batch: usize, device: &Device) -> Tensor<4> {
 ///     iters: 2,
 ///     warmup: 1,
 ///     batch_split: 1,
+///     precision: Precision::F32,
 /// };
 /// let m = measure_inference(&work, &Device::flex());
 /// assert_eq!(m.seconds.len(), 2);
 /// assert!(m.images_per_second > 0.0);
 /// ```
 pub fn measure_inference(work: &Workload, device: &Device) -> Measurement {
-    let model = work.model.init(device);
+    let model = work.model.init(device).with_precision(work.precision);
     let seconds = (0..work.warmup + work.iters)
         .map(|_| {
             let x = images(work, work.batch, device);
@@ -108,7 +111,7 @@ pub fn measure_inference(work: &Workload, device: &Device) -> Measurement {
 /// Times training steps over the devices of `parallel` (one device, or replicas).
 ///
 /// ```
-/// use bit_model::ResNetV2Config;
+/// use bit_model::{Precision, ResNetV2Config};
 /// use bit_train::DataParallel;
 /// use bit_train::throughput::{Workload, measure_training};
 /// use burn::tensor::Device;
@@ -120,6 +123,7 @@ pub fn measure_inference(work: &Workload, device: &Device) -> Measurement {
 ///     iters: 1,
 ///     warmup: 1,
 ///     batch_split: 2,
+///     precision: Precision::F32,
 /// };
 /// let parallel = DataParallel::new(vec![Device::flex()]).unwrap();
 /// let m = measure_training(&work, parallel);
@@ -127,7 +131,7 @@ pub fn measure_inference(work: &Workload, device: &Device) -> Measurement {
 /// ```
 pub fn measure_training(work: &Workload, mut parallel: DataParallel) -> Measurement {
     let device = parallel.main().clone();
-    let mut model: ResNetV2 = work.model.init(&device);
+    let mut model: ResNetV2 = work.model.init(&device).with_precision(work.precision);
     let mut sgd = bit_optimizer();
     parallel.replicate(&model, &sgd);
     let split = work.batch_split.max(1);

@@ -274,6 +274,7 @@ fn fresh(path: &Path, classes: usize, device: &Device, log: &mut RunLog) -> Resu
         step: 0,
         next_batch: 0,
         batch_split: None,
+        loss_scale: None,
     })
 }
 

@@ -202,6 +202,7 @@ fn a_checkpoint_continues_training_exactly_momentum_included() {
         train_examples: 4,
         batch: 4,
         batch_split: Some(1),
+        loss_scale: None,
     };
     checkpoint::save(&run, &half, &optim, &state).unwrap();
     drop((half, optim));

@@ -25,6 +25,16 @@ fn to_nhwc<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
     B::float_permute(t, &[0, 2, 3, 1])
 }
 
+/// `t` in `like`'s float type (itself when they agree): in mixed precision the kernel and the
+/// GroupNorm parameters are `f32` and the activations half.
+pub(super) fn cast_like<B: Backend>(t: FloatTensor<B>, like: &FloatTensor<B>) -> FloatTensor<B> {
+    let dtype = like.dtype();
+    match t.dtype() == dtype {
+        true => t,
+        false => B::float_cast(t, dtype.into()),
+    }
+}
+
 fn conv_options(options: &StdConvOptions) -> ConvOptions<2> {
     let (s, p) = (options.stride, options.padding);
     ConvOptions::new([s, s], [p, p], [1, 1], 1)
@@ -87,6 +97,7 @@ pub(super) fn std_conv2d<B: Backend>(
     options: StdConvOptions,
 ) -> FloatTensor<B> {
     let (w_hat, _) = standardize::<B>(weight, options.eps);
+    let w_hat = cast_like::<B>(w_hat, &x);
     conv2d_nhwc::<B>(x, w_hat, options)
 }
 
@@ -106,6 +117,7 @@ pub(super) fn std_conv2d_x_backward<B: Backend>(
     options: StdConvOptions,
 ) -> FloatTensor<B> {
     let (w_hat, _) = standardize::<B>(weight, options.eps);
+    let w_hat = cast_like::<B>(w_hat, &output_grad);
     conv2d_nhwc_x_backward::<B>(x, w_hat, output_grad, options)
 }
 
@@ -120,7 +132,9 @@ pub(super) fn std_conv2d_weight_backward<B: Backend>(
     let shape = weight.shape();
     let [o, i, kh, kw] = dims4::<B>(&weight);
     let (w_hat, inv_std) = standardize::<B>(weight, options.eps);
-    let grad_hat = conv2d_nhwc_weight_backward::<B>(x, w_hat.clone(), output_grad, options);
+    let w_hat_x = cast_like::<B>(w_hat.clone(), &x);
+    let grad_hat = conv2d_nhwc_weight_backward::<B>(x, w_hat_x, output_grad, options);
+    let grad_hat = cast_like::<B>(grad_hat, &w_hat);
     let flat = Shape::new([o, i * kh * kw]);
     let g = B::float_reshape(grad_hat, flat.clone());
     let w_hat = B::float_reshape(w_hat, flat);
@@ -221,6 +235,7 @@ pub(super) fn group_norm_relu<B: Backend>(
     beta: FloatTensor<B>,
     options: GroupNormOptions,
 ) -> GroupNormReluOutput<B> {
+    let (gamma, beta) = (cast_like::<B>(gamma, &x), cast_like::<B>(beta, &x));
     let (xg, dims) = grouped::<B>(to_nchw::<B>(x), options.groups);
     let mean = B::float_mean_dim(xg.clone(), 2);
     let centered = B::float_sub(xg.clone(), mean.clone());
@@ -246,6 +261,9 @@ pub(super) fn group_norm_relu_backward<B: Backend>(
     output_grad: FloatTensor<B>,
     options: GroupNormOptions,
 ) -> GroupNormReluGrads<B> {
+    // Computed in the activations' type; the parameters' gradients return in theirs.
+    let param = gamma.clone();
+    let [gamma, beta, mean, rstd] = [gamma, beta, mean, rstd].map(|t| cast_like::<B>(t, &x));
     let (xg, dims) = grouped::<B>(to_nchw::<B>(x), options.groups);
     let [n, c, h, w] = dims;
     let output_grad = to_nchw::<B>(output_grad);
@@ -277,7 +295,7 @@ pub(super) fn group_norm_relu_backward<B: Backend>(
             B::float_mul(inner, g.rstd),
             Shape::new(dims),
         )),
-        gamma: dgamma,
-        beta: dbeta,
+        gamma: cast_like::<B>(dgamma, &param),
+        beta: cast_like::<B>(dbeta, &param),
     }
 }

@@ -6,6 +6,9 @@
 //! the mean (two passes), as the CPU kernels and the reference do. Tensors are contiguous:
 //! weights `[out, fan_in]`, activations channels-last `[batch, positions, channels]`.
 //!
+//! The GroupNorm kernels take the activations' float type `F` and the parameters' `P` apart
+//! (half and `f32` in mixed precision); statistics and parameter gradients are `P`.
+//!
 //! ReLU and its mask are written as Burn's are (`z < 0 → 0`, gradient kept where `z > 0` or
 //! `z` is NaN), so a NaN input stays NaN through the network on every backend.
 
@@ -142,19 +145,19 @@ fn group_element(
 /// One cube per (group, image): the group's mean and `rstd`, then
 /// `relu((x - mean) * rstd * gamma + beta)`.
 #[cube(launch)]
-pub(super) fn group_norm_relu<F: Float>(
+pub(super) fn group_norm_relu<F: Float, P: Float>(
     x: &Tensor<F>,
-    gamma: &Tensor<F>,
-    beta: &Tensor<F>,
+    gamma: &Tensor<P>,
+    beta: &Tensor<P>,
     output: &mut Tensor<F>,
-    mean_out: &mut Tensor<F>,
-    rstd_out: &mut Tensor<F>,
+    mean_out: &mut Tensor<P>,
+    rstd_out: &mut Tensor<P>,
     positions: u32,
     channels: u32,
     per_group: u32,
     eps: f32,
     #[comptime] units: usize,
-    #[define(F)] _dtype: ElemType,
+    #[define(F, P)] _dtypes: [ElemType; 2],
 ) {
     let (group, image) = (CUBE_POS_X as usize, CUBE_POS_Y as usize);
     let (hw, c, cpg) = (positions as usize, channels as usize, per_group as usize);
@@ -195,17 +198,17 @@ pub(super) fn group_norm_relu<F: Float>(
     }
     if UNIT_POS == 0 {
         let stat = image * (c / cpg) + group;
-        mean_out[stat] = F::cast_from(mean);
-        rstd_out[stat] = F::cast_from(rstd);
+        mean_out[stat] = P::cast_from(mean);
+        rstd_out[stat] = P::cast_from(rstd);
     }
 }
 
 /// The gradient through the ReLU, `x_hat` and `z`'s channel of element `at`.
 #[cube]
-fn relu_grad<F: Float>(
+fn relu_grad<F: Float, P: Float>(
     x: &Tensor<F>,
-    gamma: &Tensor<F>,
-    beta: &Tensor<F>,
+    gamma: &Tensor<P>,
+    beta: &Tensor<P>,
     output_grad: &Tensor<F>,
     at: usize,
     channel: usize,
@@ -221,19 +224,19 @@ fn relu_grad<F: Float>(
 /// One cube per (group, image): the input's gradient,
 /// `dx = rstd * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))`, `dx_hat = dz * gamma`.
 #[cube(launch)]
-pub(super) fn group_norm_relu_backward_x<F: Float>(
+pub(super) fn group_norm_relu_backward_x<F: Float, P: Float>(
     x: &Tensor<F>,
-    gamma: &Tensor<F>,
-    beta: &Tensor<F>,
-    mean_in: &Tensor<F>,
-    rstd_in: &Tensor<F>,
+    gamma: &Tensor<P>,
+    beta: &Tensor<P>,
+    mean_in: &Tensor<P>,
+    rstd_in: &Tensor<P>,
     output_grad: &Tensor<F>,
     grad: &mut Tensor<F>,
     positions: u32,
     channels: u32,
     per_group: u32,
     #[comptime] units: usize,
-    #[define(F)] _dtype: ElemType,
+    #[define(F, P)] _dtypes: [ElemType; 2],
 ) {
     let (group, image) = (CUBE_POS_X as usize, CUBE_POS_Y as usize);
     let (hw, c, cpg) = (positions as usize, channels as usize, per_group as usize);
@@ -247,7 +250,7 @@ pub(super) fn group_norm_relu_backward_x<F: Float>(
     let mut e = UNIT_POS as usize;
     while e < n {
         let (at, channel) = group_element(e, image, group, cpg, c, hw);
-        let (dz, x_hat) = relu_grad::<F>(x, gamma, beta, output_grad, at, channel, mean, rstd);
+        let (dz, x_hat) = relu_grad::<F, P>(x, gamma, beta, output_grad, at, channel, mean, rstd);
         let d = dz * f32::cast_from(gamma[channel]);
         sum_d += d;
         sum_dx += d * x_hat;
@@ -260,7 +263,7 @@ pub(super) fn group_norm_relu_backward_x<F: Float>(
     let mut e = UNIT_POS as usize;
     while e < n {
         let (at, channel) = group_element(e, image, group, cpg, c, hw);
-        let (dz, x_hat) = relu_grad::<F>(x, gamma, beta, output_grad, at, channel, mean, rstd);
+        let (dz, x_hat) = relu_grad::<F, P>(x, gamma, beta, output_grad, at, channel, mean, rstd);
         let d = dz * f32::cast_from(gamma[channel]);
         grad[at] = F::cast_from(rstd * (d - mean_d - x_hat * mean_dx));
         e += units;
@@ -270,20 +273,20 @@ pub(super) fn group_norm_relu_backward_x<F: Float>(
 /// One unit per (image, channel): that image's share of the gradients of `gamma`
 /// (`sum dz * x_hat`) and `beta` (`sum dz`) over its positions, `[batch, channels]` each.
 #[cube(launch)]
-pub(super) fn group_norm_relu_backward_affine<F: Float>(
+pub(super) fn group_norm_relu_backward_affine<F: Float, P: Float>(
     x: &Tensor<F>,
-    gamma: &Tensor<F>,
-    beta: &Tensor<F>,
-    mean_in: &Tensor<F>,
-    rstd_in: &Tensor<F>,
+    gamma: &Tensor<P>,
+    beta: &Tensor<P>,
+    mean_in: &Tensor<P>,
+    rstd_in: &Tensor<P>,
     output_grad: &Tensor<F>,
-    grad_gamma: &mut Tensor<F>,
-    grad_beta: &mut Tensor<F>,
+    grad_gamma: &mut Tensor<P>,
+    grad_beta: &mut Tensor<P>,
     batch: u32,
     positions: u32,
     channels: u32,
     per_group: u32,
-    #[define(F)] _dtype: ElemType,
+    #[define(F, P)] _dtypes: [ElemType; 2],
 ) {
     let (hw, c) = (positions as usize, channels as usize);
     let slot = ABSOLUTE_POS;
@@ -297,10 +300,10 @@ pub(super) fn group_norm_relu_backward_affine<F: Float>(
     let mut sum_b = f32::new(0.0);
     for position in 0..hw {
         let at = (image * hw + position) * c + channel;
-        let (dz, x_hat) = relu_grad::<F>(x, gamma, beta, output_grad, at, channel, mean, rstd);
+        let (dz, x_hat) = relu_grad::<F, P>(x, gamma, beta, output_grad, at, channel, mean, rstd);
         sum_g += dz * x_hat;
         sum_b += dz;
     }
-    grad_gamma[slot] = F::cast_from(sum_g);
-    grad_beta[slot] = F::cast_from(sum_b);
+    grad_gamma[slot] = P::cast_from(sum_g);
+    grad_beta[slot] = P::cast_from(sum_b);
 }

@@ -18,7 +18,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::composed;
+use super::composed::{self, cast_like};
 use super::{BitOps, GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, StdConvOptions};
 pub(super) use cache::Standardized;
 
@@ -28,7 +28,7 @@ impl BitOps for Cube {
         weight: FloatTensor<Self>,
         options: StdConvOptions,
     ) -> FloatTensor<Self> {
-        let w_hat = cache::standardized(weight, options.eps).w_hat;
+        let w_hat = cast_like::<Cube>(cache::standardized(weight, options.eps).w_hat, &x);
         composed::conv2d_nhwc::<Self>(x, w_hat, options)
     }
 
@@ -47,7 +47,7 @@ impl BitOps for Cube {
         output_grad: FloatTensor<Self>,
         options: StdConvOptions,
     ) -> FloatTensor<Self> {
-        let w_hat = cache::standardized(weight, options.eps).w_hat;
+        let w_hat = cast_like::<Cube>(cache::standardized(weight, options.eps).w_hat, &output_grad);
         composed::conv2d_nhwc_x_backward::<Self>(x, w_hat, output_grad, options)
     }
 
@@ -59,9 +59,14 @@ impl BitOps for Cube {
     ) -> FloatTensor<Self> {
         let shape = weight.shape();
         let Standardized { w_hat, rstd } = cache::standardized(weight, options.eps);
-        let grad_hat =
-            composed::conv2d_nhwc_weight_backward::<Self>(x, w_hat.clone(), output_grad, options);
-        let grad_hat = into_contiguous(grad_hat);
+        // In mixed precision the convolution's gradient is half, the closed form f32.
+        let grad_hat = composed::conv2d_nhwc_weight_backward::<Self>(
+            x.clone(),
+            cast_like::<Cube>(w_hat.clone(), &x),
+            output_grad,
+            options,
+        );
+        let grad_hat = into_contiguous(cast_like::<Cube>(grad_hat, &w_hat));
         let grad = empty_like(&grad_hat, shape.clone());
         let (filters, fan_in) = filters(&shape);
         let units = units(&grad_hat);
@@ -90,10 +95,11 @@ impl BitOps for Cube {
         let x = into_contiguous(x);
         let g = Geometry::of(&x, options.groups);
         let output = empty_like(&x, x.shape());
-        let mean = empty_like(&x, Shape::new([g.batch, options.groups]));
-        let rstd = empty_like(&x, Shape::new([g.batch, options.groups]));
+        // Statistics in the parameters' type (f32 in mixed precision).
+        let mean = empty_like(&gamma, Shape::new([g.batch, options.groups]));
+        let rstd = empty_like(&gamma, Shape::new([g.batch, options.groups]));
         let units = units(&x);
-        let dtype = elem_type(x.dtype);
+        let dtypes = [elem_type(x.dtype), elem_type(gamma.dtype)];
         kernels::group_norm_relu::launch(
             &x.client.clone(),
             g.cubes(options.groups),
@@ -109,7 +115,7 @@ impl BitOps for Cube {
             g.per_group as u32,
             options.eps as f32,
             units,
-            dtype,
+            dtypes,
         );
         GroupNormReluOutput { output, mean, rstd }
     }
@@ -127,7 +133,7 @@ impl BitOps for Cube {
             [x, gamma, beta, mean, rstd, output_grad].map(into_contiguous);
         let g = Geometry::of(&x, options.groups);
         let client = x.client.clone();
-        let dtype = elem_type(x.dtype);
+        let dtypes = [elem_type(x.dtype), elem_type(gamma.dtype)];
         let units = units(&x);
         let grad_x = empty_like(&x, x.shape());
         kernels::group_norm_relu_backward_x::launch(
@@ -145,13 +151,15 @@ impl BitOps for Cube {
             g.channels as u32,
             g.per_group as u32,
             units,
-            dtype,
+            dtypes,
         );
         // Per image and channel, then summed over the batch by Burn's reduction.
         let slots = g.batch * g.channels;
         let per_image = Shape::new([g.batch, g.channels]);
-        let (grad_gamma, grad_beta) =
-            (empty_like(&x, per_image.clone()), empty_like(&x, per_image));
+        let (grad_gamma, grad_beta) = (
+            empty_like(&gamma, per_image.clone()),
+            empty_like(&gamma, per_image),
+        );
         let cube_dim = CubeDim::new_1d(units as u32);
         kernels::group_norm_relu_backward_affine::launch(
             &client,
@@ -169,7 +177,7 @@ impl BitOps for Cube {
             g.positions as u32,
             g.channels as u32,
             g.per_group as u32,
-            dtype,
+            dtypes,
         );
         let over_batch = |t: CubeTensor| {
             Self::float_reshape(Self::float_sum_dim(t, 0), Shape::new([g.channels]))

@@ -1,0 +1,109 @@
+//! The float type the network computes in.
+//!
+//! Mixed precision as PyTorch's autocast does it for BiT: the weights, their gradients and
+//! the optimizer's state stay `f32`; activations are half precision; each kernel is
+//! standardized in `f32` and cast to the activations' type for the convolution, GroupNorm
+//! accumulates its statistics in `f32`, and the pooled features are cast back to `f32` before
+//! the head (so logits, losses and features are `f32`). The model follows the type of its
+//! input: cast the images ([`Precision::cast`]) and the rest follows.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// What the network computes in (see the [module docs](self)).
+///
+/// ```
+/// use bit_model::Precision;
+/// use burn::tensor::{DType, Device, Tensor};
+///
+/// let p: Precision = "bf16".parse().unwrap();
+/// assert_eq!(p.dtype(), DType::BF16);
+/// // The CPU kernels compute in f32: half precision needs a GPU device.
+/// assert!(p.check(&Device::flex()).is_err());
+/// assert!(Precision::F32.check(&Device::flex()).is_ok());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Single precision throughout.
+    #[default]
+    F32,
+    /// bfloat16 activations (f32's range, 8 bits of mantissa): no loss scaling needed.
+    Bf16,
+    /// IEEE half activations (10 bits of mantissa, range to 65504): training needs loss
+    /// scaling so that small gradients do not flush to zero.
+    F16,
+}
+
+impl Precision {
+    /// The activations' dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+
+    /// Whether training in this precision needs its loss scaled (f16's small range).
+    pub fn needs_loss_scaling(self) -> bool {
+        self == Self::F16
+    }
+
+    /// `images` in this precision (a no-op for f32).
+    pub fn cast<const D: usize>(self, images: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::F32 => images,
+            half => images.cast(half.dtype()),
+        }
+    }
+
+    /// Refuses a precision the device cannot compute in: half precision on the CPU backend
+    /// (its kernels are f32) and types the GPU's driver lacks (bf16 on most Vulkan drivers).
+    pub fn check(self, device: &Device) -> Result<()> {
+        if self == Self::F32 {
+            return Ok(());
+        }
+        let reason = if *device == Device::flex() || *device == Device::flex().autodiff() {
+            "the CPU backend computes in f32; half precision needs a GPU device (wgpu, vulkan, cuda)"
+        } else if !device.supports_dtype(self.dtype()) {
+            "the device's driver has no kernels for this type"
+        } else {
+            return Ok(());
+        };
+        Err(Error::UnsupportedPrecision {
+            precision: self.to_string(),
+            device: format!("{device:?}"),
+            reason: reason.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            "f16" | "fp16" | "float16" | "half" => Ok(Self::F16),
+            _ => Err(format!(
+                "unknown precision `{s}`: expected f32, bf16 or f16"
+            )),
+        }
+    }
+}
