@@ -39,6 +39,7 @@ on_every_backend!(
     group_norm_relu_forward_and_gradients_match_the_composed_ops,
     zero_pad_max_pool2d_and_its_gradient_match_the_composed_ops,
     degenerate_inputs_give_finite_results,
+    a_nan_input_stays_nan_as_through_burns_relu,
     whole_model_gradients_match_the_composed_ops,
 );
 
@@ -298,6 +299,39 @@ fn degenerate_inputs_give_finite_results(device: &Device) {
             .iter()
             .all(|v| v.is_finite())
     );
+}
+
+/// A NaN in a group makes that group's statistics, outputs and input gradients NaN, as the
+/// composed ops (Burn's ReLU keeps NaN) do: a diverged layer is never silently zeroed into a
+/// finite loss. The other groups are untouched.
+fn a_nan_input_stays_nan_as_through_burns_relu(device: &Device) {
+    let options = GroupNormOptions {
+        groups: 2,
+        eps: 1e-5,
+    };
+    let mut x = values(1, 2 * 3 * 3 * 4, 0.0);
+    x[5] = f32::NAN; // image 0, position 1, channel 1: group 0
+    let x = Tensor::<4>::from_data(TensorData::new(x, [2, 3, 3, 4]), device).require_grad();
+    let (gamma, beta) = (tensor(device, 2, [4], 1.0), tensor(device, 3, [4], 0.0));
+    let upstream = tensor(device, 4, [2, 3, 3, 4], 0.0).detach();
+    let fused = ops::group_norm_relu(x.clone(), gamma.clone(), beta.clone(), options);
+    let composed = reference::group_norm_relu(x.clone(), gamma, beta, options);
+    let dx = data(
+        x.grad(&(fused.clone() * upstream).sum().backward())
+            .unwrap(),
+    );
+    let (fused, composed) = (data(fused), data(composed));
+    for (i, (f, c)) in fused.iter().zip(&composed).enumerate() {
+        let (image, channel) = (i / 36, i % 4);
+        let in_nan_group = image == 0 && channel < 2;
+        assert_eq!(f.is_nan(), in_nan_group, "output {i}: {f}");
+        assert_eq!(
+            f.is_nan(),
+            c.is_nan(),
+            "output {i}: {f} fused, {c} composed"
+        );
+        assert_eq!(dx[i].is_nan(), in_nan_group, "gradient {i}: {}", dx[i]);
+    }
 }
 
 /// Every float parameter's gradient, in visiting order.

@@ -156,13 +156,32 @@ pub fn find(run_dir: &Path) -> Result<Option<Saved>> {
     if !pointer.is_file() {
         return Ok(None);
     }
-    let Pointer { dir } = read_json(&pointer)?;
-    let dir = run_dir.join(dir);
+    let Pointer { dir: named } = read_json(&pointer)?;
+    let dir = confined(run_dir, &named).ok_or_else(|| TrainError::ForeignCheckpoint {
+        pointer: pointer.clone(),
+        dir: named,
+    })?;
     if !dir.join(STATE).is_file() {
         recover(&dir)?;
     }
     let state = read_json(&dir.join(STATE))?;
     Ok(Some(Saved { dir, state }))
+}
+
+/// `{run_dir}/checkpoints/NAME` for a pointer's `checkpoints/NAME`, where NAME is a plain
+/// name and neither it nor `checkpoints` is a symbolic link; `None` for anything else, which
+/// could lead a resume outside the run.
+fn confined(run_dir: &Path, named: &str) -> Option<PathBuf> {
+    let name = named.strip_prefix("checkpoints/")?;
+    let plain =
+        !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0']);
+    let is_link = |p: &Path| {
+        p.symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+    };
+    let root = run_dir.join("checkpoints");
+    let dir = root.join(name);
+    (plain && !is_link(&root) && !is_link(&dir)).then_some(dir)
 }
 
 /// Moves a complete leftover `<dir>.tmp-*` (it has its state file, written last) to `dir`.

@@ -98,6 +98,20 @@ pub enum TrainError {
         run: PathBuf,
     },
 
+    /// The run's checkpoint pointer names something other than one of its own checkpoint
+    /// directories (a path outside the run, an absolute path, a symbolic link): nothing is
+    /// read from there.
+    #[error(
+        "{pointer} names `{dir}`, which is not a checkpoint directory of this run (only \
+         checkpoints/NAME, a directory, is accepted); restore it or delete the run to start over"
+    )]
+    ForeignCheckpoint {
+        /// The pointer file, `{run}/checkpoint.json`.
+        pointer: PathBuf,
+        /// What it names.
+        dir: String,
+    },
+
     /// A device failed mid-run (a `bit serve` worker died or its connection broke, a GPU
     /// failed): the run stops at once; the checkpoints written before are intact.
     #[error(

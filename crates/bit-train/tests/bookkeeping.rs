@@ -241,6 +241,53 @@ fn resaving_a_step_never_leaves_the_pointer_without_a_checkpoint() {
     std::fs::remove_dir_all(&run).ok();
 }
 
+/// A pointer that leads outside the run's own checkpoints is refused before anything is read.
+#[test]
+fn a_checkpoint_pointer_cannot_lead_outside_the_run() {
+    let config = config("confined");
+    std::fs::remove_dir_all(config.run_dir()).ok();
+    let mut short = config.clone();
+    short.steps = Some(1);
+    let quiet = TrainOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    train(&short, &quiet).unwrap();
+    let run = config.run_dir();
+    let saved = checkpoint::find(&run).unwrap().unwrap();
+    // A copy of the real checkpoint outside the run, and a link to it inside.
+    let outside = run.parent().unwrap().join("confined-outside");
+    std::fs::remove_dir_all(&outside).ok();
+    std::fs::create_dir_all(&outside).unwrap();
+    for entry in std::fs::read_dir(&saved.dir).unwrap().flatten() {
+        std::fs::copy(entry.path(), outside.join(entry.file_name())).unwrap();
+    }
+    std::os::unix::fs::symlink(&outside, run.join("checkpoints/linked")).unwrap();
+    let escapes = [
+        "../confined-outside".to_string(),
+        outside.display().to_string(),
+        "checkpoints/../../confined-outside".to_string(),
+        "checkpoints/linked".to_string(),
+        "checkpoints/".to_string(),
+    ];
+    for dir in escapes {
+        std::fs::write(
+            run.join("checkpoint.json"),
+            serde_json::json!({ "dir": dir }).to_string(),
+        )
+        .unwrap();
+        match checkpoint::find(&run) {
+            Err(TrainError::ForeignCheckpoint { dir: named, .. }) => assert_eq!(named, dir),
+            other => panic!(
+                "`{dir}` was followed: {:?}",
+                other.map(|s| s.map(|s| s.dir))
+            ),
+        }
+    }
+    std::fs::remove_dir_all(&run).ok();
+    std::fs::remove_dir_all(&outside).ok();
+}
+
 #[test]
 fn a_second_process_on_the_same_run_is_turned_away() {
     let config = config("locked");

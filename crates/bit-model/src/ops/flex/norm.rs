@@ -122,7 +122,8 @@ pub(crate) fn forward(
                         s2[c] + 2.0 * d * s1[c] + per_channel * d * d
                     })
                     .sum();
-                let var = (sq / count).max(0.0);
+                // Clamps rounding below zero; a NaN stays NaN (`max` would make it 0).
+                let var = if sq < 0.0 { 0.0 } else { sq / count };
                 mean[k] = m as f32;
                 rstd[k] = (1.0 / (var + eps).sqrt()) as f32;
             }
@@ -132,7 +133,9 @@ pub(crate) fn forward(
                 .zip(out.chunks_exact_mut(channels))
             {
                 for (((d, &v), a), b) in dst.iter_mut().zip(src).zip(&a).zip(&b) {
-                    *d = (v * a + b).max(0.0);
+                    // ReLU as Burn's: NaN stays NaN, so a diverged input is seen downstream.
+                    let z = v * a + b;
+                    *d = if z < 0.0 { 0.0 } else { z };
                 }
             }
             (mean, rstd)
@@ -178,7 +181,7 @@ pub(crate) fn backward(
             {
                 for c in 0..channels {
                     let (v, dy) = (xr[c], gr[c]);
-                    let dz = if v * a[c] + b[c] > 0.0 { dy } else { 0.0 };
+                    let dz = if v * a[c] + b[c] <= 0.0 { 0.0 } else { dy };
                     let x_hat = (v - mean_c[c]) * rstd_c[c];
                     dr[c] = gain[c] * dz - shift[c] - x_hat * slope[c];
                 }
@@ -222,7 +225,7 @@ fn relu_grad_sums(
         for (xr, gr) in xs.chunks_exact(channels).zip(gs.chunks_exact(channels)) {
             for c in 0..channels {
                 let (v, dy) = (xr[c], gr[c]);
-                let dz = if v * a[c] + b[c] > 0.0 { dy } else { 0.0 };
+                let dz = if v * a[c] + b[c] <= 0.0 { 0.0 } else { dy };
                 p1[c] += dz;
                 p2[c] += dz * ((v - mean_c[c]) * rstd_c[c]);
             }
