@@ -3,109 +3,22 @@
 
 use std::path::{Path, PathBuf};
 
-use bit_model::backend::{device_from_name, devices_from_spec};
-use bit_model::{Precision, ResNetV2};
-use bit_train::DataParallel;
-use bit_train::throughput::{Measurement, Workload, measure_inference, measure_training};
+use bit_model::ResNetV2;
+use bit_model::backend::device_from_name;
+use bit_train::throughput::Bench;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use npyz::npz::NpzArchive;
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
-/// What `bit bench` times.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// The forward pass.
-    Infer,
-    /// A whole SGD step: forward, cross-entropy, backward, update.
-    Train,
-}
-
-/// Arguments of `bit bench`.
-#[derive(Args)]
-pub struct BenchArgs {
-    /// `tiny` or a BiT architecture (R50x1 ... R152x4); weights are random.
-    #[arg(long, default_value = "R50x1")]
-    arch: String,
-    /// Square input resolution.
-    #[arg(long, default_value_t = 128)]
-    size: usize,
-    /// Images per step.
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
-    /// What to time.
-    #[arg(long, value_enum, default_value_t = Mode::Train)]
-    mode: Mode,
-    /// Timed iterations (the median is reported).
-    #[arg(long, default_value_t = 10)]
-    iters: usize,
-    /// Untimed iterations first (GPU kernels are compiled there).
-    #[arg(long, default_value_t = 3)]
-    warmup: usize,
-    /// Device(s), as for `bit train --device` (several: data-parallel training).
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// Training: micro-batches per step.
-    #[arg(long = "batch_split", default_value_t = 1)]
-    batch_split: usize,
-    /// What the network computes in: f32, or on a GPU device bf16 / f16 (mixed precision).
-    #[arg(long, default_value = "f32")]
-    precision: Precision,
-}
-
-pub fn bench(args: &BenchArgs) -> CliResult {
-    let work = Workload {
-        model: crate::architecture(&args.arch, 10)?,
-        size: args.size,
-        batch: args.batch,
-        iters: args.iters.max(1),
-        warmup: args.warmup,
-        batch_split: args.batch_split,
-        precision: args.precision,
-    };
-    if args.batch_split == 0 || !args.batch.is_multiple_of(args.batch_split) {
-        return Err("--batch must be a multiple of --batch_split (at least 1)".into());
-    }
-    let devices = devices_from_spec(&args.device)?;
-    for device in &devices {
-        args.precision.check(device)?;
-    }
-    let m = match args.mode {
-        Mode::Infer => measure_inference(&work, &devices[0]),
-        Mode::Train => measure_training(&work, DataParallel::new(devices)?),
-    };
-    println!("{}", line(args, &m));
+/// `bit bench`: [`Bench::run`]'s line.
+pub fn bench(args: &Bench) -> CliResult {
+    println!("{}", args.run()?);
     Ok(())
-}
-
-/// One line a script can grep: what ran, img/s, and memory.
-fn line(args: &BenchArgs, m: &Measurement) -> String {
-    let mib = |b: Option<u64>| b.map_or("n/a".to_string(), |b| format!("{} MiB", b >> 20));
-    let s = &m.seconds;
-    format!(
-        "{} @{} {} {} batch {} on {}: {:.2} img/s (median {:.4} s/step of {}, min {:.4}, max {:.4}); \
-         device memory reserved {}; host peak RSS {}",
-        args.arch,
-        args.size,
-        args.precision,
-        match args.mode {
-            Mode::Infer => "infer",
-            Mode::Train => "train",
-        },
-        args.batch,
-        args.device,
-        m.images_per_second,
-        s[s.len() / 2],
-        s.len(),
-        s[0],
-        s[s.len() - 1],
-        mib(m.device_reserved_bytes),
-        mib(m.host_peak_bytes),
-    )
 }
 
 /// Arguments of `bit selftest`.

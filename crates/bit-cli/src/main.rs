@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
-use bit_model::{Architecture, NpzCheckpoint, ResNetV2Config};
+use bit_model::{NpzCheckpoint, ResNetV2Config};
 use bit_train::{TrainConfig, TrainOptions};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand};
@@ -86,7 +86,7 @@ enum Command {
     Export(infer::ExportArgs),
     /// Images per second and memory of a model (random weights) on a device: inference or a
     /// whole training step, timed after warm-up with the device synchronized.
-    Bench(bench::BenchArgs),
+    Bench(bit_train::throughput::Bench),
     /// Check this build on a device against reference vectors of the official PyTorch code
     /// (logits, features, one SGD step): exits non-zero if any value is out of tolerance.
     Selftest(bench::SelftestArgs),
@@ -214,21 +214,11 @@ fn plot(runs: &[PathBuf], out: &Path) -> Result<(), Box<dyn std::error::Error>> 
     Ok(())
 }
 
-/// `tiny` (one unit per block, width 1: the golden test model) or a BiT architecture, with a
-/// `head`-way head.
-fn architecture(arch: &str, head: usize) -> Result<ResNetV2Config, String> {
-    if arch.eq_ignore_ascii_case("tiny") {
-        return Ok(ResNetV2Config::new([1, 1, 1, 1], 1, head));
-    }
-    let known = Architecture::ALL.map(|a| a.to_string()).join(", ");
-    let arch = arch
-        .parse::<Architecture>()
-        .map_err(|_| format!("--arch `{arch}`: expected tiny or one of {known}"))?;
-    Ok(arch.config(head))
-}
-
 fn init(arch: &str, head: usize, out: &Path, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
-    let config = architecture(arch, head)?;
+    let config = ResNetV2Config::named(arch, head).map_err(|e| match e {
+        bit_model::Error::UnknownArchitecture(what) => format!("--arch {what}"),
+        e => e.to_string(),
+    })?;
     let device = Device::flex();
     device.seed(seed);
     config.try_init(&device)?.save_npz(out)?;

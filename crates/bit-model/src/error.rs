@@ -129,6 +129,10 @@ pub enum Error {
     )]
     UnknownModel(String),
 
+    /// An architecture name that is neither `tiny` nor a BiT one.
+    #[error("unknown architecture {0}")]
+    UnknownArchitecture(String),
+
     /// A device name that is not compiled into this build.
     #[error("unknown or not compiled-in device `{name}`; available here: {available}")]
     UnknownDevice {

@@ -146,6 +146,27 @@ pub struct ResNetV2Config {
 }
 
 impl ResNetV2Config {
+    /// `tiny` (one unit per block, width 1: 8M parameters, the golden test model) or a BiT
+    /// architecture (`R50x1` ... `R152x4`), with a `head_size`-way head.
+    ///
+    /// ```
+    /// use bit_model::ResNetV2Config;
+    ///
+    /// assert_eq!(ResNetV2Config::named("tiny", 10).unwrap().block_units, [1, 1, 1, 1]);
+    /// assert_eq!(ResNetV2Config::named("R101x3", 5).unwrap().width_factor, 3);
+    /// assert!(ResNetV2Config::named("R51x1", 5).is_err());
+    /// ```
+    pub fn named(arch: &str, head_size: usize) -> Result<Self, Error> {
+        if arch.eq_ignore_ascii_case("tiny") {
+            return Ok(Self::new([1, 1, 1, 1], 1, head_size));
+        }
+        let known = Architecture::ALL.map(|a| a.to_string()).join(", ");
+        let arch = arch.parse::<Architecture>().map_err(|_| {
+            Error::UnknownArchitecture(format!("`{arch}`: expected tiny or one of {known}"))
+        })?;
+        Ok(arch.config(head_size))
+    }
+
     /// The configuration of a released model by name (any name of the
     /// [`zoo`](crate::zoo)): `BiT-M-R50x1` (head 21843), `BiT-S-R101x3` (head 1000),
     /// `BiT-M-R152x2-ILSVRC2012` (head 1000), `vtab/BiT-M-R50x1-run0-dtd` (head 47), ...

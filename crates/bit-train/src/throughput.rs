@@ -13,6 +13,7 @@ use std::time::Instant;
 use bit_model::{Precision, ResNetV2, ResNetV2Config};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 
+use crate::error::{Result, TrainError};
 use crate::memory::peak_resident_memory;
 use crate::{DataParallel, Targets, bit_optimizer};
 
@@ -161,4 +162,137 @@ pub fn measure_training(work: &Workload, mut parallel: DataParallel) -> Measurem
         }
     }
     Measurement::of(seconds, work.batch, &device)
+}
+
+/// What to time, as `bit bench` and the `throughput` example take it on the command line.
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct Bench {
+    /// `tiny` or a BiT architecture (R50x1 ... R152x4); weights are random.
+    #[cfg_attr(feature = "cli", arg(long, default_value = "R50x1"))]
+    pub arch: String,
+    /// Square input resolution.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 128))]
+    pub size: usize,
+    /// Images per step.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 32))]
+    pub batch: usize,
+    /// What to time.
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t = Mode::Train))]
+    pub mode: Mode,
+    /// Timed iterations (the median is reported).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 10))]
+    pub iters: usize,
+    /// Untimed iterations first (GPU kernels are compiled there).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
+    pub warmup: usize,
+    /// Device(s), as for `bit train --device` (several: data-parallel training).
+    #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]
+    pub device: String,
+    /// Training: micro-batches per step.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "batch_split", alias = "batch-split", default_value_t = 1)
+    )]
+    pub batch_split: usize,
+    /// Training: recompute GroupNorm+ReLU outputs in the backward (Burn's balanced strategy).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "grad_checkpointing", alias = "grad-checkpointing")
+    )]
+    pub grad_checkpointing: bool,
+    /// What the network computes in: f32, or on a GPU device bf16 / f16 (mixed precision).
+    #[cfg_attr(feature = "cli", arg(long, default_value = "f32"))]
+    pub precision: Precision,
+}
+
+/// What [`Bench`] times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Mode {
+    /// The forward pass.
+    Infer,
+    /// A whole SGD step: forward, cross-entropy, backward, update.
+    Train,
+}
+
+impl Bench {
+    /// Runs it: one line a script can grep (what ran, img/s, the times, memory).
+    ///
+    /// ```
+    /// use bit_model::Precision;
+    /// use bit_train::throughput::{Bench, Mode};
+    ///
+    /// let bench = Bench {
+    ///     arch: "tiny".into(),
+    ///     size: 32,
+    ///     batch: 2,
+    ///     mode: Mode::Infer,
+    ///     iters: 1,
+    ///     warmup: 0,
+    ///     device: "cpu".into(),
+    ///     batch_split: 1,
+    ///     grad_checkpointing: false,
+    ///     precision: Precision::F32,
+    /// };
+    /// assert!(bench.run().unwrap().contains(" img/s"));
+    /// ```
+    pub fn run(&self) -> Result<String> {
+        if self.batch_split == 0 || !self.batch.is_multiple_of(self.batch_split) {
+            return Err(TrainError::InvalidConfig(
+                "--batch must be a multiple of --batch_split (at least 1)".into(),
+            ));
+        }
+        let work = Workload {
+            model: ResNetV2Config::named(&self.arch, 10)?,
+            size: self.size,
+            batch: self.batch,
+            iters: self.iters.max(1),
+            warmup: self.warmup,
+            batch_split: self.batch_split,
+            precision: self.precision,
+        };
+        let devices = bit_model::backend::devices_from_spec(&self.device)?;
+        for device in &devices {
+            self.precision.check(device)?;
+        }
+        let m = match self.mode {
+            Mode::Infer => measure_inference(&work, &devices[0]),
+            Mode::Train => {
+                let mut parallel = DataParallel::new(devices)?;
+                if self.grad_checkpointing {
+                    parallel = parallel.with_gradient_checkpointing();
+                }
+                measure_training(&work, parallel)
+            }
+        };
+        let mib = |b: Option<u64>| b.map_or("n/a".to_string(), |b| format!("{} MiB", b >> 20));
+        let s = &m.seconds;
+        let levers = match (self.batch_split > 1, self.grad_checkpointing) {
+            (true, true) => format!(" (split {}, grad checkpointing)", self.batch_split),
+            (true, false) => format!(" (split {})", self.batch_split),
+            (false, true) => " (grad checkpointing)".to_string(),
+            (false, false) => String::new(),
+        };
+        Ok(format!(
+            "{} @{} {} {} batch {}{levers} on {}: {:.2} img/s (median {:.4} s/step of {}, min \
+             {:.4}, max {:.4}); device memory reserved {}; host peak RSS {}",
+            self.arch,
+            self.size,
+            self.precision,
+            match self.mode {
+                Mode::Infer => "infer",
+                Mode::Train => "train",
+            },
+            self.batch,
+            self.device,
+            m.images_per_second,
+            s[s.len() / 2],
+            s.len(),
+            s[0],
+            s[s.len() - 1],
+            mib(m.device_reserved_bytes),
+            mib(m.host_peak_bytes),
+        ))
+    }
 }
