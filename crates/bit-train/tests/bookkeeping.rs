@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 
 use bit_hyperrule::HyperRule;
 use bit_train::{
-    TrainConfig, TrainError, TrainOptions, bit_optimizer, checkpoint, python_exp, train,
+    TrainConfig, TrainError, TrainOptions, TrainOutcome, bit_optimizer, checkpoint, python_exp,
+    train,
 };
 use burn::module::Param;
 
@@ -204,18 +205,23 @@ fn a_checkpoint_with_non_finite_weights_is_refused_on_resume() {
     std::fs::remove_dir_all(config.run_dir()).ok();
 }
 
-#[test]
-fn resaving_a_step_never_leaves_the_pointer_without_a_checkpoint() {
-    let config = config("resave");
-    std::fs::remove_dir_all(config.run_dir()).ok();
-    let mut short = config.clone();
+/// A fresh one-step run called `name`: its settings, quiet options and outcome.
+fn one_step(name: &str) -> (TrainConfig, TrainOptions, TrainOutcome) {
+    let mut short = config(name);
+    std::fs::remove_dir_all(short.run_dir()).ok();
     short.steps = Some(1);
     let quiet = TrainOptions {
         quiet: true,
         ..Default::default()
     };
     let outcome = train(&short, &quiet).unwrap();
-    let run = config.run_dir();
+    (short, quiet, outcome)
+}
+
+#[test]
+fn resaving_a_step_never_leaves_the_pointer_without_a_checkpoint() {
+    let (short, quiet, outcome) = one_step("resave");
+    let run = short.run_dir();
     let first = checkpoint::find(&run).unwrap().unwrap();
     // Saving the same step again (a rerun of a finished run, Ctrl-C during an evaluation) goes
     // to a directory of its own; the pointer moves only once it is complete.
@@ -244,16 +250,7 @@ fn resaving_a_step_never_leaves_the_pointer_without_a_checkpoint() {
 /// A pointer that leads outside the run's own checkpoints is refused before anything is read.
 #[test]
 fn a_checkpoint_pointer_cannot_lead_outside_the_run() {
-    let config = config("confined");
-    std::fs::remove_dir_all(config.run_dir()).ok();
-    let mut short = config.clone();
-    short.steps = Some(1);
-    let quiet = TrainOptions {
-        quiet: true,
-        ..Default::default()
-    };
-    train(&short, &quiet).unwrap();
-    let run = config.run_dir();
+    let run = one_step("confined").0.run_dir();
     let saved = checkpoint::find(&run).unwrap().unwrap();
     // A copy of the real checkpoint outside the run, and a link to it inside.
     let outside = run.parent().unwrap().join("confined-outside");
