@@ -37,13 +37,10 @@ fn backends() -> Vec<(String, Device, bool)> {
     compiled_devices()
         .into_iter()
         .map(|(name, device)| {
-            let software = match name {
-                "wgpu" => Some(GpuBackend::Wgpu),
-                "vulkan" => Some(GpuBackend::Vulkan),
-                _ => None,
-            }
-            .and_then(|backend| gpu_adapters(backend).into_iter().next())
-            .is_some_and(|adapter| adapter.kind == AdapterKind::Software);
+            // The device `compiled_devices` picked is the backend's first adapter.
+            let software = GpuBackend::from_name(name)
+                .and_then(|backend| gpu_adapters(backend).into_iter().next())
+                .is_some_and(|adapter| adapter.kind == AdapterKind::Software);
             let label = match software {
                 true => format!("{name}(software)"),
                 false => name.to_string(),

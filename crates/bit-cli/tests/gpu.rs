@@ -22,8 +22,7 @@ use std::time::Duration;
 use bit_data::{DatasetName, NonImagePolicy, load_train_valid};
 use bit_model::ResNetV2;
 use bit_testkit::{KillOnDrop, ScratchDir, max_relative_gap};
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 
 const STEPS: usize = 6;
 
@@ -63,17 +62,7 @@ fn succeeded(what: &str, output: Output) -> String {
 
 /// Every parameter of a saved model, in visiting order.
 fn parameters(path: &Path) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let data = param.val().into_data().convert::<f32>();
-            self.0.extend(data.try_to_vec::<f32>().unwrap());
-        }
-    }
-    let model = ResNetV2::from_safetensors(path, &Device::flex()).unwrap();
-    let mut collect = Collect(Vec::new());
-    model.visit(&mut collect);
-    collect.0
+    bit_testkit::parameter_values(&ResNetV2::from_safetensors(path, &Device::flex()).unwrap())
 }
 
 fn checkpoint_step(run: &Path) -> Option<usize> {

@@ -87,7 +87,7 @@ pub fn device_from_name(name: &str) -> Result<Device> {
         #[cfg(feature = "cuda")]
         "cuda" => Ok(Device::cuda(index)),
         _ => {
-            let backend = gpu_backend(&kind).ok_or_else(unknown)?;
+            let backend = GpuBackend::from_name(&kind).ok_or_else(unknown)?;
             let adapters = gpu_adapters(backend);
             match adapters.get(index) {
                 Some(adapter) => Ok(adapter.device.clone()),
@@ -104,6 +104,26 @@ pub enum GpuBackend {
     Wgpu,
     /// wgpu pinned to Vulkan: the `vulkan` feature.
     Vulkan,
+}
+
+impl GpuBackend {
+    /// The backend a device name (`wgpu`, `vulkan`, lower case, without an index) means, among
+    /// those compiled in.
+    ///
+    /// ```
+    /// use bit_model::backend::GpuBackend;
+    ///
+    /// assert_eq!(GpuBackend::from_name("cpu"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            #[cfg(feature = "wgpu")]
+            "wgpu" => Some(Self::Wgpu),
+            #[cfg(feature = "vulkan")]
+            "vulkan" => Some(Self::Vulkan),
+            _ => None,
+        }
+    }
 }
 
 /// Which kind of adapter a device is, in the order [`device_from_name`] prefers them.
@@ -260,7 +280,7 @@ fn all_devices_of(name: &str) -> Option<Result<Vec<Device>>> {
             Ok(found)
         });
     }
-    let adapters = gpu_adapters(gpu_backend(&lower)?);
+    let adapters = gpu_adapters(GpuBackend::from_name(&lower)?);
     let best = adapters.first().map(|a| a.kind == AdapterKind::Software);
     Some(match best {
         None => Err(no_adapter(name, &adapters)),
@@ -270,17 +290,6 @@ fn all_devices_of(name: &str) -> Option<Result<Vec<Device>>> {
             .map(|a| a.device)
             .collect()),
     })
-}
-
-/// The wgpu-based backend of a name, among those compiled in.
-fn gpu_backend(name: &str) -> Option<GpuBackend> {
-    match name {
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Some(GpuBackend::Wgpu),
-        #[cfg(feature = "vulkan")]
-        "vulkan" => Some(GpuBackend::Vulkan),
-        _ => None,
-    }
 }
 
 /// One device of every backend compiled in, named, for benchmarks and smoke tests.

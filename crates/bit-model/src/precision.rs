@@ -4,8 +4,9 @@
 //! the optimizer's state stay `f32`; activations are half precision; each kernel is
 //! standardized in `f32` and cast to the activations' type for the convolution, GroupNorm
 //! accumulates its statistics in `f32`, and the pooled features are cast back to `f32` before
-//! the head (so logits, losses and features are `f32`). The model follows the type of its
-//! input: cast the images ([`Precision::cast`]) and the rest follows.
+//! the head (so logits, losses and features are `f32`). A model set to a precision
+//! (`ResNetV2::with_precision`) casts its input images ([`Precision::cast`]), and every layer
+//! follows the type of what it receives.
 
 use std::fmt;
 use std::str::FromStr;

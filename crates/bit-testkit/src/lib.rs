@@ -72,3 +72,21 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], atol: f32, rtol: f32) {
         b[worst.0]
     );
 }
+
+/// Every float parameter of `module`, in visiting order, flattened: for comparing two models
+/// (with [`max_relative_gap`]).
+pub fn parameter_values<M: burn::module::Module>(module: &M) -> Vec<f32> {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    struct Collect(Vec<f32>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let data = param.val().into_data().convert::<f32>();
+            self.0
+                .extend(data.try_to_vec::<f32>().expect("converted to f32"));
+        }
+    }
+    let mut all = Collect(Vec::new());
+    module.visit(&mut all);
+    all.0
+}

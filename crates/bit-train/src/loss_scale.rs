@@ -9,6 +9,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::run::scale_gradients;
+
 /// The scale and how long it has held; kept in checkpoints so a resumed run scales as an
 /// uninterrupted one.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -43,14 +45,14 @@ impl LossScale {
 
     /// `grads` (of the loss times [`scale`](Self::scale)) divided by the scale, or an overflow;
     /// updates the scale either way.
-    pub(crate) fn unscale(&mut self, model: &ResNetV2, grads: GradientsParams) -> Scaled {
-        let mut unscale = Unscale {
-            grads,
-            factor: 1.0 / self.scale,
+    pub(crate) fn unscale(&mut self, model: &ResNetV2, mut grads: GradientsParams) -> Scaled {
+        scale_gradients(model, &mut grads, 1.0 / self.scale);
+        let mut check = AllFinite {
+            grads: &grads,
             finite: None,
         };
-        model.visit(&mut unscale);
-        let finite = unscale.finite.is_none_or(|f| f.all().into_scalar::<bool>());
+        model.visit(&mut check);
+        let finite = check.finite.is_none_or(|f| f.all().into_scalar::<bool>());
         if !finite {
             let scale = self.scale;
             *self = Self {
@@ -66,27 +68,24 @@ impl LossScale {
                 good_steps: 0,
             };
         }
-        Scaled::Finite(unscale.grads)
+        Scaled::Finite(grads)
     }
 }
 
-/// Divides every gradient by the scale and notes whether all are finite (one device read).
-struct Unscale {
-    grads: GradientsParams,
-    factor: f32,
+/// Whether every gradient is finite, as one device value (read once).
+struct AllFinite<'a> {
+    grads: &'a GradientsParams,
     finite: Option<Tensor<1, burn::tensor::Bool>>,
 }
 
-impl ModuleVisitor for Unscale {
+impl ModuleVisitor for AllFinite<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            let g = g * self.factor;
-            let ok = g.clone().is_finite().all().reshape([1]);
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            let ok = g.is_finite().all().reshape([1]);
             self.finite = Some(match self.finite.take() {
                 Some(acc) => acc.bool_and(ok),
                 None => ok,
             });
-            self.grads.register(param.id, g);
         }
     }
 }

@@ -563,6 +563,19 @@ impl Views {
     }
 }
 
+/// Multiplies every gradient of `model`'s parameters in `grads` by `factor`.
+pub(crate) fn scale_gradients(model: &ResNetV2, grads: &mut GradientsParams, factor: f32) {
+    struct Scale<'a>(&'a mut GradientsParams, f32);
+    impl ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.remove::<D>(param.id) {
+                self.0.register(param.id, g * self.1);
+            }
+        }
+    }
+    model.visit(&mut Scale(grads, factor));
+}
+
 /// Rescales `grads` so that their global L2 norm (over every parameter of `model`) is at most
 /// `max`, as `optax.clip_by_global_norm`.
 pub(crate) fn clip_global_norm(
@@ -582,14 +595,6 @@ pub(crate) fn clip_global_norm(
             }
         }
     }
-    struct Scale<'a>(&'a mut GradientsParams, f32);
-    impl ModuleVisitor for Scale<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.0.remove::<D>(param.id) {
-                self.0.register(param.id, g * self.1);
-            }
-        }
-    }
     let mut sum = SumSquares(&grads, None);
     model.visit(&mut sum);
     let Some(total) = sum.1 else {
@@ -598,7 +603,7 @@ pub(crate) fn clip_global_norm(
     let norm = bit_model::backend::host_values(total)[0].sqrt();
     // A non-finite norm is left alone: the loss check reports the divergence.
     if norm.is_finite() && norm > max {
-        model.visit(&mut Scale(&mut grads, max / norm));
+        scale_gradients(model, &mut grads, max / norm);
     }
     grads
 }

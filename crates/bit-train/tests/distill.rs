@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bit_model::{ResNetV2, ResNetV2Config};
+use bit_testkit::parameter_values;
 use bit_train::{DistillConfig, TrainError, TrainOptions, distill};
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = bit_testkit::scratch_root("bit-train-distill").join(name);
@@ -47,20 +47,6 @@ fn config(dir: &Path, name: &str) -> DistillConfig {
     c.run.max_eval_examples = Some(32);
     c.run.workers = 1;
     c
-}
-
-/// Every parameter of `model`, in visiting order.
-fn parameters(model: &ResNetV2) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let data = param.val().into_data().convert::<f32>();
-            self.0.extend(data.try_to_vec::<f32>().unwrap());
-        }
-    }
-    let mut all = Collect(Vec::new());
-    model.visit(&mut all);
-    all.0
 }
 
 fn quiet() -> TrainOptions {
@@ -110,12 +96,12 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
 
     // The same student, to the bit (in memory and as exported), and the same evaluation.
     assert!(
-        parameters(&second.student) == parameters(&outcome.student),
+        parameter_values(&second.student) == parameter_values(&outcome.student),
         "students differ"
     );
     let exported = |c: &DistillConfig| {
         let path = c.run_dir().join("model.safetensors");
-        parameters(
+        parameter_values(
             &ResNetV2::from_safetensors_with_metadata(&path, &Device::flex())
                 .unwrap()
                 .0,
@@ -125,7 +111,7 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
         exported(&straight) == exported(&resumed),
         "exported students differ"
     );
-    assert!(exported(&straight) == parameters(&outcome.student));
+    assert!(exported(&straight) == parameter_values(&outcome.student));
     assert_eq!(second.eval, outcome.eval);
     // The metrics carry the agreement of every evaluation.
     let metrics = std::fs::read_to_string(straight.run_dir().join("metrics.jsonl")).unwrap();

@@ -20,7 +20,7 @@ use burn_cubecl::tensor::CubeTensor;
 
 use super::composed::{self, cast_like};
 use super::{BitOps, GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, StdConvOptions};
-pub(super) use cache::Standardized;
+use cache::Standardized;
 
 impl BitOps for Cube {
     fn std_conv2d(
