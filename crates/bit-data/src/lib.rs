@@ -44,7 +44,7 @@ pub use error::{DataError, Result};
 pub use fewshot::few_shot;
 pub use folder::{FolderDataset, IMAGE_EXTENSIONS, ImageFiles, NonImagePolicy};
 pub use idx::{DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, load_idx};
-pub use loader::{Batch, BatchStream, LoaderConfig, MAX_WORKERS};
+pub use loader::{Batch, BatchStream, LoaderConfig, MAX_WORKERS, panic_message};
 pub use mixup::{Mixup, MixupStep};
 pub use registry::{DatasetName, Split, TrainValid, load_train_valid};
 pub use transform::{MAX_RESOLUTION, Preprocess};

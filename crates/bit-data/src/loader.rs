@@ -225,13 +225,19 @@ impl BatchStream {
     }
 }
 
-/// The text of a panic payload.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+/// The text of a caught panic's payload (a loader worker's, a device thread's), for an error
+/// that says what went wrong instead of unwinding further.
+///
+/// ```
+/// let caught = std::panic::catch_unwind(|| panic!("device lost: {}", 3)).unwrap_err();
+/// assert_eq!(bit_data::panic_message(&*caught), "device lost: 3");
+/// ```
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<String>()
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "the loader panicked".into())
+        .unwrap_or_else(|| "a thread panicked without a message".into())
 }
 
 impl Iterator for BatchStream {

@@ -7,14 +7,18 @@
 
 use std::path::{Path, PathBuf};
 
+use bit_data::ImageDataset;
 use bit_model::{ResNetV2, ResNetV2Config};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::config::RunSettings;
 use crate::error::{Result, TrainError};
+use crate::log::RunLog;
 use crate::loss_scale::LossScale;
+use crate::run::{Position, Start};
 
 const POINTER: &str = "checkpoint.json";
 const MODEL: &str = "model.bpk";
@@ -47,6 +51,112 @@ pub struct TrainState {
     /// The loss scale of an f16 run (absent otherwise, and in older checkpoints).
     #[serde(default)]
     pub loss_scale: Option<LossScale>,
+}
+
+/// What a checkpoint records of a run's data and settings besides its position, and what a
+/// resumed run must match.
+pub(crate) struct Bookmark {
+    /// Seed of shuffling, augmentation and mixup.
+    pub seed: u64,
+    /// Class names of the training set.
+    pub classes: Vec<String>,
+    /// Size of the training set.
+    pub train_examples: usize,
+    /// Global batch size.
+    pub batch: usize,
+}
+
+impl Bookmark {
+    /// The bookmark of a run with `settings` training on `train`.
+    pub fn of(settings: &RunSettings, train: &dyn ImageDataset) -> Self {
+        Self {
+            seed: settings.seed,
+            classes: train.classes().to_vec(),
+            train_examples: train.len(),
+            batch: settings.batch,
+        }
+    }
+
+    /// The checkpoint state of `model` at position `at` with `batch_split` micro-batches per
+    /// step.
+    pub fn state(&self, at: &Position, model: &ResNetV2, batch_split: usize) -> TrainState {
+        TrainState {
+            step: at.step,
+            next_batch: at.next_batch,
+            seed: self.seed,
+            model: model.config(),
+            classes: self.classes.clone(),
+            train_examples: self.train_examples,
+            batch: self.batch,
+            batch_split: Some(batch_split),
+            loss_scale: at.loss_scale,
+        }
+    }
+
+    /// Resumes `saved` (its optimizer state loaded into `optim`), refusing a checkpoint of
+    /// other data or settings, and non-finite weights.
+    pub fn resume(
+        self,
+        saved: &Saved,
+        optim: ModuleOptimizer,
+        device: &Device,
+        log: &mut RunLog,
+    ) -> Result<Start> {
+        self.check(saved)?;
+        log.info(&format!(
+            "Found saved model to resume from at '{}'",
+            saved.dir.display()
+        ));
+        let model = saved.model(device)?;
+        if !model.non_finite_parameters().is_empty() {
+            let run = saved
+                .dir
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(&saved.dir);
+            return Err(TrainError::NonFiniteCheckpoint {
+                path: saved.dir.clone(),
+                run: run.to_path_buf(),
+            });
+        }
+        let optim = saved.optimizer(optim)?;
+        log.info(&format!("Resumed at step {}", saved.state.step));
+        Ok(Start {
+            model,
+            optim,
+            position: Position {
+                step: saved.state.step,
+                next_batch: saved.state.next_batch,
+                loss_scale: saved.state.loss_scale,
+            },
+            batch_split: saved.state.batch_split,
+            bookmark: self,
+        })
+    }
+
+    /// Refuses to continue a saved run with different data or batch settings.
+    fn check(&self, saved: &Saved) -> Result<()> {
+        let s = &saved.state;
+        let detail = if s.classes != self.classes {
+            format!("classes {:?}, this one {:?}", s.classes, self.classes)
+        } else if s.train_examples != self.train_examples {
+            format!(
+                "{} training examples, this one {}",
+                s.train_examples, self.train_examples
+            )
+        } else if s.batch != self.batch || s.seed != self.seed {
+            format!(
+                "batch {} and seed {}, this one batch {} and seed {}",
+                s.batch, s.seed, self.batch, self.seed
+            )
+        } else {
+            return Ok(());
+        };
+        Err(TrainError::ResumeMismatch {
+            path: saved.dir.clone(),
+            detail,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -147,10 +257,6 @@ impl Saved {
 }
 
 /// The run's latest checkpoint, if it has one.
-///
-/// Runs written by earlier versions replaced a re-saved step's directory in place, and a crash
-/// in between left the pointer naming nothing while a complete copy sat in
-/// `<dir>.tmp-<pid>`; such a copy is moved into place and used.
 pub fn find(run_dir: &Path) -> Result<Option<Saved>> {
     let pointer = run_dir.join(POINTER);
     if !pointer.is_file() {
@@ -161,9 +267,6 @@ pub fn find(run_dir: &Path) -> Result<Option<Saved>> {
         pointer: pointer.clone(),
         dir: named,
     })?;
-    if !dir.join(STATE).is_file() {
-        recover(&dir)?;
-    }
     let state = read_json(&dir.join(STATE))?;
     Ok(Some(Saved { dir, state }))
 }
@@ -182,29 +285,6 @@ fn confined(run_dir: &Path, named: &str) -> Option<PathBuf> {
     let root = run_dir.join("checkpoints");
     let dir = root.join(name);
     (plain && !is_link(&root) && !is_link(&dir)).then_some(dir)
-}
-
-/// Moves a complete leftover `<dir>.tmp-*` (it has its state file, written last) to `dir`.
-fn recover(dir: &Path) -> Result<()> {
-    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
-        return Ok(());
-    };
-    let prefix = format!("{}{TMP}", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let candidate = entry.path();
-        if entry.file_name().to_string_lossy().starts_with(&prefix)
-            && candidate.join(STATE).is_file()
-            && candidate.join(MODEL).is_file()
-            && candidate.join(OPTIMIZER).is_file()
-        {
-            std::fs::remove_dir_all(dir).ok();
-            return std::fs::rename(&candidate, dir).map_err(TrainError::io(dir));
-        }
-    }
-    Ok(())
 }
 
 /// Writes `value` as JSON, atomically.

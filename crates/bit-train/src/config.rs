@@ -1,16 +1,21 @@
-//! Settings of the runs: what every run has ([`RunSettings`]), and what fine-tuning adds (the
-//! reference `train.py` flags, plus explicit overrides).
+//! Settings of the runs: what every run has ([`RunSettings`]), what fine-tuning adds
+//! ([`TrainConfig`]: the reference `train.py` flags, plus explicit overrides) and what
+//! distillation adds ([`DistillConfig`]: the models and the recipe of Beyer et al. 2022).
 
 use std::path::PathBuf;
 
-use bit_data::DatasetName;
+use bit_data::{DatasetName, Preprocess};
 use bit_model::Precision;
 use bit_model::backend::devices_from_spec;
 use bit_model::zoo::{self, ModelHub};
 use serde::{Deserialize, Serialize};
 
+use burn::optim::{AdamWConfig, ModuleOptimizer};
+
 use crate::error::{Result, TrainError};
 use crate::memory::BatchSplit;
+use crate::parallel::Devices;
+use crate::schedule::WarmupCosine;
 
 /// What every run has, whatever it trains (`bit train`, `bit distill`): its name and place, its
 /// data, its batches, evaluations, devices and seed. Field names follow the reference flags.
@@ -174,34 +179,18 @@ impl RunSettings {
         }
     }
 
-    /// The loop's settings at `split` micro-batches per step, with the gradients clipped to
-    /// `clip_global_norm` if given.
-    pub(crate) fn loop_settings(
-        &self,
-        split: usize,
-        clip_global_norm: Option<f32>,
-    ) -> crate::run::LoopSettings {
-        crate::run::LoopSettings {
-            batch_split: split,
-            eval_every: self.eval_every,
-            save: self.save,
-            clip_global_norm,
-            precision: self.precision,
-        }
-    }
-
     /// The devices of this run (each able to compute in the run's precision), with gradient
     /// checkpointing if asked.
-    pub(crate) fn data_parallel(&self) -> Result<crate::DataParallel> {
+    pub(crate) fn devices(&self) -> Result<Devices> {
         let devices = devices_from_spec(&self.device)?;
         for device in &devices {
             self.precision.check(device)?;
         }
-        let parallel = crate::DataParallel::new(devices)?;
+        let devices = Devices::new(devices)?;
         Ok(if self.grad_checkpointing {
-            parallel.with_gradient_checkpointing()
+            devices.with_gradient_checkpointing()
         } else {
-            parallel
+            devices
         })
     }
 
@@ -290,7 +279,7 @@ impl TrainConfig {
             return bad("--steps and --examples_per_class must be at least 1".into());
         }
         if let Some((precrop, crop)) = self.resolution {
-            bit_data::Preprocess::Train { precrop, crop }
+            Preprocess::Train { precrop, crop }
                 .validate()
                 .map_err(|e| TrainError::InvalidConfig(format!("--resolution: {e}")))?;
         }
@@ -322,5 +311,163 @@ impl TrainConfig {
                 source: Box::new(source),
             }),
         }
+    }
+}
+
+/// Settings of a distillation run (`bit distill`): the [`RunSettings`] every run has, and the
+/// models and recipe of distillation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct DistillConfig {
+    /// Name, place, data, batches, devices.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    #[serde(flatten)]
+    pub run: RunSettings,
+    /// The teacher: a BiT model name, a .npz, or a fine-tuned .safetensors from `bit train`.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub teacher: String,
+    /// The student's starting point: a BiT model name or file (its head is replaced by a zero
+    /// head of the teacher's size unless --keep_student_head), or `scratch:ARCH` (e.g.
+    /// scratch:R50x1) for random weights.
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub student: String,
+    /// Keep the student's own head (it must have the teacher's number of classes).
+    #[cfg_attr(feature = "cli", arg(long = "keep_student_head"))]
+    pub keep_student_head: bool,
+    /// Optimizer steps: distillation wants long schedules.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::STEPS))]
+    pub steps: usize,
+    /// Peak learning rate of Adam.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::LR))]
+    pub lr: f64,
+    /// Decoupled weight decay: the weights shrink by this fraction per step, times the
+    /// schedule (big_vision's `wd`).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::WD))]
+    pub wd: f64,
+    /// Linear warmup steps [default: the images of 1500 steps at batch 512, at most a tenth of
+    /// the run].
+    #[cfg_attr(feature = "cli", arg(long = "warmup_steps"))]
+    pub warmup_steps: Option<usize>,
+    /// Clip the gradient to this global L2 norm (0: no clipping).
+    #[cfg_attr(feature = "cli", arg(long = "clip_norm", default_value_t = Self::CLIP_NORM))]
+    pub clip_norm: f32,
+    /// Softmax temperature of the KL loss.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::TEMPERATURE))]
+    pub temperature: f32,
+    /// The student's input side [default: the teacher's resolution].
+    #[cfg_attr(feature = "cli", arg(long))]
+    pub resolution: Option<usize>,
+    /// The teacher's input side, when it should differ from the student's: both still see the
+    /// same crop of the same images, made at the larger side and resized (bilinear) for the
+    /// other model, e.g. a 384 px teacher for a 224 px student [default: the student's side].
+    #[cfg_attr(feature = "cli", arg(long = "teacher_resolution"))]
+    pub teacher_resolution: Option<usize>,
+}
+
+impl DistillConfig {
+    /// Default number of optimizer steps.
+    pub const STEPS: usize = 10_000;
+    /// Default peak learning rate.
+    pub const LR: f64 = 0.003;
+    /// Default decoupled weight decay.
+    pub const WD: f64 = 1e-4;
+    /// Default global gradient norm.
+    pub const CLIP_NORM: f32 = 1.0;
+    /// Default softmax temperature.
+    pub const TEMPERATURE: f32 = 1.0;
+
+    /// The defaults of `bit distill`: batch 512, 10k steps, lr 0.003, wd 1e-4, clipping at 1,
+    /// T = 1, the teacher's resolution, CPU.
+    pub fn new(
+        name: impl Into<String>,
+        teacher: impl Into<String>,
+        student: impl Into<String>,
+        dataset: impl Into<String>,
+        datadir: impl Into<PathBuf>,
+        logdir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            run: RunSettings::new(name, dataset, datadir, logdir),
+            teacher: teacher.into(),
+            student: student.into(),
+            keep_student_head: false,
+            steps: Self::STEPS,
+            lr: Self::LR,
+            wd: Self::WD,
+            warmup_steps: None,
+            clip_norm: Self::CLIP_NORM,
+            temperature: Self::TEMPERATURE,
+            resolution: None,
+            teacher_resolution: None,
+        }
+    }
+
+    /// The run directory, `{logdir}/{name}`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.run.run_dir()
+    }
+
+    /// Checks the settings that can be checked without touching data or models; the dataset
+    /// and where it is.
+    pub fn validate(&self) -> Result<(DatasetName, PathBuf)> {
+        let bad = |m: String| Err(TrainError::InvalidConfig(m));
+        let data = self.run.validate()?;
+        if self.steps == 0 {
+            return bad("--steps must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr {} must be positive", self.lr));
+        }
+        if !(self.wd.is_finite() && self.wd >= 0.0) {
+            return bad(format!("--wd {} must not be negative", self.wd));
+        }
+        if !(self.clip_norm.is_finite() && self.clip_norm >= 0.0) {
+            return bad(format!(
+                "--clip_norm {} must not be negative",
+                self.clip_norm
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad(format!(
+                "--temperature {} must be positive",
+                self.temperature
+            ));
+        }
+        for (flag, side) in [
+            ("--resolution", self.resolution),
+            ("--teacher_resolution", self.teacher_resolution),
+        ] {
+            if let Some(crop) = side {
+                Preprocess::Inception { crop }
+                    .validate()
+                    .map_err(|e| TrainError::InvalidConfig(format!("{flag}: {e}")))?;
+            }
+        }
+        Ok(data)
+    }
+
+    /// The learning-rate schedule of this run.
+    pub fn schedule(&self) -> WarmupCosine {
+        // 1500 steps at batch 512 in images, but never most of a short run.
+        let warmup = self
+            .warmup_steps
+            .unwrap_or_else(|| (1500 * 512 / self.run.batch).min(self.steps / 10));
+        WarmupCosine {
+            lr: self.lr,
+            warmup,
+            total: self.steps,
+        }
+    }
+
+    /// Adam with decoupled weight decay and the defaults of optax (`b1` 0.9, `b2` 0.999,
+    /// `eps` 1e-8). Burn's AdamW multiplies its decay by the step's learning rate, so `wd / lr`
+    /// gives big_vision's `wd` times the schedule.
+    pub fn optimizer(&self) -> ModuleOptimizer {
+        AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.999)
+            .with_epsilon(1e-8)
+            .with_weight_decay((self.wd / self.lr) as f32)
+            .init()
     }
 }

@@ -10,6 +10,10 @@
 //! metrics, and atomic, resumable checkpoints. [`distill`] trains a student to match a
 //! teacher's function (Beyer et al. 2022) on the same loop, checkpoints and logs.
 //!
+//! Both are one [`Objective`] and one [`Schedule`] on a [`Run`], which owns everything else
+//! (run directory, devices, data, split, loop, checkpoints, logs, export): another objective
+//! (a linear probe, a VTAB task) is a type implementing the trait (`examples/linear_probe.rs`).
+//!
 //! ```no_run
 //! use bit_train::{TrainConfig, TrainOptions, train};
 //!
@@ -24,27 +28,37 @@
 
 pub mod checkpoint;
 mod config;
+mod data;
 mod distill;
 mod error;
+mod finetune;
+mod gradients;
 mod log;
+mod loss;
 mod loss_scale;
 pub mod memory;
+mod objective;
 mod parallel;
 mod plot;
 mod run;
+mod schedule;
 pub mod throughput;
-mod trainer;
+mod timings;
+mod views;
 
 pub use bit_infer::{EvalResult, evaluate};
-pub use config::{RunSettings, TrainConfig};
-pub use distill::{
-    DistillConfig, DistillEval, DistillOutcome, TeacherTargets, WarmupCosine, distill,
-    distillation_loss,
-};
+pub use config::{DistillConfig, RunSettings, TrainConfig};
+pub use data::TrainingData;
+pub use distill::{DistillEval, DistillOutcome, distill};
 pub use error::{Result, TrainError};
-pub use log::python_exp;
+pub use finetune::{FineTune, TrainOutcome, bit_optimizer, train};
+pub use log::{RunLog, python_exp};
+pub use loss::{ShardLoss, Targets, TeacherTargets, distillation_loss};
 pub use loss_scale::LossScale;
 pub use memory::{BatchSplit, MicroBatchMemory};
-pub use parallel::{DataParallel, ShardLoss, Targets};
+pub use objective::{EvalData, Export, Objective};
+pub use parallel::{DataParallel, Devices};
 pub use plot::{CURVES_FILE, Curves, plot};
-pub use trainer::{TrainOptions, TrainOutcome, bit_optimizer, train};
+pub use run::{Outcome, Run, Start, TrainOptions};
+pub use schedule::{Schedule, WarmupCosine};
+pub use views::Views;

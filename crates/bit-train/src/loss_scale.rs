@@ -9,7 +9,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::run::scale_gradients;
+use crate::gradients::scale_gradients;
 
 /// The scale and how long it has held; kept in checkpoints so a resumed run scales as an
 /// uninterrupted one.

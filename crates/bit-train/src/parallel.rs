@@ -17,73 +17,33 @@
 
 use bit_model::ResNetV2;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Tensor};
 
 use crate::error::{Result, TrainError};
+use crate::loss::ShardLoss;
 
-/// What a shard of a micro-batch is scored against: `loss` of the logits of examples
-/// `range` (a slice of the micro-batch), computed on `device`.
-pub trait ShardLoss: Sync {
-    /// The mean loss of `logits`, the model's output for examples `range.0..range.1`.
-    fn shard_loss(&self, logits: Tensor<2>, range: (usize, usize), device: &Device) -> Tensor<1>;
-}
-
-/// The labels a micro-batch is trained on: plain, or mixed with partners (mixup).
-#[derive(Debug, Clone)]
-pub struct Targets {
-    /// The examples' own labels.
-    pub labels: Tensor<1, Int>,
-    /// With mixup: the partners' labels and the weight `λ` of the own labels.
-    pub mixed: Option<(Tensor<1, Int>, f32)>,
-}
-
-/// The devices a run trains on, each with its replica of the model; the first (main) device
-/// holds the model the run checkpoints and evaluates, the others keep replicas in step with it.
-///
-/// One optimizer step over two CPU replicas, the same update as on one device:
+/// The devices a run trains on, main first, before a model is placed on them.
 ///
 /// ```
-/// use bit_model::{ResNetV2, ResNetV2Config};
 /// use bit_model::backend::devices_from_spec;
-/// use bit_train::{DataParallel, Targets, bit_optimizer};
-/// use burn::tensor::{Distribution, Int, Tensor};
+/// use bit_train::Devices;
 ///
-/// let mut parallel = DataParallel::new(devices_from_spec("cpu,cpu").unwrap()).unwrap();
-/// let main = parallel.main().clone();
-/// let mut model = ResNetV2Config::new([1, 1, 1, 1], 1, 10).init(&main);
-/// let mut optim = bit_optimizer();
-/// parallel.replicate(&model, &optim);
-///
-/// let images = Tensor::<4>::random([4, 3, 32, 32], Distribution::Default, &main);
-/// let labels = Tensor::<1, Int>::from_ints([0, 1, 2, 3], &main);
-/// let loss = parallel.backward(&model, images, &Targets { labels, mixed: None }, 1.0);
-/// assert!(loss.is_finite());
-/// let grads = parallel.all_reduce(&model);
-/// model = parallel.step(0.003, model, &mut optim, grads);
+/// let devices = Devices::new(devices_from_spec("cpu,cpu").unwrap()).unwrap();
+/// assert_eq!(devices.len(), 2);
+/// assert!(devices.on_host());
 /// ```
-pub struct DataParallel {
+pub struct Devices {
     devices: Vec<Device>,
     /// Whether every device is this process's CPU (whose memory the host reports).
     on_host: bool,
-    /// The replicas of `devices[1..]`, with their optimizers.
-    replicas: Vec<Replica>,
     /// With several replicas on this process's CPU, one thread pool each, splitting the cores
     /// between them as separate devices would (instead of every replica's kernels contending
     /// for all of them).
     pools: Vec<rayon::ThreadPool>,
-    /// The gradients each device has accumulated since the last all-reduce.
-    pending: Vec<Option<GradientsAccumulator<ResNetV2>>>,
 }
 
-/// A device's copy of the model and of its optimizer.
-struct Replica {
-    model: ResNetV2,
-    optim: ModuleOptimizer,
-}
-
-impl DataParallel {
+impl Devices {
     /// Trains on `devices` (made autodiff devices here).
     pub fn new(devices: Vec<Device>) -> Result<Self> {
         if devices.is_empty() {
@@ -108,9 +68,7 @@ impl DataParallel {
         Ok(Self {
             on_host,
             pools,
-            pending: devices.iter().map(|_| None).collect(),
             devices: devices.into_iter().map(Device::autodiff).collect(),
-            replicas: Vec::new(),
         })
     }
 
@@ -130,8 +88,8 @@ impl DataParallel {
         &self.devices[0]
     }
 
-    /// The devices, main first.
-    pub fn devices(&self) -> &[Device] {
+    /// Every device, main first.
+    pub fn as_slice(&self) -> &[Device] {
         &self.devices
     }
 
@@ -149,61 +107,125 @@ impl DataParallel {
     pub fn is_empty(&self) -> bool {
         self.devices.is_empty()
     }
+}
 
-    /// Copies `model` (on the main device) and its optimizer `optim` (momentum buffers
-    /// included) to every other device, where they stay for the run. Called once at the start
-    /// and after a resume; gradients pending from before are dropped.
-    pub fn replicate(&mut self, model: &ResNetV2, optim: &ModuleOptimizer) {
-        self.replicas = self.devices[1..]
+impl std::fmt::Debug for Devices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(&self.devices).finish()
+    }
+}
+
+/// A model and its optimizer on every device of the run: the main device's replica is the
+/// model the run checkpoints and evaluates, the others stay in step with it.
+///
+/// One optimizer step over two CPU replicas, the same update as on one device:
+///
+/// ```
+/// use bit_model::ResNetV2Config;
+/// use bit_model::backend::devices_from_spec;
+/// use bit_train::{DataParallel, Devices, Targets, bit_optimizer};
+/// use burn::tensor::{Distribution, Int, Tensor};
+///
+/// let devices = Devices::new(devices_from_spec("cpu,cpu").unwrap()).unwrap();
+/// let main = devices.main().clone();
+/// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 10).init(&main);
+/// let mut parallel = DataParallel::new(devices, model, bit_optimizer());
+///
+/// let images = Tensor::<4>::random([4, 3, 32, 32], Distribution::Default, &main);
+/// let labels = Tensor::<1, Int>::from_ints([0, 1, 2, 3], &main);
+/// let loss = parallel.backward(images, &Targets { labels, mixed: None }, 1.0);
+/// assert!(loss.is_finite());
+/// let grads = parallel.all_reduce();
+/// parallel.step(0.003, grads);
+/// assert_eq!(parallel.replica(1).unwrap().config(), parallel.model().config());
+/// ```
+pub struct DataParallel {
+    devices: Devices,
+    /// One per device, in the order of `devices`: `replicas[0]` is the main model.
+    replicas: Vec<Replica>,
+    /// The gradients each device has accumulated since the last all-reduce.
+    pending: Vec<Option<GradientsAccumulator<ResNetV2>>>,
+}
+
+/// A device's copy of the model and of its optimizer.
+struct Replica {
+    model: ResNetV2,
+    optim: ModuleOptimizer,
+}
+
+impl DataParallel {
+    /// Places `model` (on the main device) and its optimizer `optim` (momentum buffers
+    /// included) on every device, where the copies stay for the run.
+    pub fn new(devices: Devices, model: ResNetV2, optim: ModuleOptimizer) -> Self {
+        let mut replicas: Vec<Replica> = devices.devices[1..]
             .iter()
             .map(|device| Replica {
                 model: model.clone().fork(device),
                 optim: optim.clone(),
             })
             .collect();
-        self.pending.iter_mut().for_each(|p| *p = None);
+        replicas.insert(0, Replica { model, optim });
+        Self {
+            pending: replicas.iter().map(|_| None).collect(),
+            devices,
+            replicas,
+        }
     }
 
-    /// The model of device `index` (0: `None`, the main device's model is the caller's), to
-    /// check that the replicas stay in step.
+    /// The main device's model: what the run evaluates and checkpoints.
+    pub fn model(&self) -> &ResNetV2 {
+        &self.replicas[0].model
+    }
+
+    /// The main device's optimizer.
+    pub fn optimizer(&self) -> &ModuleOptimizer {
+        &self.replicas[0].optim
+    }
+
+    /// The model of device `index` (0 is the main model), to check that the replicas stay in
+    /// step.
     pub fn replica(&self, index: usize) -> Option<&ResNetV2> {
-        self.replicas.get(index.checked_sub(1)?).map(|r| &r.model)
+        self.replicas.get(index).map(|r| &r.model)
+    }
+
+    /// The devices, main first.
+    pub fn devices(&self) -> &Devices {
+        &self.devices
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Whether there are no devices (never true for a built value).
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// The devices, the main model and its optimizer: the replicas are dropped.
+    pub fn into_parts(mut self) -> (Devices, ResNetV2, ModuleOptimizer) {
+        let Replica { model, optim } = self.replicas.swap_remove(0);
+        (self.devices, model, optim)
     }
 
     /// Forward and backward of `scale * loss(micro-batch)`: each device runs its shard on its
-    /// replica and keeps the gradients until [`all_reduce`](Self::all_reduce). `model` is the
-    /// main device's replica; `images` and `targets` live on the main device. Returns the
-    /// unscaled mean loss of the micro-batch.
-    ///
-    /// # Panics
-    ///
-    /// If several devices are used before [`replicate`](Self::replicate).
-    pub fn backward(
-        &mut self,
-        model: &ResNetV2,
-        images: Tensor<4>,
-        targets: &impl ShardLoss,
-        scale: f32,
-    ) -> f32 {
-        assert_eq!(
-            self.replicas.len() + 1,
-            self.devices.len(),
-            "DataParallel::replicate must place the replicas first"
-        );
+    /// replica and keeps the gradients until [`all_reduce`](Self::all_reduce). `images` and
+    /// `targets` live on the main device. Returns the unscaled mean loss of the micro-batch.
+    pub fn backward(&mut self, images: Tensor<4>, targets: &impl ShardLoss, scale: f32) -> f32 {
         let n = images.dims()[0];
         let shards = self.devices.len().min(n);
         let bounds: Vec<(usize, usize)> = (0..shards)
             .map(|i| (i * n / shards, (i + 1) * n / shards))
             .collect();
+        let replicas = &self.replicas;
+        let devices = &self.devices.devices;
         let shard = |i: usize| {
             let (a, b) = bounds[i];
-            let device = &self.devices[i];
-            let replica = match i {
-                0 => model,
-                _ => &self.replicas[i - 1].model,
-            };
+            let device = &devices[i];
+            let replica = &replicas[i].model;
             let x = images.clone().narrow(0, a, b - a).to_device(device);
-            let loss = targets.shard_loss(replica.forward(x), (a, b), device);
+            let loss = targets.shard_loss(replica, x, (a, b), device);
             let weight = (b - a) as f32 / n as f32;
             let value = scalar(loss.clone()) * weight;
             let grads = GradientsParams::from_grads((loss * (weight * scale)).backward(), replica);
@@ -213,7 +235,7 @@ impl DataParallel {
             vec![shard(0)]
         } else {
             std::thread::scope(|s| {
-                let pools = &self.pools;
+                let pools = &self.devices.pools;
                 let handles: Vec<_> = (0..shards)
                     .map(|i| {
                         s.spawn(move || match pools.get(i) {
@@ -229,14 +251,13 @@ impl DataParallel {
             })
         };
         let mut loss = 0.0;
-        for (i, (grads, value)) in results.into_iter().enumerate() {
-            let replica = match i {
-                0 => model,
-                _ => &self.replicas[i - 1].model,
-            };
-            self.pending[i]
+        for ((grads, value), (pending, replica)) in results
+            .into_iter()
+            .zip(self.pending.iter_mut().zip(&self.replicas))
+        {
+            pending
                 .get_or_insert_with(GradientsAccumulator::new)
-                .accumulate(replica, grads);
+                .accumulate(&replica.model, grads);
             loss += value;
         }
         loss
@@ -244,8 +265,9 @@ impl DataParallel {
 
     /// The sum over devices of the gradients accumulated since the last call, on the main
     /// device: the gradients of the optimizer step.
-    pub fn all_reduce(&mut self, model: &ResNetV2) -> GradientsParams {
-        let main = self.main().clone();
+    pub fn all_reduce(&mut self) -> GradientsParams {
+        let main = self.devices.main().clone();
+        let model = &self.replicas[0].model;
         let mut sum = GradientsAccumulator::<ResNetV2>::new();
         for pending in &mut self.pending {
             if let Some(mut acc) = pending.take() {
@@ -256,42 +278,36 @@ impl DataParallel {
     }
 
     /// The optimizer step with `grads` (the all-reduced gradients, on the main device) at
-    /// learning rate `rate` on every device at once: `model` with `optim` on the main device
-    /// (returned), each replica with its own optimizer on its device.
-    pub fn step(
-        &mut self,
-        rate: f64,
-        model: ResNetV2,
-        optim: &mut ModuleOptimizer,
-        grads: GradientsParams,
-    ) -> ResNetV2 {
-        let copies: Vec<GradientsParams> = self
-            .replicas
+    /// learning rate `rate` on every device at once, each replica with its own optimizer.
+    pub fn step(&mut self, rate: f64, grads: GradientsParams) {
+        let mut copies: Vec<GradientsParams> = self.replicas[1..]
             .iter()
-            .zip(&self.devices[1..])
+            .zip(&self.devices.devices[1..])
             .map(|(replica, device)| copy_to(&grads, &replica.model, device))
             .collect();
+        copies.insert(0, grads);
         let replicas = std::mem::take(&mut self.replicas);
-        let (model, replicas) = std::thread::scope(|s| {
-            let handles: Vec<_> = replicas
-                .into_iter()
-                .zip(copies)
-                .map(|(Replica { model, mut optim }, grads)| {
-                    s.spawn(move || {
-                        let model = optim.step(rate, model, grads);
-                        Replica { model, optim }
-                    })
-                })
-                .collect();
-            let model = optim.step(rate, model, grads);
-            let replicas: Vec<Replica> = handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect();
-            (model, replicas)
-        });
-        self.replicas = replicas;
-        model
+        self.replicas =
+            std::thread::scope(|s| {
+                let mut updates = replicas.into_iter().zip(copies).map(
+                    |(Replica { model, mut optim }, grads)| {
+                        move || {
+                            let model = optim.step(rate, model, grads);
+                            Replica { model, optim }
+                        }
+                    },
+                );
+                // The main device's update runs on this thread, the replicas' beside it.
+                let main = updates.next().expect("the main replica");
+                let others: Vec<_> = updates.map(|update| s.spawn(update)).collect();
+                let mut replicas = vec![main()];
+                replicas.extend(
+                    others
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
+                );
+                replicas
+            });
     }
 }
 
@@ -299,24 +315,7 @@ impl std::fmt::Debug for DataParallel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataParallel")
             .field("devices", &self.devices)
-            .field("replicas", &self.replicas.len())
             .finish_non_exhaustive()
-    }
-}
-
-impl ShardLoss for Targets {
-    /// `λ CE(logits, y) + (1 - λ) CE(logits, y_partner)`, or plain `CE(logits, y)`.
-    fn shard_loss(&self, logits: Tensor<2>, (a, b): (usize, usize), device: &Device) -> Tensor<1> {
-        let ce = CrossEntropyLossConfig::new().init(device);
-        let own = self.labels.clone().narrow(0, a, b - a).to_device(device);
-        match &self.mixed {
-            Some((partners, lambda)) => {
-                let other = partners.clone().narrow(0, a, b - a).to_device(device);
-                ce.forward(logits.clone(), own) * *lambda
-                    + ce.forward(logits, other) * (1.0 - lambda)
-            }
-            None => ce.forward(logits, own),
-        }
     }
 }
 

@@ -1,103 +1,126 @@
-//! The optimization loop every objective shares (fine-tuning on labels, distillation from a
-//! teacher): a [`Run`] owns the run directory (its lock and logs); [`Run::drive`] steps a model
-//! through a learning-rate schedule, one optimizer update per `batch_split` micro-batches,
-//! stops on request or on a non-finite loss, evaluates and checkpoints every `eval_every` steps
-//! and at the end, never checkpointing weights that went non-finite.
+//! One run, whatever it optimizes: a [`Run`] owns the run directory (its lock, logs and
+//! checkpoints), the devices, the data and the loop. An [`Objective`] says what a micro-batch's
+//! loss is and how the model is evaluated, a [`Schedule`] the learning rate of each step; `bit
+//! train` and `bit distill` are each one objective and one schedule on this run.
+//!
+//! The loop makes one optimizer update per `batch_split` micro-batches, stops on request or on
+//! a non-finite loss, evaluates and checkpoints every `eval_every` steps and at the end (never
+//! checkpointing weights that went non-finite), then exports the model and reports the time.
 
-use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use bit_data::{Batch, BatchStream, Mixup, MixupStep};
-use bit_model::{Precision, ResNetV2};
-use burn::module::{Module, ModuleVisitor, Param};
+use bit_data::{Batch, BatchStream};
+use bit_model::ResNetV2;
+use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use serde_json::json;
 
-use crate::checkpoint::{self, RunLock, TrainState};
+use crate::checkpoint::{self, Bookmark, RunLock, Saved};
+use crate::config::RunSettings;
+use crate::data::TrainingData;
 use crate::error::{Result, TrainError};
+use crate::gradients::clip_global_norm;
 use crate::log::{RunLog, python_exp};
 use crate::loss_scale::{LossScale, Scaled};
-use crate::memory::{self, BatchSplit};
-use crate::parallel::{DataParallel, Targets};
+use crate::memory;
+use crate::objective::{EvalData, Objective};
+use crate::parallel::{DataParallel, Devices};
+use crate::schedule::Schedule;
+use crate::timings::Timings;
 
-/// What a loop optimizes and how it is evaluated.
-pub(crate) trait Objective {
-    /// An evaluation's result.
-    type Eval;
-
-    /// Forward and backward of `scale * loss` on micro-batch `batch` of optimizer step `step`
-    /// over the devices of `parallel` (`model` is the main device's replica), leaving the
-    /// gradients there; returns the unscaled loss.
-    fn backward(
-        &mut self,
-        parallel: &mut DataParallel,
-        model: &ResNetV2,
-        batch: &Batch,
-        step: usize,
-        scale: f32,
-    ) -> Result<f32>;
-
-    /// Evaluates `model` (with autodiff) on the held-out data.
-    fn evaluate(&mut self, model: &ResNetV2) -> Result<Self::Eval>;
-
-    /// The evaluation's loss: a non-finite one means the run diverged.
-    fn eval_loss(eval: &Self::Eval) -> f64;
-
-    /// Writes an evaluation to the logs; `at` is the step or `end`.
-    fn log_eval(eval: &Self::Eval, at: &str, log: &mut RunLog);
+/// How a run is driven from outside.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Set it (e.g. from a Ctrl-C handler) to stop after the current step: the run then
+    /// evaluates, checkpoints and returns normally.
+    pub stop: Arc<AtomicBool>,
+    /// No terminal output (the log files are still written).
+    pub quiet: bool,
 }
 
-/// The loop's settings, common to every objective.
+/// What a finished (or stopped) run produced.
 #[derive(Debug, Clone)]
-pub(crate) struct LoopSettings {
-    /// Micro-batches per optimizer update.
-    pub batch_split: usize,
-    /// Evaluate and checkpoint every this many steps (and always at the end).
-    pub eval_every: Option<usize>,
-    /// Write checkpoints.
-    pub save: bool,
-    /// Rescale the summed gradients to at most this global L2 norm before each update.
-    pub clip_global_norm: Option<f32>,
-    /// What the model computes in.
-    pub precision: Precision,
+pub struct Outcome<E> {
+    /// Optimizer steps done in total (including before a resume).
+    pub steps: usize,
+    /// The final evaluation.
+    pub eval: E,
+    /// Whether the run was stopped before the end of its schedule.
+    pub interrupted: bool,
+    /// `{logdir}/{name}`.
+    pub run_dir: PathBuf,
+    /// The trained model, without autodiff.
+    pub model: ResNetV2,
 }
 
-/// Where the loop stands: what a checkpoint holds.
+/// Where a run starts: the model and its optimizer at a position of the schedule, either the
+/// run's last checkpoint or step 0. Made by [`Run::start`].
+pub struct Start {
+    pub(crate) model: ResNetV2,
+    pub(crate) optim: ModuleOptimizer,
+    pub(crate) position: Position,
+    /// The checkpoint's micro-batches per step, kept when resuming.
+    pub(crate) batch_split: Option<usize>,
+    /// What the checkpoints record of the data and settings.
+    pub(crate) bookmark: Bookmark,
+}
+
+impl Start {
+    /// The optimizer steps already done.
+    pub fn step(&self) -> usize {
+        self.position.step
+    }
+
+    /// The model the run starts from (on the main device, with autodiff).
+    pub fn model(&self) -> &ResNetV2 {
+        &self.model
+    }
+}
+
+/// Where the loop stands besides the weights: what a checkpoint holds of it.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Position {
-    /// The model being trained (on the autodiff device).
-    pub model: ResNetV2,
-    /// Its optimizer.
-    pub optim: ModuleOptimizer,
     /// Optimizer steps done.
     pub step: usize,
     /// The next micro-batch of the training stream.
     pub next_batch: u64,
-    /// Micro-batches per step: the checkpoint's when resuming (if it recorded it), else
-    /// chosen before the loop starts.
-    pub batch_split: Option<usize>,
     /// The loss scale of f16 training: the checkpoint's when resuming.
     pub loss_scale: Option<LossScale>,
 }
 
-/// How a loop ended.
-pub(crate) struct Finished<E> {
-    /// Where it stopped.
-    pub at: Position,
-    /// The final evaluation.
-    pub eval: E,
-    /// Stopped on request before the end of the schedule.
-    pub interrupted: bool,
-}
-
-/// A run directory held by this process: its lock, its logs, the time spent in each phase.
-pub(crate) struct Run {
-    /// `{logdir}/{name}`.
-    pub dir: PathBuf,
-    /// `train.log`, `metrics.jsonl` and the progress bar.
-    pub log: RunLog,
+/// A run directory held by this process with the devices it trains on: opened, then its data
+/// loaded, its start found, and the loop run with [`fit`](Self::fit).
+///
+/// A run of a custom objective is the same four calls (see `examples/linear_probe.rs`):
+///
+/// ```no_run
+/// # use bit_train::{Objective, Run, RunSettings, TrainOptions, bit_optimizer};
+/// # fn go<O: Objective>(mut objective: O) -> bit_train::Result<()> {
+/// let settings = RunSettings::new("probe", "fashion_mnist", "/usr/share/datasets/fashion-mnist", "/tmp/runs");
+/// let mut run = Run::open(&settings, &TrainOptions::default(), &settings)?;
+/// let data = run.load_data(None)?;
+/// let classes = data.classes().len();
+/// let start = run.start(&data, bit_optimizer(), |device, _log| {
+///     Ok(bit_model::ResNetV2::from_npz_with_zero_head("tiny.npz", classes, device)?)
+/// })?;
+/// let schedule = bit_hyperrule::HyperRule::new((28, 28), data.train.len());
+/// let outcome = run.fit(start, &mut objective, data, &schedule, None)?;
+/// # Ok(()) }
+/// ```
+pub struct Run {
+    dir: PathBuf,
+    log: RunLog,
+    settings: RunSettings,
+    /// Until the loop places the model on them.
+    devices: Option<Devices>,
+    /// The run's last checkpoint, found when the run was opened.
+    saved: Option<Saved>,
+    stop: Arc<AtomicBool>,
     timings: Timings,
     images_seen: usize,
     train_secs: f64,
@@ -105,14 +128,33 @@ pub(crate) struct Run {
 }
 
 impl Run {
-    /// Takes the run directory (two processes on one would overwrite each other's checkpoints
-    /// and logs) and opens its logs.
-    pub fn open(dir: PathBuf, quiet: bool) -> Result<Self> {
+    /// Takes the run directory of `settings` (two processes on one would overwrite each other's
+    /// checkpoints and logs), opens its logs and writes `config` (the whole configuration of
+    /// the run) first, opens the devices and looks for the run's last checkpoint.
+    pub fn open(
+        settings: &RunSettings,
+        options: &TrainOptions,
+        config: &dyn Debug,
+    ) -> Result<Self> {
+        settings.validate()?;
+        let dir = settings.run_dir();
         let lock = checkpoint::lock(&dir)?;
-        let log = RunLog::open(&dir, quiet)?;
+        let mut log = RunLog::open(&dir, options.quiet)?;
+        log.info(&format!("{config:?}"));
+        let devices = settings.devices()?;
+        log.info(&format!(
+            "Going to train on {} device(s): {}",
+            devices.len(),
+            settings.device
+        ));
+        let saved = checkpoint::find(&dir)?;
         Ok(Self {
             dir,
             log,
+            settings: settings.clone(),
+            devices: Some(devices),
+            saved,
+            stop: options.stop.clone(),
             timings: Timings::default(),
             images_seen: 0,
             train_secs: 0.0,
@@ -120,188 +162,236 @@ impl Run {
         })
     }
 
-    /// Sets `at.batch_split` from `setting` (see [`BatchSplit`]): with `auto`, by probing
-    /// what micro-batches of `crop` px images cost `objective` on `parallel`'s devices.
-    /// Logs the choice.
-    pub fn choose_split<O: Objective>(
+    /// `{logdir}/{name}`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The run's logs, for what an objective or its set-up has to say.
+    pub fn log(&mut self) -> &mut RunLog {
+        &mut self.log
+    }
+
+    /// The device of the model, the optimizer and the evaluations.
+    pub fn main_device(&self) -> Device {
+        self.devices().main().clone()
+    }
+
+    /// Whether the run continues from a checkpoint of its own.
+    pub fn resumes(&self) -> bool {
+        self.saved.is_some()
+    }
+
+    /// The training and validation sets of the run's settings, with an optional few-shot draw
+    /// `(K, seed)` (see [`TrainingData`]).
+    pub fn load_data(&mut self, few_shot: Option<(usize, u64)>) -> Result<TrainingData> {
+        let (dataset, datadir) = self.settings.validate()?;
+        TrainingData::load(&self.settings, (dataset, &datadir), few_shot, &mut self.log)
+    }
+
+    /// Where the run starts: its last checkpoint (refusing one of other data or settings, or
+    /// with non-finite weights), its optimizer state loaded into `optim`; else `fresh`'s model
+    /// on the main device with `optim` as it is.
+    pub fn start(
         &mut self,
-        setting: BatchSplit,
-        batch: usize,
-        at: &mut Position,
-        (objective, parallel): (&mut O, &mut DataParallel),
+        data: &TrainingData,
+        optim: ModuleOptimizer,
+        fresh: impl FnOnce(&Device, &mut RunLog) -> Result<ResNetV2>,
+    ) -> Result<Start> {
+        let bookmark = Bookmark::of(&self.settings, &*data.train);
+        let main = self.main_device();
+        let start = match &self.saved {
+            Some(saved) => bookmark.resume(saved, optim, &main, &mut self.log)?,
+            None => Start {
+                model: fresh(&main, &mut self.log)?,
+                optim,
+                position: Position::default(),
+                batch_split: None,
+                bookmark,
+            },
+        };
+        if self.settings.save {
+            self.log.info(&format!(
+                "Model will be saved in '{}'",
+                self.dir.join("checkpoints").display()
+            ));
+        }
+        Ok(start)
+    }
+
+    /// Trains from `start` on `data` for `objective` at the learning rates of `schedule`,
+    /// the summed gradients clipped to global L2 norm `clip_global_norm` if given: places the
+    /// model on every device, chooses the split, runs the loop (evaluations and checkpoints
+    /// included), exports the model (`{run}/model.safetensors`, unless saving is off) and
+    /// reports the time.
+    ///
+    /// Burn reports a device that stops answering (a dead `bit serve` worker, a broken
+    /// connection) by panicking where a tensor is read; that becomes
+    /// [`TrainError::DeviceFailed`] here, with the checkpoints written before untouched.
+    pub fn fit<O: Objective>(
+        mut self,
+        start: Start,
+        objective: &mut O,
+        data: TrainingData,
+        schedule: &dyn Schedule,
+        clip_global_norm: Option<f32>,
+    ) -> Result<Outcome<O::Eval>> {
+        let precision = self.settings.precision;
+        let mut position = start.position;
+        if precision.needs_loss_scaling() {
+            position.loss_scale.get_or_insert_with(LossScale::default);
+        }
+        let devices = self.devices.take().expect("a run is fitted once");
+        let model = start.model.with_precision(precision);
+        let mut parallel = DataParallel::new(devices, model, start.optim);
+        let views = objective.preprocess();
+        let split = self.choose_split(
+            objective,
+            &mut parallel,
+            start.batch_split,
+            views.output_size(),
+        )?;
+        let loader = self.settings.loader(split);
+        let mut pass = Loop {
+            objective,
+            parallel,
+            batches: BatchStream::train(data.train, views, loader, position.next_batch)?,
+            eval: EvalData::new(data.valid, views.output_size(), loader),
+            schedule,
+            clip_global_norm,
+            split,
+            position,
+            bookmark: start.bookmark,
+        };
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drive(&mut pass)));
+        let (eval, interrupted) = outcome.unwrap_or_else(|panic| {
+            let reason = bit_data::panic_message(&*panic);
+            self.log.finish_progress();
+            let step = pass.position.step;
+            self.log
+                .warn(&format!("[step {step}]: device failure: {reason}"));
+            Err(TrainError::DeviceFailed { step, reason })
+        })?;
+        let steps = pass.position.step;
+        let exported = pass.objective.export();
+        let (_, model, _) = pass.parallel.into_parts();
+        if self.settings.save {
+            self.export(&model, exported.resolution, exported.classes.as_deref())?;
+        }
+        self.report();
+        Ok(Outcome {
+            steps,
+            eval,
+            interrupted,
+            run_dir: self.dir.clone(),
+            model: model.valid(),
+        })
+    }
+
+    /// The micro-batches per step of `setting` (see [`crate::BatchSplit`]): with `auto`, by
+    /// probing what micro-batches of `crop` px images cost `objective` on `parallel`'s
+    /// devices; a resumed run keeps its checkpoint's split `kept`. Logs the choice.
+    fn choose_split<O: Objective>(
+        &mut self,
+        objective: &mut O,
+        parallel: &mut DataParallel,
+        kept: Option<usize>,
         crop: usize,
     ) -> Result<usize> {
-        let sizes = (batch, parallel.len());
+        let sizes = (self.settings.batch, parallel.len());
         // Momentum (SGD) or two moments (Adam) per parameter on every device, made at the
         // first update.
-        let reserve = 2 * 4 * (at.model.num_params() * parallel.len()) as u64;
-        let on_host = parallel.on_host();
-        let (model, optim) = (&at.model, &at.optim);
-        // Replicas only if a probe runs: on remote devices (never probed) placing them would
-        // upload the whole model once more before `drive` places them for the run.
-        let mut placed = false;
+        let reserve = 2 * 4 * (parallel.model().num_params() * parallel.len()) as u64;
+        let on_host = parallel.devices().on_host();
         let probe = |images: usize| -> Result<()> {
-            if !placed {
-                parallel.replicate(model, optim);
-                placed = true;
-            }
             let batch = Batch {
                 images: vec![0.0; images * 3 * crop * crop],
                 labels: vec![0; images],
                 size: crop,
             };
             // A step number no run reaches, so no view of a real step is cached.
-            objective.backward(parallel, model, &batch, usize::MAX, 1.0)?;
-            drop(parallel.all_reduce(model));
+            objective.backward(parallel, &batch, usize::MAX, 1.0)?;
+            drop(parallel.all_reduce());
             Ok(())
         };
-        let (split, note) =
-            memory::resolve_split(setting, sizes, (at.batch_split, reserve), on_host, probe)?;
+        let setting = self.settings.batch_split;
+        let (split, note) = memory::resolve_split(setting, sizes, (kept, reserve), on_host, probe)?;
         self.log.info(&note);
-        at.batch_split = Some(split);
         Ok(split)
     }
 
-    /// Runs `objective` from `at` on the devices of `parallel` (which get their replicas of
-    /// `at` here) while `lr(step)` gives a learning rate (`total` steps in all), then evaluates
-    /// and checkpoints (with `bookmark`'s description of the data).
-    ///
-    /// Burn reports a device that stops answering (a dead `bit serve` worker, a broken
-    /// connection) by panicking where a tensor is read; that becomes
-    /// [`TrainError::DeviceFailed`] here, with the checkpoints written before untouched.
-    #[allow(clippy::too_many_arguments)]
-    pub fn drive<O: Objective>(
-        &mut self,
-        at: Position,
-        objective: &mut O,
-        parallel: &mut DataParallel,
-        batches: &mut BatchStream,
-        settings: &LoopSettings,
-        schedule: (&dyn Fn(usize) -> Option<f64>, usize),
-        bookmark: &Bookmark,
-        stop: &AtomicBool,
-    ) -> Result<Finished<O::Eval>> {
-        let step = std::sync::atomic::AtomicUsize::new(at.step);
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.drive_steps(
-                at, objective, parallel, batches, settings, schedule, bookmark, stop, &step,
-            )
-        }));
-        outcome.unwrap_or_else(|panic| {
-            let reason = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("a device thread panicked")
-                .to_string();
-            self.log.finish_progress();
-            let step = step.load(Ordering::SeqCst);
-            self.log
-                .warn(&format!("[step {step}]: device failure: {reason}"));
-            Err(TrainError::DeviceFailed { step, reason })
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn drive_steps<O: Objective>(
-        &mut self,
-        mut at: Position,
-        objective: &mut O,
-        parallel: &mut DataParallel,
-        batches: &mut BatchStream,
-        settings: &LoopSettings,
-        (lr, total): (&dyn Fn(usize) -> Option<f64>, usize),
-        bookmark: &Bookmark,
-        stop: &AtomicBool,
-        step: &std::sync::atomic::AtomicUsize,
-    ) -> Result<Finished<O::Eval>> {
-        at.model = at.model.with_precision(settings.precision);
-        if settings.precision.needs_loss_scaling() {
-            at.loss_scale.get_or_insert_with(LossScale::default);
-        }
-        parallel.replicate(&at.model, &at.optim);
+    /// Runs the loop to the end of the schedule or a stop request, then evaluates and
+    /// checkpoints: the final evaluation, and whether the run was stopped early.
+    fn drive<O: Objective>(&mut self, pass: &mut Loop<'_, O>) -> Result<(O::Eval, bool)> {
         self.log.info("Starting training!");
-        self.log.start_progress(at.step, total);
+        self.log
+            .start_progress(pass.position.step, pass.schedule.total_steps());
         let started = Instant::now();
         let mut interrupted = false;
-        while let Some(rate) = lr(at.step) {
-            if stop.load(Ordering::SeqCst) {
+        while let Some(rate) = pass.schedule.lr(pass.position.step) {
+            let step = pass.position.step;
+            if self.stop.load(Ordering::SeqCst) {
                 self.log
-                    .warn(&format!("Stop requested: finishing at step {}", at.step));
+                    .warn(&format!("Stop requested: finishing at step {step}"));
                 interrupted = true;
                 break;
             }
-            let grads =
-                self.step_gradients(&mut at, objective, parallel, batches, settings, rate)?;
-            let grads = match at.loss_scale.as_mut() {
-                None => Some(grads),
-                Some(scaler) => match scaler.unscale(&at.model, grads) {
-                    Scaled::Finite(grads) => Some(grads),
-                    Scaled::Overflow { scale } => {
-                        self.log.warn(&format!(
-                            "[step {}]: gradients overflowed at loss scale {scale}: update \
-                             skipped, scale now {}",
-                            at.step, scaler.scale
-                        ));
-                        None
-                    }
-                },
-            };
-            if let Some(grads) = grads {
-                let grads = match settings.clip_global_norm {
-                    Some(max) => clip_global_norm(&at.model, grads, max),
+            let grads = self.step_gradients(pass, rate)?;
+            if let Some(grads) = self.unscaled(pass, grads) {
+                let model = pass.parallel.model();
+                let grads = match pass.clip_global_norm {
+                    Some(max) => clip_global_norm(model, grads, max),
                     None => grads,
                 };
                 let start = Instant::now();
-                at.model = parallel.step(rate, at.model, &mut at.optim, grads);
+                pass.parallel.step(rate, grads);
                 self.timings.add("update", start);
             }
-            at.step += 1;
-            step.store(at.step, Ordering::SeqCst);
-            self.log.progress(at.step, String::new());
-            let due = settings
+            pass.position.step += 1;
+            let step = pass.position.step;
+            self.log.progress(step, String::new());
+            let due = self
+                .settings
                 .eval_every
-                .is_some_and(|n| at.step.is_multiple_of(n));
-            if due && lr(at.step).is_some() {
-                let eval = self.evaluate(objective, &at.model, &at.step.to_string());
-                self.checkpoint_unless_diverged::<O>(eval, &at, settings, bookmark)?;
+                .is_some_and(|n| step.is_multiple_of(n));
+            if due && pass.schedule.lr(step).is_some() {
+                let eval = self.evaluate(pass, &step.to_string());
+                self.checkpoint_unless_diverged(eval, pass)?;
             }
         }
         // Training time proper: evaluations inside the loop are not training.
         self.train_secs = started.elapsed().as_secs_f64() - self.timings.total("eval");
         self.log.finish_progress();
-        let eval = self.evaluate(objective, &at.model, "end");
-        let eval = self.checkpoint_unless_diverged::<O>(eval, &at, settings, bookmark)?;
-        Ok(Finished {
-            at,
-            eval,
-            interrupted,
-        })
+        let eval = self.evaluate(pass, "end");
+        let eval = self.checkpoint_unless_diverged(eval, pass)?;
+        Ok((eval, interrupted))
     }
 
     /// The summed gradients of one optimizer step's micro-batches (logged one by one) over
     /// every device, on the main device.
     fn step_gradients<O: Objective>(
         &mut self,
-        at: &mut Position,
-        objective: &mut O,
-        parallel: &mut DataParallel,
-        batches: &mut BatchStream,
-        settings: &LoopSettings,
+        pass: &mut Loop<'_, O>,
         rate: f64,
     ) -> Result<GradientsParams> {
-        let step = at.step;
-        let split = settings.batch_split;
+        let step = pass.position.step;
+        let split = pass.split;
         for micro in 1..=split {
             let start = Instant::now();
-            let batch = batches.next().ok_or(TrainError::StreamEnded { step })??;
-            at.next_batch += 1;
+            let batch = pass
+                .batches
+                .next()
+                .ok_or(TrainError::StreamEnded { step })??;
+            pass.position.next_batch += 1;
             self.images_seen += batch.len();
             self.timings.add("load", start);
             let start = Instant::now();
-            let loss_scale = at.loss_scale.map_or(1.0, |s| s.scale);
+            let loss_scale = pass.position.loss_scale.map_or(1.0, |s| s.scale);
             let scale = loss_scale / split as f32;
-            let loss = objective.backward(parallel, &at.model, &batch, step, scale)?;
+            let loss = pass
+                .objective
+                .backward(&mut pass.parallel, &batch, step, scale)?;
             self.timings.add("fprop+grads", start);
             if !loss.is_finite() {
                 self.log
@@ -321,19 +411,37 @@ impl Run {
             self.log.progress(step, format!("loss {loss:.4} lr {lr}"));
         }
         let start = Instant::now();
-        let grads = parallel.all_reduce(&at.model);
+        let grads = pass.parallel.all_reduce();
         self.timings.add("all-reduce", start);
         Ok(grads)
     }
 
-    fn evaluate<O: Objective>(
+    /// With f16 loss scaling, the gradients unscaled, or `None` (the update is skipped) when
+    /// they overflowed; without, `grads` as they are.
+    fn unscaled<O: Objective>(
         &mut self,
-        objective: &mut O,
-        model: &ResNetV2,
-        at: &str,
-    ) -> Result<O::Eval> {
+        pass: &mut Loop<'_, O>,
+        grads: GradientsParams,
+    ) -> Option<GradientsParams> {
+        let Some(scaler) = pass.position.loss_scale.as_mut() else {
+            return Some(grads);
+        };
+        match scaler.unscale(pass.parallel.model(), grads) {
+            Scaled::Finite(grads) => Some(grads),
+            Scaled::Overflow { scale } => {
+                self.log.warn(&format!(
+                    "[step {}]: gradients overflowed at loss scale {scale}: update skipped, \
+                     scale now {}",
+                    pass.position.step, scaler.scale
+                ));
+                None
+            }
+        }
+    }
+
+    fn evaluate<O: Objective>(&mut self, pass: &mut Loop<'_, O>, at: &str) -> Result<O::Eval> {
         let start = Instant::now();
-        let eval = objective.evaluate(model)?;
+        let eval = pass.objective.evaluate(pass.parallel.model(), &pass.eval)?;
         self.timings.add("eval", start);
         O::log_eval(&eval, at, &mut self.log);
         // The picture is a convenience: failing to draw it must not stop the run.
@@ -351,20 +459,20 @@ impl Run {
     fn checkpoint_unless_diverged<O: Objective>(
         &mut self,
         eval: Result<O::Eval>,
-        at: &Position,
-        settings: &LoopSettings,
-        bookmark: &Bookmark,
+        pass: &Loop<'_, O>,
     ) -> Result<O::Eval> {
-        let step = at.step;
+        let step = pass.position.step;
         let save = || -> Result<()> {
-            if !at.model.non_finite_parameters().is_empty() {
+            let model = pass.parallel.model();
+            if !model.non_finite_parameters().is_empty() {
                 return Err(TrainError::NonFiniteLoss {
                     step,
                     loss: f32::NAN,
                 });
             }
-            if settings.save {
-                checkpoint::save(&self.dir, &at.model, &at.optim, &bookmark.state(at))?;
+            if self.settings.save {
+                let state = pass.bookmark.state(&pass.position, model, pass.split);
+                checkpoint::save(&self.dir, model, pass.parallel.optimizer(), &state)?;
             }
             Ok(())
         };
@@ -389,7 +497,7 @@ impl Run {
 
     /// Writes the trained model to `{run}/model.safetensors` with its input resolution and
     /// class names, so `bit predict`/`bit eval` need nothing else.
-    pub fn export(
+    fn export(
         &mut self,
         model: &ResNetV2,
         crop: usize,
@@ -406,234 +514,29 @@ impl Run {
     }
 
     /// Logs the training throughput and the mean time of each phase.
-    pub fn report(&mut self) {
+    fn report(&mut self) {
         if self.images_seen > 0 {
             self.log.info(&format!("Throughput: {:.2} img/s over {} training images (loader, model and optimizer; evaluations excluded)", self.images_seen as f64 / self.train_secs, self.images_seen));
         }
         self.log
             .info(&format!("Timings:\n{}", self.timings.report()));
     }
-}
 
-/// What a checkpoint records of a run's data and settings besides its position, and what a
-/// resumed run must match.
-pub(crate) struct Bookmark {
-    /// Seed of shuffling, augmentation and mixup.
-    pub seed: u64,
-    /// Class names of the training set.
-    pub classes: Vec<String>,
-    /// Size of the training set.
-    pub train_examples: usize,
-    /// Global batch size.
-    pub batch: usize,
-}
-
-impl Bookmark {
-    /// The bookmark of a run with `settings` training on `train`.
-    pub fn of(settings: &crate::config::RunSettings, train: &dyn bit_data::ImageDataset) -> Self {
-        Self {
-            seed: settings.seed,
-            classes: train.classes().to_vec(),
-            train_examples: train.len(),
-            batch: settings.batch,
-        }
-    }
-
-    /// The checkpoint state of position `at`.
-    pub fn state(&self, at: &Position) -> TrainState {
-        TrainState {
-            step: at.step,
-            next_batch: at.next_batch,
-            seed: self.seed,
-            model: at.model.config(),
-            classes: self.classes.clone(),
-            train_examples: self.train_examples,
-            batch: self.batch,
-            batch_split: at.batch_split,
-            loss_scale: at.loss_scale,
-        }
-    }
-
-    /// Resumes `saved` (its optimizer state loaded into `optim`), refusing a checkpoint of
-    /// other data or settings, and non-finite weights.
-    pub fn resume(
-        &self,
-        saved: &checkpoint::Saved,
-        optim: ModuleOptimizer,
-        device: &Device,
-        log: &mut RunLog,
-    ) -> Result<Position> {
-        self.check(saved)?;
-        log.info(&format!(
-            "Found saved model to resume from at '{}'",
-            saved.dir.display()
-        ));
-        let model = saved.model(device)?;
-        if !model.non_finite_parameters().is_empty() {
-            let run = saved
-                .dir
-                .parent()
-                .and_then(Path::parent)
-                .unwrap_or(&saved.dir);
-            return Err(TrainError::NonFiniteCheckpoint {
-                path: saved.dir.clone(),
-                run: run.to_path_buf(),
-            });
-        }
-        let optim = saved.optimizer(optim)?;
-        log.info(&format!("Resumed at step {}", saved.state.step));
-        Ok(Position {
-            model,
-            optim,
-            step: saved.state.step,
-            next_batch: saved.state.next_batch,
-            batch_split: saved.state.batch_split,
-            loss_scale: saved.state.loss_scale,
-        })
-    }
-
-    /// Refuses to continue a saved run with different data or batch settings.
-    fn check(&self, saved: &checkpoint::Saved) -> Result<()> {
-        let s = &saved.state;
-        let detail = if s.classes != self.classes {
-            format!("classes {:?}, this one {:?}", s.classes, self.classes)
-        } else if s.train_examples != self.train_examples {
-            format!(
-                "{} training examples, this one {}",
-                s.train_examples, self.train_examples
-            )
-        } else if s.batch != self.batch || s.seed != self.seed {
-            format!(
-                "batch {} and seed {}, this one batch {} and seed {}",
-                s.batch, s.seed, self.batch, self.seed
-            )
-        } else {
-            return Ok(());
-        };
-        Err(TrainError::ResumeMismatch {
-            path: saved.dir.clone(),
-            detail,
-        })
+    fn devices(&self) -> &Devices {
+        self.devices.as_ref().expect("a run is fitted once")
     }
 }
 
-/// The augmented views of a run's training batches: images on the model's device, mixed with
-/// a partner from the same micro-batch when mixup is on (one λ per optimizer step, as the
-/// reference).
-pub(crate) struct Views {
-    mixup: Mixup,
-    current: Option<(usize, MixupStep)>,
-    device: Device,
-}
-
-impl Views {
-    /// Views on `device` (an autodiff device for training).
-    pub fn new(mixup: Mixup, device: Device) -> Self {
-        Self {
-            mixup,
-            current: None,
-            device,
-        }
-    }
-
-    /// The device the views are made on.
-    pub fn device(&self) -> Device {
-        self.device.clone()
-    }
-
-    /// The images of `batch` at optimizer step `step` and what they should be trained on.
-    pub fn of(&mut self, batch: &Batch, step: usize) -> (Tensor<4>, Targets) {
-        let (x, labels) = batch.to_tensors(&self.device);
-        if !self.mixup.enabled() {
-            return (
-                x,
-                Targets {
-                    labels,
-                    mixed: None,
-                },
-            );
-        }
-        if self.current.as_ref().is_none_or(|(s, _)| *s != step) {
-            self.current = Some((step, self.mixup.step(step as u64)));
-        }
-        let (_, mix) = self.current.as_mut().expect("set above");
-        let (x, partners) = mix.mix(x, labels.clone());
-        let mixed = Some((partners, mix.lambda));
-        (x, Targets { labels, mixed })
-    }
-}
-
-/// Multiplies every gradient of `model`'s parameters in `grads` by `factor`.
-pub(crate) fn scale_gradients(model: &ResNetV2, grads: &mut GradientsParams, factor: f32) {
-    struct Scale<'a>(&'a mut GradientsParams, f32);
-    impl ModuleVisitor for Scale<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.0.remove::<D>(param.id) {
-                self.0.register(param.id, g * self.1);
-            }
-        }
-    }
-    model.visit(&mut Scale(grads, factor));
-}
-
-/// Rescales `grads` so that their global L2 norm (over every parameter of `model`) is at most
-/// `max`, as `optax.clip_by_global_norm`.
-pub(crate) fn clip_global_norm(
-    model: &ResNetV2,
-    mut grads: GradientsParams,
-    max: f32,
-) -> GradientsParams {
-    struct SumSquares<'a>(&'a GradientsParams, Option<Tensor<1>>);
-    impl ModuleVisitor for SumSquares<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.0.get::<D>(param.id) {
-                let s = g.powi_scalar(2).sum();
-                self.1 = Some(match self.1.take() {
-                    Some(acc) => acc + s,
-                    None => s,
-                });
-            }
-        }
-    }
-    let mut sum = SumSquares(&grads, None);
-    model.visit(&mut sum);
-    let Some(total) = sum.1 else {
-        return grads;
-    };
-    let norm = bit_model::backend::host_values(total)[0].sqrt();
-    // A non-finite norm is left alone: the loss check reports the divergence.
-    if norm.is_finite() && norm > max {
-        scale_gradients(model, &mut grads, max / norm);
-    }
-    grads
-}
-
-/// Mean seconds per phase, like the reference's `chrono` report.
-#[derive(Default)]
-struct Timings(BTreeMap<&'static str, (f64, usize)>);
-
-impl Timings {
-    fn add(&mut self, name: &'static str, start: Instant) {
-        let entry = self.0.entry(name).or_default();
-        entry.0 += start.elapsed().as_secs_f64();
-        entry.1 += 1;
-    }
-
-    fn total(&self, name: &str) -> f64 {
-        self.0.get(name).map_or(0.0, |(t, _)| *t)
-    }
-
-    fn report(&self) -> String {
-        let mut means: Vec<(&str, f64)> = self
-            .0
-            .iter()
-            .map(|(k, (t, n))| (*k, t / *n as f64))
-            .collect();
-        means.sort_by(|a, b| b.1.total_cmp(&a.1));
-        means
-            .iter()
-            .map(|(k, t)| format!("{k}: {t:.5}s"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
+/// The loop's state: what it trains, on what, from where.
+struct Loop<'a, O: Objective> {
+    objective: &'a mut O,
+    parallel: DataParallel,
+    batches: BatchStream,
+    eval: EvalData,
+    schedule: &'a dyn Schedule,
+    clip_global_norm: Option<f32>,
+    /// Micro-batches per optimizer step; the training stream's batches are `batch / split`.
+    split: usize,
+    position: Position,
+    bookmark: Bookmark,
 }

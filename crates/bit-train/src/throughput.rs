@@ -15,7 +15,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 
 use crate::error::{Result, TrainError};
 use crate::memory::peak_resident_memory;
-use crate::{DataParallel, Targets, bit_optimizer};
+use crate::{DataParallel, Devices, Targets, bit_optimizer};
 
 /// What to time: a batch of square random images, iterations, warm-up.
 #[derive(Debug, Clone)]
@@ -109,11 +109,11 @@ pub fn measure_inference(work: &Workload, device: &Device) -> Measurement {
     Measurement::of(seconds, work.batch, device)
 }
 
-/// Times training steps over the devices of `parallel` (one device, or replicas).
+/// Times training steps over `devices` (one device, or replicas).
 ///
 /// ```
 /// use bit_model::{Precision, ResNetV2Config};
-/// use bit_train::DataParallel;
+/// use bit_train::Devices;
 /// use bit_train::throughput::{Workload, measure_training};
 /// use burn::tensor::Device;
 ///
@@ -126,15 +126,14 @@ pub fn measure_inference(work: &Workload, device: &Device) -> Measurement {
 ///     batch_split: 2,
 ///     precision: Precision::F32,
 /// };
-/// let parallel = DataParallel::new(vec![Device::flex()]).unwrap();
-/// let m = measure_training(&work, parallel);
+/// let devices = Devices::new(vec![Device::flex()]).unwrap();
+/// let m = measure_training(&work, devices);
 /// assert!(m.images_per_second > 0.0);
 /// ```
-pub fn measure_training(work: &Workload, mut parallel: DataParallel) -> Measurement {
-    let device = parallel.main().clone();
-    let mut model: ResNetV2 = work.model.init(&device).with_precision(work.precision);
-    let mut sgd = bit_optimizer();
-    parallel.replicate(&model, &sgd);
+pub fn measure_training(work: &Workload, devices: Devices) -> Measurement {
+    let device = devices.main().clone();
+    let model: ResNetV2 = work.model.init(&device).with_precision(work.precision);
+    let mut parallel = DataParallel::new(devices, model, bit_optimizer());
     let split = work.batch_split.max(1);
     let micro = work.batch / split;
     let mut seconds = Vec::new();
@@ -150,11 +149,11 @@ pub fn measure_training(work: &Workload, mut parallel: DataParallel) -> Measurem
                 mixed: None,
             };
             let x = x.clone().narrow(0, at, micro);
-            parallel.backward(&model, x, &targets, 1.0 / split as f32);
+            parallel.backward(x, &targets, 1.0 / split as f32);
         }
-        let grads = parallel.all_reduce(&model);
-        model = parallel.step(0.003, model, &mut sgd, grads);
-        for device in parallel.devices() {
+        let grads = parallel.all_reduce();
+        parallel.step(0.003, grads);
+        for device in parallel.devices().as_slice() {
             device.sync().expect("the device ran the step");
         }
         if i >= work.warmup {
@@ -259,11 +258,11 @@ impl Bench {
         let m = match self.mode {
             Mode::Infer => measure_inference(&work, &devices[0]),
             Mode::Train => {
-                let mut parallel = DataParallel::new(devices)?;
+                let mut devices = Devices::new(devices)?;
                 if self.grad_checkpointing {
-                    parallel = parallel.with_gradient_checkpointing();
+                    devices = devices.with_gradient_checkpointing();
                 }
-                measure_training(&work, parallel)
+                measure_training(&work, devices)
             }
         };
         let mib = |b: Option<u64>| b.map_or("n/a".to_string(), |b| format!("{} MiB", b >> 20));

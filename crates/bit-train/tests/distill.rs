@@ -64,7 +64,7 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
     assert_eq!((outcome.steps, outcome.interrupted), (8, false));
     assert_eq!(outcome.eval.examples, 32);
     assert!(outcome.eval.kl.is_finite() && outcome.eval.student_top.is_some());
-    assert_eq!(outcome.student.config().head_size, 10);
+    assert_eq!(outcome.model.config().head_size, 10);
 
     // Stop the second run once it has a checkpoint (wherever the loop then is), and resume.
     let resumed = config(&dir, "resumed");
@@ -96,7 +96,7 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
 
     // The same student, to the bit (in memory and as exported), and the same evaluation.
     assert!(
-        parameter_values(&second.student) == parameter_values(&outcome.student),
+        parameter_values(&second.model) == parameter_values(&outcome.model),
         "students differ"
     );
     let exported = |c: &DistillConfig| {
@@ -111,7 +111,7 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
         exported(&straight) == exported(&resumed),
         "exported students differ"
     );
-    assert!(exported(&straight) == parameter_values(&outcome.student));
+    assert!(exported(&straight) == parameter_values(&outcome.model));
     assert_eq!(second.eval, outcome.eval);
     // The metrics carry the agreement of every evaluation.
     let metrics = std::fs::read_to_string(straight.run_dir().join("metrics.jsonl")).unwrap();
@@ -180,10 +180,7 @@ fn a_student_with_another_head_is_refused_when_its_head_is_kept() {
     c.keep_student_head = false;
     c.steps = 1;
     c.run.eval_every = None;
-    assert_eq!(
-        distill(&c, &quiet()).unwrap().student.config().head_size,
-        10
-    );
+    assert_eq!(distill(&c, &quiet()).unwrap().model.config().head_size, 10);
     std::fs::remove_dir_all(&dir).ok();
 }
 

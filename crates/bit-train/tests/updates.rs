@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use bit_model::backend::devices_from_spec;
 use bit_model::{ResNetV2, ResNetV2Config};
 use bit_train::checkpoint::{self, TrainState};
-use bit_train::{DataParallel, Targets, bit_optimizer};
+use bit_train::{DataParallel, Devices, Targets, bit_optimizer};
 use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 
@@ -71,18 +71,17 @@ fn relative_gap(a: &[f32], b: &[f32], before: &[f32]) -> f32 {
 /// main model's weights after every step.
 fn train(devices: &str, split: usize, lambda: Option<f32>, steps: u64) -> Vec<f32> {
     train_on(
-        DataParallel::new(devices_from_spec(devices).unwrap()).unwrap(),
+        Devices::new(devices_from_spec(devices).unwrap()).unwrap(),
         split,
         lambda,
         steps,
     )
 }
 
-fn train_on(mut parallel: DataParallel, split: usize, lambda: Option<f32>, steps: u64) -> Vec<f32> {
-    let main = parallel.main().clone();
-    let mut model = ResNetV2::from_npz(tiny_weights(), &main).unwrap();
-    let mut sgd = bit_optimizer();
-    parallel.replicate(&model, &sgd);
+fn train_on(devices: Devices, split: usize, lambda: Option<f32>, steps: u64) -> Vec<f32> {
+    let main = devices.main().clone();
+    let model = ResNetV2::from_npz(tiny_weights(), &main).unwrap();
+    let mut parallel = DataParallel::new(devices, model, bit_optimizer());
     for s in 0..steps {
         let (x, y) = batch(&main, 8);
         let x = x * (1.0 + s as f32);
@@ -95,21 +94,21 @@ fn train_on(mut parallel: DataParallel, split: usize, lambda: Option<f32>, steps
                 mixed: lambda.map(|l| (partners.clone().narrow(0, at, micro), l)),
             };
             let x = x.clone().narrow(0, at, micro);
-            let loss = parallel.backward(&model, x, &targets, 1.0 / split as f32);
+            let loss = parallel.backward(x, &targets, 1.0 / split as f32);
             assert!(loss.is_finite());
         }
-        let grads = parallel.all_reduce(&model);
-        model = parallel.step(0.003, model, &mut sgd, grads);
+        let grads = parallel.all_reduce();
+        parallel.step(0.003, grads);
         for r in 1..parallel.len() {
             let replica = parallel.replica(r).expect("one replica per device");
             assert_eq!(
                 params(replica),
-                params(&model),
+                params(parallel.model()),
                 "replica {r} after step {s}"
             );
         }
     }
-    params(&model)
+    params(parallel.model())
 }
 
 fn before() -> Vec<f32> {
@@ -151,47 +150,44 @@ fn gradient_checkpointing_gives_the_same_update() {
     let before = before();
     let plain = train("cpu,cpu", 2, Some(0.3), 2);
     let devices = devices_from_spec("cpu,cpu").unwrap();
-    let parallel = DataParallel::new(devices)
-        .unwrap()
-        .with_gradient_checkpointing();
+    let devices = Devices::new(devices).unwrap().with_gradient_checkpointing();
     // The recomputed GroupNorm+ReLU outputs are the very values the forward made.
-    let recomputed = train_on(parallel, 2, Some(0.3), 2);
+    let recomputed = train_on(devices, 2, Some(0.3), 2);
     assert_same_update("gradient checkpointing", &recomputed, &plain, &before);
 }
 
+/// SGD steps `steps` from `model` and `optim` on one CPU: the model and optimizer after them.
 fn sgd_steps(
-    mut model: ResNetV2,
-    optim: &mut ModuleOptimizer,
-    parallel: &mut DataParallel,
+    model: ResNetV2,
+    optim: ModuleOptimizer,
     steps: std::ops::Range<u64>,
-) -> ResNetV2 {
-    parallel.replicate(&model, optim);
+) -> (ResNetV2, ModuleOptimizer) {
+    let devices = Devices::new(devices_from_spec("cpu").unwrap()).unwrap();
+    let main = devices.main().clone();
+    let mut parallel = DataParallel::new(devices, model, optim);
     for s in steps {
-        let main = parallel.main().clone();
         let (x, y) = batch(&main, 4);
         let x = x * (1.0 + s as f32);
         let targets = Targets {
             labels: y,
             mixed: None,
         };
-        parallel.backward(&model, x, &targets, 1.0);
-        let grads = parallel.all_reduce(&model);
-        model = parallel.step(0.003, model, optim, grads);
+        parallel.backward(x, &targets, 1.0);
+        let grads = parallel.all_reduce();
+        parallel.step(0.003, grads);
     }
-    model
+    let (_, model, optim) = parallel.into_parts();
+    (model, optim)
 }
 
 #[test]
 fn a_checkpoint_continues_training_exactly_momentum_included() {
-    let mut devices = DataParallel::new(devices_from_spec("cpu").unwrap()).unwrap();
-    let main = devices.main().clone();
+    let main = Device::flex().autodiff();
     let start = || ResNetV2::from_npz_with_zero_head(tiny_weights(), 10, &main).unwrap();
 
-    let mut optim = bit_optimizer();
-    let straight = params(&sgd_steps(start(), &mut optim, &mut devices, 0..3));
+    let straight = params(&sgd_steps(start(), bit_optimizer(), 0..3).0);
 
-    let mut optim = bit_optimizer();
-    let half = sgd_steps(start(), &mut optim, &mut devices, 0..1);
+    let (half, optim) = sgd_steps(start(), bit_optimizer(), 0..1);
     let run = bit_testkit::scratch_root("bit-train-ckpt");
     let state = TrainState {
         step: 1,
@@ -210,8 +206,8 @@ fn a_checkpoint_continues_training_exactly_momentum_included() {
     let saved = checkpoint::find(&run).unwrap().expect("checkpoint written");
     assert_eq!(saved.state, state);
     let resumed = saved.model(&main).unwrap();
-    let mut optim = saved.optimizer(bit_optimizer()).unwrap();
-    let resumed = params(&sgd_steps(resumed, &mut optim, &mut devices, 1..3));
+    let optim = saved.optimizer(bit_optimizer()).unwrap();
+    let resumed = params(&sgd_steps(resumed, optim, 1..3).0);
     assert_eq!(
         resumed, straight,
         "momentum buffers must survive the checkpoint"
@@ -219,12 +215,7 @@ fn a_checkpoint_continues_training_exactly_momentum_included() {
 
     // Without the optimizer state the trajectory differs: the test can tell.
     let saved = checkpoint::find(&run).unwrap().unwrap();
-    let amnesiac = params(&sgd_steps(
-        saved.model(&main).unwrap(),
-        &mut bit_optimizer(),
-        &mut devices,
-        1..3,
-    ));
+    let amnesiac = params(&sgd_steps(saved.model(&main).unwrap(), bit_optimizer(), 1..3).0);
     assert_ne!(amnesiac, straight);
     std::fs::remove_dir_all(&run).ok();
 }

@@ -1,0 +1,155 @@
+//! Fine-tuning as `bit_pytorch/train.py` does it, with the fixes the spec lists (checkpoints
+//! also without `--eval_every`, seeded few-shot draws, a flip with probability 0.5): the
+//! [`FineTune`] objective (cross-entropy on mixed labels) and BiT-HyperRule's schedule on a
+//! [`Run`].
+
+use std::path::Path;
+
+use bit_data::{Batch, ImageDataset, Mixup, Preprocess};
+use bit_hyperrule::HyperRule;
+use bit_infer::{EvalResult, evaluate};
+use bit_model::ResNetV2;
+use burn::module::Module;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{ModuleOptimizer, SgdConfig};
+use burn::tensor::Device;
+use serde_json::json;
+
+use crate::config::TrainConfig;
+use crate::error::Result;
+use crate::log::RunLog;
+use crate::objective::{EvalData, Export, Objective};
+use crate::parallel::DataParallel;
+use crate::run::{Outcome, Run, TrainOptions};
+use crate::views::Views;
+
+/// What a finished (or stopped) fine-tuning run produced.
+pub type TrainOutcome = Outcome<EvalResult>;
+
+/// The optimizer of the reference: `torch.optim.SGD(momentum=0.9)`, no dampening, no weight
+/// decay.
+pub fn bit_optimizer() -> ModuleOptimizer {
+    SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
+        ))
+        .init()
+}
+
+/// Fine-tunes a BiT checkpoint on a dataset with the BiT-HyperRule, resuming the run's last
+/// checkpoint if there is one.
+pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcome> {
+    config.validate()?;
+    let mut run = Run::open(&config.run, options, config)?;
+    // Fail fast on a missing checkpoint, before any dataset download: a saved run needs none,
+    // a new one needs its .npz.
+    let pretrained = match run.resumes() {
+        true => None,
+        false => Some(config.checkpoint_path()?),
+    };
+    let few_shot = config
+        .examples_per_class
+        .map(|k| (k, config.examples_per_class_seed));
+    let data = run.load_data(few_shot)?;
+    let rule = hyper_rule(config, &*data.train);
+    run.log().info(&rule.to_string());
+    let classes = data.classes().to_vec();
+    let start = run.start(&data, bit_optimizer(), |device, log| {
+        let path = pretrained.expect("a run without a checkpoint of its own has its .npz");
+        fresh(&path, classes.len(), device, log)
+    })?;
+    let mut objective = FineTune::new(rule.clone(), config.run.seed, run.main_device(), classes)?;
+    run.fit(start, &mut objective, data, &rule, None)
+}
+
+/// Fine-tuning's objective: cross-entropy on the (mixed) labels, over every device; evaluated
+/// by loss, top-1 and top-5 on the validation set.
+pub struct FineTune {
+    views: Views,
+    rule: HyperRule,
+    classes: Vec<String>,
+}
+
+impl FineTune {
+    /// Fine-tuning at `rule`'s resolution and mixup on the main device `device` (seeded by
+    /// `seed`), for a head over `classes`.
+    pub fn new(rule: HyperRule, seed: u64, device: Device, classes: Vec<String>) -> Result<Self> {
+        Ok(Self {
+            views: Views::new(Mixup::new(rule.mixup_alpha, seed)?, device),
+            rule,
+            classes,
+        })
+    }
+}
+
+impl Objective for FineTune {
+    type Eval = EvalResult;
+
+    fn preprocess(&self) -> Preprocess {
+        Preprocess::Train {
+            precrop: self.rule.precrop,
+            crop: self.rule.crop,
+        }
+    }
+
+    fn backward(
+        &mut self,
+        parallel: &mut DataParallel,
+        batch: &Batch,
+        step: usize,
+        scale: f32,
+    ) -> Result<f32> {
+        let (x, targets) = self.views.of(batch, step);
+        Ok(parallel.backward(x, &targets, scale))
+    }
+
+    fn evaluate(&mut self, model: &ResNetV2, valid: &EvalData) -> Result<EvalResult> {
+        let device = self.views.device().without_autodiff();
+        Ok(evaluate(&model.clone().valid(), valid.stream()?, &device)?)
+    }
+
+    fn eval_loss(eval: &EvalResult) -> f64 {
+        eval.loss
+    }
+
+    fn log_eval(result: &EvalResult, at: &str, log: &mut RunLog) {
+        log.info(&format!(
+            "Validation@{at} loss {:.5}, top1 {:.2}%, top5 {:.2}%",
+            result.loss,
+            100.0 * result.top1,
+            100.0 * result.top5
+        ));
+        log.metric(json!({"event": "eval", "step": at, "loss": result.loss, "top1": result.top1, "top5": result.top5, "examples": result.examples}));
+    }
+
+    fn export(&self) -> Export {
+        Export {
+            resolution: self.rule.crop,
+            classes: Some(self.classes.clone()),
+        }
+    }
+}
+
+/// The BiT-HyperRule for `train`, with the run's overrides.
+fn hyper_rule(config: &TrainConfig, train: &dyn ImageDataset) -> HyperRule {
+    let image_size = train.image_size().unwrap_or((224, 224));
+    let mut rule = HyperRule::new(image_size, train.len())
+        .with_batch(config.run.batch)
+        .with_base_lr(config.base_lr);
+    if let Some(steps) = config.steps {
+        rule = rule.with_total_steps(steps);
+    }
+    if let Some((precrop, crop)) = config.resolution {
+        (rule.precrop, rule.crop) = (precrop, crop);
+    }
+    rule
+}
+
+/// Step 0 of fine-tuning: the BiT checkpoint at `path` with a zero head of `classes` classes.
+fn fresh(path: &Path, classes: usize, device: &Device, log: &mut RunLog) -> Result<ResNetV2> {
+    log.info(&format!("Loading model from {}", path.display()));
+    log.info("Fine-tuning from BiT");
+    let model = ResNetV2::from_npz_with_zero_head(path, classes, device)?;
+    model.check_rgb(path)?;
+    Ok(model)
+}
