@@ -220,7 +220,7 @@ fn forward_with(g: &ConvGeometry, x: &[f32], kernel: Mat, out: &mut [f32], accum
         let dst = Dst::rows(&mut out[start * c_out..end * c_out], c_out);
         with_patches(g, x, start, end, |col| {
             let a = Mat::rows(col, patch);
-            unsafe { matmul(end - start, c_out, patch, dst, a, kernel, accumulate) };
+            matmul(end - start, c_out, patch, dst, a, kernel, accumulate);
         });
     });
 }
@@ -243,14 +243,14 @@ pub(crate) fn backward_weight(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> (Vec<f
             let col = Mat::rows(col, patch);
             let accumulate = start > 0;
             match layout {
-                KernelLayout::Ohwi => unsafe {
+                KernelLayout::Ohwi => {
                     let dst = Dst::rows(&mut dw, patch);
                     matmul(c_out, patch, rows, dst, grad.t(), col, accumulate)
-                },
-                KernelLayout::Hwio => unsafe {
+                }
+                KernelLayout::Hwio => {
                     let dst = Dst::rows(&mut dw, c_out);
                     matmul(patch, c_out, rows, dst, col.t(), grad, accumulate)
-                },
+                }
             }
         });
     });
@@ -266,7 +266,7 @@ pub(crate) fn backward_input(g: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut [
     if g.is_pointwise() {
         // dx[P, Cin] = dy[P, Cout] @ w.
         let (a, dst) = (Mat::rows(dy, c_out), Dst::rows(dx, patch));
-        unsafe { matmul(g.positions(), patch, c_out, dst, a, kernel, false) };
+        matmul(g.positions(), patch, c_out, dst, a, kernel, false);
     } else if g.stride == 1 && g.padding < g.kernel {
         let flipped = flip(g, w);
         forward_with(&g.transposed(), dy, Mat::rows(&flipped, g.c_in), dx, false);
@@ -277,7 +277,7 @@ pub(crate) fn backward_input(g: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut [
             with_scratch((end - start) * patch, |col| {
                 let a = Mat::rows(&dy[start * c_out..end * c_out], c_out);
                 let dst = Dst::rows(col, patch);
-                unsafe { matmul(end - start, patch, c_out, dst, a, kernel, false) };
+                matmul(end - start, patch, c_out, dst, a, kernel, false);
                 col2im_add(g, col, start, end, dx);
             });
         });

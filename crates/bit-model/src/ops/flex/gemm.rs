@@ -3,24 +3,21 @@
 
 use std::cell::RefCell;
 
-/// A read-only strided matrix: element `(i, j)` is at `ptr + i * rs + j * cs`.
+/// A read-only strided matrix over a borrowed slice: element `(i, j)` is `data[i * rs + j * cs]`.
+/// Its shape is the caller's to state; [`matmul`] checks that the slice holds it.
 #[derive(Clone, Copy)]
-pub(crate) struct Mat {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
+pub(crate) struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
 }
 
-// The kernels only read through a `Mat` while the slice it was made from is borrowed.
-unsafe impl Send for Mat {}
-unsafe impl Sync for Mat {}
-
-impl Mat {
+impl<'a> Mat<'a> {
     /// The row-major matrix whose rows start every `row_stride` elements of `data`.
-    pub(crate) fn rows(data: &[f32], row_stride: usize) -> Self {
+    pub(crate) fn rows(data: &'a [f32], row_stride: usize) -> Self {
         Self {
-            ptr: data.as_ptr(),
-            rs: row_stride as isize,
+            data,
+            rs: row_stride,
             cs: 1,
         }
     }
@@ -28,72 +25,91 @@ impl Mat {
     /// The transposed view (no copy).
     pub(crate) fn t(self) -> Self {
         Self {
-            ptr: self.ptr,
+            data: self.data,
             rs: self.cs,
             cs: self.rs,
         }
     }
-}
 
-/// The row-major destination of a product: rows `row_stride` elements apart.
-#[derive(Clone, Copy)]
-pub(crate) struct Dst {
-    pub ptr: *mut f32,
-    pub row_stride: usize,
-}
-
-impl Dst {
-    pub(crate) fn rows(data: &mut [f32], row_stride: usize) -> Self {
-        Self {
-            ptr: data.as_mut_ptr(),
-            row_stride,
-        }
+    /// Whether the slice holds every element of a `rows x cols` matrix of this view.
+    fn holds(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
     }
 }
 
-/// `dst[m, n] = a[m, k] @ b[k, n]`, or `dst += a @ b` when `accumulate`, on every rayon thread
-/// (the `gemm` crate splits the work and packs each operand once). Single-threaded: callers parallelise over independent blocks, which keeps
-/// both cores busy on every shape BiT has without nesting thread pools.
+/// The row-major destination of a product over a borrowed slice: rows `row_stride` elements
+/// apart.
+pub(crate) struct Dst<'a> {
+    data: &'a mut [f32],
+    row_stride: usize,
+}
+
+impl<'a> Dst<'a> {
+    /// Rows of `data` starting every `row_stride` elements.
+    pub(crate) fn rows(data: &'a mut [f32], row_stride: usize) -> Self {
+        Self { data, row_stride }
+    }
+}
+
+/// `dst[m, n] = a[m, k] @ b[k, n]`, or `dst += a @ b` when `accumulate`, on the threads of the
+/// current rayon pool (the `gemm` crate splits the work and packs each operand once). Callers
+/// go block by block, one product at a time, so thread pools are never nested.
 ///
-/// # Safety
-/// `dst` must be valid for writes of the `m x n` block and not aliased by `a` or `b`; `a` and `b`
-/// must be valid for reads of their `m x k` and `k x n` blocks.
-pub(crate) unsafe fn matmul(
+/// # Panics
+///
+/// If a view's slice is too short for its block, or `dst`'s rows (`n` wide) overlap.
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,
-    dst: Dst,
-    a: Mat,
-    b: Mat,
+    dst: Dst<'_>,
+    a: Mat<'_>,
+    b: Mat<'_>,
     accumulate: bool,
 ) {
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        n <= dst.row_stride && (m - 1) * dst.row_stride + n <= dst.data.len(),
+        "matmul: a {m}x{n} destination with rows {} apart in {} elements",
+        dst.row_stride,
+        dst.data.len()
+    );
     if k == 0 {
         if !accumulate {
-            for i in 0..m {
-                unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(i * dst.row_stride), n) }
-                    .fill(0.0);
+            for row in dst.data.chunks_mut(dst.row_stride).take(m) {
+                row[..n].fill(0.0);
             }
         }
         return;
     }
+    assert!(
+        a.holds(m, k) && b.holds(k, n),
+        "matmul: operands of {} and {} elements for a {m}x{k} @ {k}x{n} product",
+        a.data.len(),
+        b.data.len()
+    );
+    // SAFETY: `gemm` reads `a`'s m x k and `b`'s k x n elements at the given strides and
+    // writes `dst`'s m x n elements; the asserts above keep every one of those offsets inside
+    // its slice, and the borrows (`&mut` for `dst`, `&` for the operands, alive for this call)
+    // make the written memory distinct from the read memory. Strides fit `isize` because they
+    // index allocations, which never exceed `isize::MAX` bytes.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.ptr,
+            dst.data.as_mut_ptr(),
             1,
             dst.row_stride as isize,
             accumulate,
-            a.ptr,
-            a.cs,
-            a.rs,
-            b.ptr,
-            b.cs,
-            b.rs,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
             1.0,
             1.0,
             false,
