@@ -14,7 +14,8 @@
 
 use std::time::Duration;
 
-use bit_model::backend::{AdapterKind, GpuBackend, compiled_devices, gpu_adapters};
+use bit_device::compiled_devices;
+use bit_model::backend::{AdapterKind, GpuBackend, gpu_adapters};
 use bit_model::ops::{self, GroupNormOptions, PoolOptions, reference};
 use bit_model::{ResNetV2Config, StdConv2dConfig};
 use burn::nn::GroupNormConfig;

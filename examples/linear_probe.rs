@@ -140,7 +140,7 @@ fn probe(args: &Args, options: &TrainOptions) -> bit_train::Result<Outcome<EvalR
         let model = match args.model.as_str() {
             "tiny" => bit_model::ResNetV2Config::named("tiny", classes.len())?.init(device),
             name => {
-                let hub = bit_model::zoo::ModelHub::from_env()?
+                let hub = bit_zoo::ModelHub::from_env()?
                     .with_pretrained_dir(&args.run.bit_pretrained_dir);
                 hub.load(name, device)?
             }

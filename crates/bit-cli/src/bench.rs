@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use bit_device::device_from_name;
 use bit_model::ResNetV2;
-use bit_model::backend::device_from_name;
 use bit_train::throughput::Bench;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;

@@ -8,9 +8,9 @@ use bit_data::{
     DatasetName, FolderDataset, ImageDataset, ImageFiles, LoaderConfig, NonImagePolicy,
     load_train_valid,
 };
+use bit_device::device_from_name;
 use bit_infer::{Feed, InferenceModel, LoadOptions, Relabelled};
-use bit_model::backend::device_from_name;
-use bit_model::zoo::ModelHub;
+use bit_zoo::ModelHub;
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 
@@ -281,7 +281,7 @@ pub fn models(filter: &[String], urls: bool) -> CliResult {
     // Written with `?`, not println!, so a closed pipe (`bit models | head`) ends quietly.
     let mut out = std::io::stdout().lock();
     let hub = ModelHub::from_env()?;
-    let found = bit_model::zoo::search(&filter.join(" "));
+    let found = bit_zoo::search(&filter.join(" "));
     if found.is_empty() {
         return Err(format!("no released model matches `{}`", filter.join(" ")).into());
     }
@@ -292,8 +292,8 @@ pub fn models(filter: &[String], urls: bool) -> CliResult {
     )?;
     for m in &found {
         let derived = match m.provenance {
-            bit_model::zoo::Provenance::Release => "",
-            bit_model::zoo::Provenance::Derived => "*",
+            bit_zoo::Provenance::Release => "",
+            bit_zoo::Provenance::Derived => "*",
         };
         let cached = if hub.is_cached(m) { "yes" } else { "" };
         writeln!(
@@ -323,7 +323,7 @@ pub fn download(names: &[String]) -> CliResult {
     let mut out = std::io::stdout().lock();
     let hub = ModelHub::from_env()?;
     for name in names {
-        let entry = bit_model::zoo::find(name)?;
+        let entry = bit_zoo::find(name)?;
         let path = hub.fetch(&entry)?;
         writeln!(out, "{}: {}", entry.name, path.display())?;
         if let Some(labels) = entry.labels {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 
-use bit_model::backend::devices_from_spec;
+use bit_device::devices_from_spec;
 use burn::server::{
     IrohIdentity, IrohRelays, IrohTransport, RemoteServer, TokenAuthorizer, Transport,
     WebSocketTransport,

@@ -184,7 +184,7 @@ fn training_on_the_gpu_resumes_after_a_kill_and_matches_the_cpu() {
 fn unsupported_precisions_are_refused_with_the_reason() {
     let dir = ScratchDir::new("gpu-precision");
     let mut cases = vec![("cpu", "f16", "the CPU backend computes in f32")];
-    let gpu = bit_model::backend::device_from_name("wgpu").unwrap_or_else(|e| panic!("{e}"));
+    let gpu = bit_device::device_from_name("wgpu").unwrap_or_else(|e| panic!("{e}"));
     if !gpu.supports_dtype(burn::tensor::DType::BF16) {
         cases.push(("wgpu", "bf16", "no kernels for this type"));
     }

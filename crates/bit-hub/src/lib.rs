@@ -6,7 +6,9 @@
 //! size and MD5 and a format check (a full CRC read of an `.npz`: [`verify_npz`]), and only
 //! then renames the file into place. A transfer that stalls fails after an idle timeout
 //! ([`IDLE_TIMEOUT_ENV`], 60 s by default) and is resumed by the next attempt. A [`Cache`]
-//! (`$BIT_HOME`) keeps verified files and fetches a damaged one again.
+//! (`$BIT_HOME`) keeps verified files and fetches a damaged one again. All of that is the
+//! default feature `download`; without it the crate is [`write_atomically`] and
+//! [`progress_style`], which every crate of the project uses, and no HTTP client.
 //!
 //! ```no_run
 //! use bit_hub::{Cache, RemoteFile, verify_npz};
@@ -20,15 +22,23 @@
 #![warn(missing_docs)]
 
 mod atomic;
+#[cfg(feature = "download")]
 mod cache;
+#[cfg(feature = "download")]
 mod check;
+#[cfg(feature = "download")]
 mod download;
+#[cfg(feature = "download")]
 mod error;
 
 pub use atomic::write_atomically;
+#[cfg(feature = "download")]
 pub use cache::{BIT_HOME_ENV, Cache};
+#[cfg(feature = "download")]
 pub use check::{verify_lines, verify_npz};
+#[cfg(feature = "download")]
 pub use download::{IDLE_TIMEOUT_ENV, RemoteFile, md5_file};
+#[cfg(feature = "download")]
 pub use error::{FetchError, Result, TransferError};
 
 /// The look of every progress bar of the project (downloads, data passes, training steps):

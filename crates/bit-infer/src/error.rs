@@ -10,6 +10,10 @@ pub enum InferError {
     #[error(transparent)]
     Model(#[from] bit_model::Error),
 
+    /// A released model could not be found or fetched.
+    #[error(transparent)]
+    Zoo(#[from] bit_zoo::Error),
+
     /// The images or the dataset could not be read.
     #[error(transparent)]
     Data(#[from] bit_data::DataError),

@@ -1,7 +1,7 @@
 //! # bit-infer
 //!
 //! Running BiT models the way timm users expect: [`InferenceModel::load`] takes a released
-//! name (fetched and verified by the [`zoo`](bit_model::zoo)), an official `.npz` or a
+//! name (fetched and verified by [`bit_zoo`]), an official `.npz` or a
 //! fine-tuned `.safetensors`, with its resolution and class names (ImageNet-1k lemmas,
 //! ImageNet-21k WordNet ids, or the fine-tuning run's classes); then [`predict`] (top-k
 //! probabilities), [`embed`] (pooled pre-logits for linear probes and retrieval, saved as
@@ -13,7 +13,7 @@
 //! use std::sync::Arc;
 //! use bit_data::ImageFiles;
 //! use bit_infer::{InferenceModel, LoadOptions, predict};
-//! use bit_model::zoo::ModelHub;
+//! use bit_zoo::ModelHub;
 //! use burn::tensor::Device;
 //!
 //! let device = Device::default();

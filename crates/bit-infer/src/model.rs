@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use bit_model::zoo::{LabelSet, LoadedModel, ModelHub, PretrainedModel};
 use bit_model::{CLASSES_METADATA_KEY, Precision, RESOLUTION_METADATA_KEY, ResNetV2, run_metadata};
+use bit_zoo::{LabelSet, LoadedModel, ModelHub, PretrainedModel};
 use burn::tensor::Device;
 
 use crate::error::{InferError, Result};
@@ -54,7 +54,7 @@ impl InferenceModel {
     ///
     /// ```no_run
     /// use bit_infer::{InferenceModel, LoadOptions};
-    /// use bit_model::zoo::ModelHub;
+    /// use bit_zoo::ModelHub;
     /// use burn::tensor::Device;
     ///
     /// let hub = ModelHub::from_env()?;

@@ -11,9 +11,9 @@ use bit_infer::{
     Feed, InferError, InferenceModel, LoadOptions, Relabelled, embed, evaluate_dataset,
     map_classes, predict,
 };
-use bit_model::zoo::ModelHub;
 use bit_model::{NpzCheckpoint, ResNetV2};
 use bit_testkit::{HttpServer, assert_close, golden_file};
+use bit_zoo::ModelHub;
 use burn::tensor::{Device, Tensor, TensorData};
 
 const SIDE: u32 = 64;

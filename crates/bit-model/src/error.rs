@@ -122,35 +122,9 @@ pub enum Error {
     #[error("invalid ResNetV2 configuration: {0}")]
     InvalidConfig(String),
 
-    /// A name that is not one of BiT's released models.
-    #[error(
-        "unknown BiT model `{0}`: not a file and not a released model (`bit models` lists them, \
-         e.g. `BiT-M-R50x1`, `BiT-S-R101x3`, `vtab/BiT-M-R50x1-run0-dtd`, `distill/R50x1_224`)"
-    )]
-    UnknownModel(String),
-
     /// An architecture name that is neither `tiny` nor a BiT one.
     #[error("unknown architecture {0}")]
     UnknownArchitecture(String),
-
-    /// A device name that is not compiled into this build.
-    #[error("unknown or not compiled-in device `{name}`; available here: {available}")]
-    UnknownDevice {
-        /// The name asked for.
-        name: String,
-        /// The names this build understands.
-        available: String,
-    },
-
-    /// A GPU backend was named but the machine has no adapter for it (or fewer than the index
-    /// asks for).
-    #[error("no GPU adapter for `{name}`; found: {found}")]
-    NoGpuAdapter {
-        /// The name asked for (`wgpu`, `vulkan:1`, ...).
-        name: String,
-        /// The adapters this machine has, best first, with their index.
-        found: String,
-    },
 
     /// A device cannot compute in the precision asked for.
     #[error("cannot compute in {precision} on {device}: {reason}")]
@@ -161,26 +135,6 @@ pub enum Error {
         device: String,
         /// Why not.
         reason: String,
-    },
-
-    /// A device served by another process (`bit serve`, Burn Remote) could not be connected:
-    /// nothing listens there, it is not a Burn Remote server, it refused the token, or it has
-    /// no such device.
-    #[error("cannot connect the remote device `{name}`: {reason}")]
-    RemoteDevice {
-        /// The device as named (`ws://host:port/index`).
-        name: String,
-        /// Burn Remote's reason.
-        reason: String,
-    },
-
-    /// A released file could not be downloaded or is damaged.
-    #[error("cannot get {what}: {source}")]
-    Fetch {
-        /// The model or file, in words.
-        what: String,
-        /// What went wrong.
-        source: bit_hub::FetchError,
     },
 
     /// Writing a native checkpoint failed (disk full, permissions, ...); the previous file, if

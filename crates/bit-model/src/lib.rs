@@ -5,8 +5,9 @@
 //! `bit_pytorch/models.py`, with loading of the official `.npz` checkpoints (every released
 //! BiT-S, BiT-M, `-ILSVRC2012`, VTAB and distilled file) and a native safetensors format.
 //!
-//! Every released file has a name in the [`zoo`] (`BiT-M-R50x1`, `vtab/BiT-M-R50x1-run0-dtd`,
-//! `distill/R50x1_224`, ...); [`ResNetV2::pretrained`] downloads it once into a verified cache.
+//! Every released file has a name in the `bit-zoo` crate (`BiT-M-R50x1`,
+//! `vtab/BiT-M-R50x1-run0-dtd`, `distill/R50x1_224`, ...), which downloads it once into a
+//! verified cache; this crate reads files and never touches the network.
 //!
 //! The same code runs on every Burn backend compiled in; the [`Device`](burn::tensor::Device)
 //! chooses it at run time (see [`backend`]). On an autodiff device the model trains. The
@@ -36,7 +37,6 @@ pub mod ops;
 mod precision;
 mod resnet;
 mod std_conv;
-pub mod zoo;
 
 pub use bottleneck::{GN_EPS, GROUPS, PreActBottleneck, PreActBottleneckConfig};
 pub use error::{Error, Result};

@@ -111,7 +111,7 @@ impl FromStr for Architecture {
         Self::ALL
             .into_iter()
             .find(|a| a.to_string().eq_ignore_ascii_case(s))
-            .ok_or_else(|| Error::UnknownModel(s.to_string()))
+            .ok_or_else(|| Error::UnknownArchitecture(s.to_string()))
     }
 }
 
@@ -121,7 +121,7 @@ impl FromStr for Architecture {
 /// use bit_model::ResNetV2Config;
 ///
 /// // The upstream BiT-M-R50x1 and a small custom variant.
-/// let r50 = ResNetV2Config::from_model_name("BiT-M-R50x1").unwrap();
+/// let r50 = ResNetV2Config::named("R50x1", 21843).unwrap();
 /// assert_eq!((r50.block_units, r50.width_factor, r50.head_size), ([3, 4, 6, 3], 1, 21843));
 /// let tiny = ResNetV2Config::new([1, 1, 1, 1], 1, 10);
 /// assert_eq!(tiny.feature_dim(), 2048);
@@ -165,13 +165,6 @@ impl ResNetV2Config {
             Error::UnknownArchitecture(format!("`{arch}`: expected tiny or one of {known}"))
         })?;
         Ok(arch.config(head_size))
-    }
-
-    /// The configuration of a released model by name (any name of the
-    /// [`zoo`](crate::zoo)): `BiT-M-R50x1` (head 21843), `BiT-S-R101x3` (head 1000),
-    /// `BiT-M-R152x2-ILSVRC2012` (head 1000), `vtab/BiT-M-R50x1-run0-dtd` (head 47), ...
-    pub fn from_model_name(name: &str) -> Result<Self, Error> {
-        crate::zoo::find(name).map(|m| m.config())
     }
 
     /// Width of the pooled features, `2048 * width_factor`.

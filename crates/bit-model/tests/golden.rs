@@ -230,7 +230,7 @@ fn golden_checkpoints_infer_architecture_and_zero_head() {
     );
 }
 
-/// The same checks on the GPU backend (`bit_model::backend::device_from_name("wgpu")`: the best
+/// The same checks on the GPU backend (`--device wgpu`: the best
 /// adapter there is; in CI Mesa's software Vulkan driver lavapipe), which runs this crate's
 /// CubeCL kernels and Burn's GPU convolutions. The tolerances are the CPU's: the kernels sum in
 /// another order (a tree per cube instead of a sequential or SIMD loop), which moves float32
@@ -242,7 +242,11 @@ mod wgpu {
     use super::*;
 
     fn gpu() -> Device {
-        bit_model::backend::device_from_name("wgpu").unwrap_or_else(|e| panic!("{e}"))
+        bit_model::backend::gpu_adapters(bit_model::backend::GpuBackend::Wgpu)
+            .into_iter()
+            .next()
+            .expect("no wgpu adapter: install a GPU driver, or mesa-vulkan-drivers")
+            .device
     }
 
     #[test]

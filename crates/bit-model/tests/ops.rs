@@ -25,8 +25,12 @@ macro_rules! on_every_backend {
         #[cfg(feature = "wgpu")]
         mod wgpu {
             $(#[test] fn $check() {
-                let gpu = bit_model::backend::device_from_name("wgpu")
-                    .unwrap_or_else(|e| panic!("{e}"));
+                // The best adapter there is, as `--device wgpu` picks it.
+                let gpu = bit_model::backend::gpu_adapters(bit_model::backend::GpuBackend::Wgpu)
+                    .into_iter()
+                    .next()
+                    .expect("no wgpu adapter: install a GPU driver, or mesa-vulkan-drivers")
+                    .device;
                 super::$check(&gpu.autodiff());
             })*
         }

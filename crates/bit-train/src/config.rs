@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 
 use bit_data::{DatasetName, Preprocess};
+use bit_device::devices_from_spec;
 use bit_model::Precision;
-use bit_model::backend::devices_from_spec;
-use bit_model::zoo::{self, ModelHub};
+use bit_zoo::{self as zoo, ModelHub};
 use serde::{Deserialize, Serialize};
 
 use burn::optim::{AdamWConfig, ModuleOptimizer};
@@ -301,7 +301,7 @@ impl TrainConfig {
         let dir = &self.run.bit_pretrained_dir;
         match self.run.hub()?.locate(&self.model) {
             Ok((path, _)) => Ok(path),
-            Err(bit_model::Error::UnknownModel(_)) => Err(TrainError::MissingCheckpoint {
+            Err(bit_zoo::Error::UnknownModel(_)) => Err(TrainError::MissingCheckpoint {
                 path: dir.join(format!("{}.npz", self.model)),
                 model: self.model.clone(),
             }),

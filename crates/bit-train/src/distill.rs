@@ -16,8 +16,8 @@
 use bit_data::{Batch, BatchStream, DatasetName, Mixup, Preprocess};
 use bit_infer::{InferenceModel, LoadOptions, rank};
 use bit_model::backend::host_values;
-use bit_model::zoo::ModelHub;
 use bit_model::{Architecture, ResNetV2};
+use bit_zoo::ModelHub;
 use burn::module::Module;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};

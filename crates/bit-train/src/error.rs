@@ -25,12 +25,20 @@ pub enum TrainError {
         /// The `--bit_pretrained_dir` searched first.
         dir: PathBuf,
         /// Why the download failed.
-        source: Box<bit_model::Error>,
+        source: Box<bit_zoo::Error>,
     },
 
     /// The model or a checkpoint could not be loaded or saved.
     #[error(transparent)]
     Model(#[from] bit_model::Error),
+
+    /// A released model could not be found or fetched.
+    #[error(transparent)]
+    Zoo(#[from] bit_zoo::Error),
+
+    /// A device could not be named or connected.
+    #[error(transparent)]
+    Device(#[from] bit_device::Error),
 
     /// Evaluation failed.
     #[error(transparent)]

@@ -26,7 +26,7 @@ use crate::loss::ShardLoss;
 /// The devices a run trains on, main first, before a model is placed on them.
 ///
 /// ```
-/// use bit_model::backend::devices_from_spec;
+/// use bit_device::devices_from_spec;
 /// use bit_train::Devices;
 ///
 /// let devices = Devices::new(devices_from_spec("cpu,cpu").unwrap()).unwrap();
@@ -122,7 +122,7 @@ impl std::fmt::Debug for Devices {
 ///
 /// ```
 /// use bit_model::ResNetV2Config;
-/// use bit_model::backend::devices_from_spec;
+/// use bit_device::devices_from_spec;
 /// use bit_train::{DataParallel, Devices, Targets, bit_optimizer};
 /// use burn::tensor::{Distribution, Int, Tensor};
 ///

@@ -251,7 +251,7 @@ impl Bench {
             batch_split: self.batch_split,
             precision: self.precision,
         };
-        let devices = bit_model::backend::devices_from_spec(&self.device)?;
+        let devices = bit_device::devices_from_spec(&self.device)?;
         for device in &devices {
             self.precision.check(device)?;
         }

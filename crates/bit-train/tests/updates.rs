@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use bit_model::backend::devices_from_spec;
+use bit_device::devices_from_spec;
 use bit_model::{ResNetV2, ResNetV2Config};
 use bit_train::checkpoint::{self, TrainState};
 use bit_train::{DataParallel, Devices, Targets, bit_optimizer};

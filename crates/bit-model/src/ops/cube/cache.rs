@@ -129,7 +129,11 @@ mod tests {
     /// One entry per live weight version: reused while the weights live, gone with them.
     #[test]
     fn an_entry_lives_exactly_as_long_as_its_weights() {
-        let device = crate::backend::device_from_name("wgpu").unwrap_or_else(|e| panic!("{e}"));
+        let device = crate::backend::gpu_adapters(crate::backend::GpuBackend::Wgpu)
+            .into_iter()
+            .next()
+            .expect("no wgpu adapter: install a GPU driver, or mesa-vulkan-drivers")
+            .device;
         let options = StdConvOptions {
             stride: 1,
             padding: 1,

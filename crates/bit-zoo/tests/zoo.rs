@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use bit_hub::Cache;
-use bit_model::zoo::{self, BIT_MODELS_URL, Family, LabelSet, ModelHub, Provenance};
-use bit_model::{Architecture, Error, ResNetV2};
+use bit_model::{Architecture, ResNetV2};
 use bit_testkit::{HttpServer, assert_close, golden_array, golden_file};
+use bit_zoo::{self as zoo, BIT_MODELS_URL, Error, Family, LabelSet, ModelHub, Provenance};
 use burn::tensor::{Device, Tensor, TensorData};
 
 fn scratch(name: &str) -> PathBuf {

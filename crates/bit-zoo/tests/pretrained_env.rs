@@ -4,8 +4,8 @@
 
 use bit_hub::BIT_HOME_ENV;
 use bit_model::ResNetV2;
-use bit_model::zoo::{BIT_MODELS_URL_ENV, ModelHub};
 use bit_testkit::{HttpServer, assert_close, golden_array};
+use bit_zoo::{BIT_MODELS_URL_ENV, ModelHub, Pretrained};
 use burn::tensor::{Device, Tensor, TensorData};
 
 #[test]

@@ -7,18 +7,18 @@ use std::path::{Path, PathBuf};
 use bit_hub::{Cache, RemoteFile, verify_lines, verify_npz};
 use burn::tensor::Device;
 
-use super::catalog::{BIT_MODELS_URL, BIT_MODELS_URL_ENV, LabelSet, PretrainedModel, find};
+use bit_model::{NpzCheckpoint, ResNetV2};
+
+use crate::catalog::{BIT_MODELS_URL, BIT_MODELS_URL_ENV, LabelSet, PretrainedModel, find};
 use crate::error::{Error, Result};
-use crate::npz::NpzCheckpoint;
-use crate::resnet::ResNetV2;
 
 /// A model as [`ModelHub::load_with_metadata`] found it.
 #[derive(Debug, Clone)]
 pub struct LoadedModel {
     /// The network, with the head stored in the file.
     pub model: ResNetV2,
-    /// The file's metadata (see [`RESOLUTION_METADATA_KEY`](crate::RESOLUTION_METADATA_KEY)
-    /// and [`CLASSES_METADATA_KEY`](crate::CLASSES_METADATA_KEY)); empty for an `.npz`.
+    /// The file's metadata (see [`RESOLUTION_METADATA_KEY`](bit_model::RESOLUTION_METADATA_KEY)
+    /// and [`CLASSES_METADATA_KEY`](bit_model::CLASSES_METADATA_KEY)); empty for an `.npz`.
     pub metadata: HashMap<String, String>,
     /// The file.
     pub path: PathBuf,
@@ -32,13 +32,13 @@ pub struct LoadedModel {
 /// Every command resolves `--model` through [`locate`](Self::locate), in one documented order.
 ///
 /// ```no_run
-/// use bit_model::zoo::ModelHub;
+/// use bit_zoo::ModelHub;
 /// use burn::tensor::Device;
 ///
 /// let hub = ModelHub::from_env()?; // $BIT_HOME and $BIT_MODELS_URL, else the defaults
-/// let path = hub.fetch(&bit_model::zoo::find("BiT-S-R50x1")?)?;
+/// let path = hub.fetch(&bit_zoo::find("BiT-S-R50x1")?)?;
 /// let model = hub.load("BiT-S-R50x1", &Device::default())?;
-/// # Ok::<(), bit_model::Error>(())
+/// # Ok::<(), bit_zoo::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelHub {
@@ -177,7 +177,7 @@ impl ModelHub {
     ) -> Result<ResNetV2> {
         let cached = entry.filter(|e| self.path(e) == path);
         match (self.read_npz(path, entry, device), cached) {
-            (Err(Error::Corrupt { reason, .. }), Some(entry)) => {
+            (Err(Error::Model(bit_model::Error::Corrupt { reason, .. })), Some(entry)) => {
                 tracing::warn!("{}: {reason}; downloading it again", path.display());
                 self.cache
                     .invalidate(&Self::relative(entry))
@@ -210,7 +210,7 @@ impl ModelHub {
                 entry.name
             );
         }
-        ckpt.load(device)
+        Ok(ckpt.load(device)?)
     }
 
     /// The class names of `labels`, one per head output: the lemma line for ILSVRC-2012,
@@ -228,7 +228,7 @@ impl ModelHub {
                     what: format!("the label file {file}"),
                     source,
                 })?;
-            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            let text = std::fs::read_to_string(&path).map_err(|source| bit_model::Error::Io {
                 path: path.clone(),
                 source,
             })?;
@@ -251,20 +251,26 @@ impl ModelHub {
     }
 }
 
-impl ResNetV2 {
-    /// A released BiT model by name (see [`zoo`](crate::zoo)), downloaded once into
-    /// `$BIT_HOME` and verified, with its own head: 21843 classes for BiT-M, 1000 for BiT-S.
+/// Released models by name on [`ResNetV2`] itself: `ResNetV2::pretrained("BiT-M-R50x1", &device)`.
+pub trait Pretrained: Sized {
+    /// A released BiT model by name (see the [crate] docs), downloaded once into `$BIT_HOME`
+    /// and verified, with its own head: 21843 classes for BiT-M, 1000 for BiT-S.
     ///
     /// ```no_run
     /// use bit_model::ResNetV2;
+    /// use bit_zoo::Pretrained;
     /// use burn::tensor::Device;
     ///
     /// let model = ResNetV2::pretrained("BiT-M-R50x1", &Device::default())?;
     /// // For fine-tuning, swap the head for a zero-initialised one:
     /// let model = model.with_zero_head(10);
-    /// # Ok::<(), bit_model::Error>(())
+    /// # Ok::<(), bit_zoo::Error>(())
     /// ```
-    pub fn pretrained(name: &str, device: &Device) -> Result<Self> {
+    fn pretrained(name: &str, device: &Device) -> Result<Self>;
+}
+
+impl Pretrained for ResNetV2 {
+    fn pretrained(name: &str, device: &Device) -> Result<Self> {
         let hub = ModelHub::from_env()?;
         let entry = find(name)?;
         let path = hub.fetch(&entry)?;

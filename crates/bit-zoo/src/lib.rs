@@ -1,5 +1,21 @@
+//! # bit-zoo
+//!
 //! The model zoo: every file of the BiT release by name, with its URL, head and input
-//! resolution, fetched once into a verified cache.
+//! resolution, fetched once into a verified cache (bit-hub) and loaded as a
+//! [`bit_model::ResNetV2`]. Kept apart from bit-model so that the network does not bring an
+//! HTTP client along.
+//!
+//! ```no_run
+//! use bit_model::ResNetV2;
+//! use bit_zoo::{ModelHub, Pretrained};
+//! use burn::tensor::Device;
+//!
+//! let device = Device::default();
+//! let model = ResNetV2::pretrained("BiT-M-R50x1", &device)?; // $BIT_HOME's verified copy
+//! let hub = ModelHub::from_env()?.with_pretrained_dir("/models");
+//! let tuned = hub.load("/runs/pets/model.safetensors", &device)?; // files load too
+//! # Ok::<(), bit_zoo::Error>(())
+//! ```
 //!
 //! | family | names | head | resolution |
 //! |---|---|---|---|
@@ -19,11 +35,15 @@
 //! are [`Provenance::Derived`]. Loading never trusts the table for shapes: the architecture and
 //! head are read from the file itself.
 
+#![warn(missing_docs)]
+
 mod catalog;
+mod error;
 mod hub;
 
 pub use catalog::{
     BIT_MODELS_URL, BIT_MODELS_URL_ENV, Family, LabelSet, PretrainedModel, Provenance, catalog,
     find, search,
 };
-pub use hub::{LoadedModel, ModelHub};
+pub use error::{Error, Result};
+pub use hub::{LoadedModel, ModelHub, Pretrained};

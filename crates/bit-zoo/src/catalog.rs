@@ -3,8 +3,9 @@
 
 use std::fmt;
 
+use bit_model::{Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, ResNetV2Config};
+
 use crate::error::{Error, Result};
-use crate::resnet::{Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, ResNetV2Config};
 
 /// The official bucket of the BiT release.
 pub const BIT_MODELS_URL: &str = "https://storage.googleapis.com/bit_models";
@@ -79,7 +80,7 @@ impl LabelSet {
     /// The label set of a head of this size, if it is an ImageNet head.
     ///
     /// ```
-    /// use bit_model::zoo::LabelSet;
+    /// use bit_zoo::LabelSet;
     ///
     /// assert_eq!(LabelSet::for_head_size(21843), Some(LabelSet::Imagenet21k));
     /// assert_eq!(LabelSet::for_head_size(1000).map(LabelSet::files), Some(&["ilsvrc2012_wordnet_lemmas.txt"][..]));
@@ -121,15 +122,15 @@ impl LabelSet {
 /// A released BiT checkpoint.
 ///
 /// ```
-/// use bit_model::zoo::{self, Family};
+/// use bit_zoo::Family;
 ///
-/// let m = zoo::find("BiT-M-R50x1")?;
+/// let m = bit_zoo::find("BiT-M-R50x1")?;
 /// assert_eq!((m.family, m.head_size, m.resolution), (Family::BitM, 21843, 224));
 /// assert_eq!(m.url("https://storage.googleapis.com/bit_models"),
 ///            "https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz");
-/// let v = zoo::find("vtab/BiT-M-R101x3-run2-dtd")?;
+/// let v = bit_zoo::find("vtab/BiT-M-R101x3-run2-dtd")?;
 /// assert_eq!((v.head_size, v.resolution), (47, 480));
-/// # Ok::<(), bit_model::Error>(())
+/// # Ok::<(), bit_zoo::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PretrainedModel {
@@ -213,7 +214,7 @@ const DATASET_TEACHERS: [(&str, usize, &str); 4] = [
 /// students, 6 teachers and the colab's CIFAR-10 model.
 ///
 /// ```
-/// let all = bit_model::zoo::catalog();
+/// let all = bit_zoo::catalog();
 /// assert_eq!(all.len(), 6 + 6 + 6 + 285 + 2 + 6 + 1);
 /// ```
 pub fn catalog() -> Vec<PretrainedModel> {
@@ -382,10 +383,10 @@ fn canonical(name: &str) -> &str {
 /// `gs://bit_models/` or `https://…/bit_models/` prefix are accepted).
 ///
 /// ```
-/// let m = bit_model::zoo::find("gs://bit_models/distill/r50x1_160.npz")?;
+/// let m = bit_zoo::find("gs://bit_models/distill/r50x1_160.npz")?;
 /// assert_eq!((m.name.as_str(), m.resolution), ("distill/R50x1_160", 160));
-/// assert!(bit_model::zoo::find("BiT-L-R50x1").is_err());
-/// # Ok::<(), bit_model::Error>(())
+/// assert!(bit_zoo::find("BiT-L-R50x1").is_err());
+/// # Ok::<(), bit_zoo::Error>(())
 /// ```
 pub fn find(name: &str) -> Result<PretrainedModel> {
     let wanted = canonical(name);
@@ -399,7 +400,7 @@ pub fn find(name: &str) -> Result<PretrainedModel> {
 /// `filter` (case-insensitive); all of them for an empty filter.
 ///
 /// ```
-/// let dtd = bit_model::zoo::search("vtab R50x1 dtd");
+/// let dtd = bit_zoo::search("vtab R50x1 dtd");
 /// assert_eq!(dtd.len(), 3); // runs 0, 1, 2
 /// ```
 pub fn search(filter: &str) -> Vec<PretrainedModel> {
