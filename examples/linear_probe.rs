@@ -11,13 +11,13 @@
 //! On Debian's Fashion-MNIST by default (`apt-get install dataset-fashion-mnist`); `--model` is
 //! a released name, a `.npz` or a `.safetensors` of `bit train`, or `tiny` for random weights.
 
-use bit_data::{Batch, Mixup, Preprocess};
+use bit_data::{Batch, Preprocess};
+use bit_hyperrule::HyperRule;
 use bit_model::ResNetV2;
 use bit_train::{
-    DataParallel, EvalData, EvalResult, Export, Objective, Outcome, Run, RunLog, RunSettings,
-    Schedule, ShardLoss, Targets, TrainOptions, Views, bit_optimizer, evaluate,
+    DataParallel, EvalData, EvalResult, Export, FineTune, Objective, Outcome, Run, RunLog,
+    RunSettings, Schedule, ShardLoss, Targets, TrainOptions, bit_optimizer,
 };
-use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use clap::Parser;
 
@@ -44,12 +44,12 @@ struct Args {
     resolution: usize,
 }
 
-/// The probe's objective: cross-entropy of the head on detached features, so that the body
-/// never gets a gradient (and SGD, which updates only what has one, leaves it as it is).
+/// The probe: fine-tuning's views, evaluation and export, with the loss taken through the head
+/// alone on detached features, so that the body never gets a gradient (and SGD, which updates
+/// only what has one, leaves it as it is).
 struct LinearProbe {
-    views: Views,
+    fine_tune: FineTune,
     crop: usize,
-    classes: Vec<String>,
 }
 
 /// The labels of a micro-batch, scored through the head alone.
@@ -83,33 +83,24 @@ impl Objective for LinearProbe {
         step: usize,
         scale: f32,
     ) -> bit_train::Result<f32> {
-        let (images, targets) = self.views.of(batch, step);
+        let (images, targets) = self.fine_tune.view(batch, step);
         Ok(parallel.backward(images, &ProbeTargets(targets), scale))
     }
 
     fn evaluate(&mut self, model: &ResNetV2, valid: &EvalData) -> bit_train::Result<EvalResult> {
-        let device = self.views.device().without_autodiff();
-        Ok(evaluate(&model.clone().valid(), valid.stream()?, &device)?)
+        self.fine_tune.evaluate(model, valid)
     }
 
     fn eval_loss(eval: &EvalResult) -> f64 {
-        eval.loss
+        FineTune::eval_loss(eval)
     }
 
     fn log_eval(eval: &EvalResult, at: &str, log: &mut RunLog) {
-        log.info(&format!(
-            "Probe@{at}: loss {:.5}, top1 {:.2}%",
-            eval.loss,
-            100.0 * eval.top1
-        ));
-        log.metric(serde_json::json!({"event": "eval", "step": at, "loss": eval.loss, "top1": eval.top1, "top5": eval.top5, "examples": eval.examples}));
+        FineTune::log_eval(eval, at, log)
     }
 
     fn export(&self) -> Export {
-        Export {
-            resolution: self.crop,
-            classes: Some(self.classes.clone()),
-        }
+        self.fine_tune.export()
     }
 }
 
@@ -147,11 +138,13 @@ fn probe(args: &Args, options: &TrainOptions) -> bit_train::Result<Outcome<EvalR
         };
         Ok(model.with_zero_head(classes.len()))
     })?;
+    // The rule only sets the side; no mixup: a probe fits the features of the images
+    // themselves. The schedule is the probe's own.
+    let mut rule = HyperRule::new((args.resolution, args.resolution), data.train.len());
+    (rule.crop, rule.mixup_alpha) = (args.resolution, 0.0);
     let mut objective = LinearProbe {
-        // No mixup: a probe fits the features of the images themselves.
-        views: Views::new(Mixup::new(0.0, args.run.seed)?, run.main_device()),
+        fine_tune: FineTune::new(rule, args.run.seed, run.main_device(), classes)?,
         crop: args.resolution,
-        classes,
     };
     let schedule = Constant {
         lr: args.lr,

@@ -51,6 +51,19 @@ impl GpuBackend {
             _ => None,
         }
     }
+
+    /// The device of the best adapter this backend reaches (the first of [`gpu_adapters`]:
+    /// what `--device wgpu` picks), if the machine has one.
+    ///
+    /// ```
+    /// use bit_model::backend::{GpuBackend, gpu_adapters};
+    ///
+    /// let best = GpuBackend::Wgpu.best_device();
+    /// assert_eq!(best.is_some(), !gpu_adapters(GpuBackend::Wgpu).is_empty());
+    /// ```
+    pub fn best_device(self) -> Option<Device> {
+        gpu_adapters(self).into_iter().next().map(|a| a.device)
+    }
 }
 
 /// Which kind of adapter a device is, best first.

@@ -242,11 +242,9 @@ mod wgpu {
     use super::*;
 
     fn gpu() -> Device {
-        bit_model::backend::gpu_adapters(bit_model::backend::GpuBackend::Wgpu)
-            .into_iter()
-            .next()
+        bit_model::backend::GpuBackend::Wgpu
+            .best_device()
             .expect("no wgpu adapter: install a GPU driver, or mesa-vulkan-drivers")
-            .device
     }
 
     #[test]

@@ -26,11 +26,9 @@ macro_rules! on_every_backend {
         mod wgpu {
             $(#[test] fn $check() {
                 // The best adapter there is, as `--device wgpu` picks it.
-                let gpu = bit_model::backend::gpu_adapters(bit_model::backend::GpuBackend::Wgpu)
-                    .into_iter()
-                    .next()
-                    .expect("no wgpu adapter: install a GPU driver, or mesa-vulkan-drivers")
-                    .device;
+                let gpu = bit_model::backend::GpuBackend::Wgpu
+                    .best_device()
+                    .expect("no wgpu adapter: install a GPU driver, or mesa-vulkan-drivers");
                 super::$check(&gpu.autodiff());
             })*
         }

@@ -12,12 +12,13 @@ use bit_model::ResNetV2;
 use burn::module::Module;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{ModuleOptimizer, SgdConfig};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use serde_json::json;
 
 use crate::config::TrainConfig;
 use crate::error::Result;
 use crate::log::RunLog;
+use crate::loss::Targets;
 use crate::objective::{EvalData, Export, Objective};
 use crate::parallel::DataParallel;
 use crate::run::{Outcome, Run, TrainOptions};
@@ -43,9 +44,10 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
     let mut run = Run::open(&config.run, options, config)?;
     // Fail fast on a missing checkpoint, before any dataset download: a saved run needs none,
     // a new one needs its .npz.
-    let pretrained = match run.resumes() {
-        true => None,
-        false => Some(config.checkpoint_path()?),
+    let pretrained = if run.resumes() {
+        None
+    } else {
+        Some(config.checkpoint_path()?)
     };
     let few_shot = config
         .examples_per_class
@@ -73,12 +75,34 @@ pub struct FineTune {
 impl FineTune {
     /// Fine-tuning at `rule`'s resolution and mixup on the main device `device` (seeded by
     /// `seed`), for a head over `classes`.
+    ///
+    /// ```
+    /// use bit_data::{Batch, Preprocess};
+    /// use bit_hyperrule::HyperRule;
+    /// use bit_train::{FineTune, Objective};
+    /// use burn::tensor::Device;
+    ///
+    /// let rule = HyperRule::new((32, 32), 1000); // 128 px crops of 160 px images, no mixup
+    /// let mut objective = FineTune::new(rule, 0, Device::flex().autodiff(), vec!["a".into(), "b".into()])?;
+    /// assert_eq!(objective.preprocess(), Preprocess::Train { precrop: 160, crop: 128 });
+    /// let batch = Batch { images: vec![0.0; 2 * 3 * 128 * 128], labels: vec![0, 1], size: 128 };
+    /// let (images, targets) = objective.view(&batch, 0);
+    /// assert_eq!((images.dims(), targets.mixed.is_none()), ([2, 3, 128, 128], true));
+    /// # Ok::<(), bit_train::TrainError>(())
+    /// ```
     pub fn new(rule: HyperRule, seed: u64, device: Device, classes: Vec<String>) -> Result<Self> {
         Ok(Self {
             views: Views::new(Mixup::new(rule.mixup_alpha, seed)?, device),
             rule,
             classes,
         })
+    }
+
+    /// The images of micro-batch `batch` at optimizer step `step` on the main device, mixed
+    /// if the rule mixes, and the labels they are trained on: what [`Objective::backward`]
+    /// differentiates, for objectives that score the same views another way.
+    pub fn view(&mut self, batch: &Batch, step: usize) -> (Tensor<4>, Targets) {
+        self.views.of(batch, step)
     }
 }
 
@@ -99,7 +123,7 @@ impl Objective for FineTune {
         step: usize,
         scale: f32,
     ) -> Result<f32> {
-        let (x, targets) = self.views.of(batch, step);
+        let (x, targets) = self.view(batch, step);
         Ok(parallel.backward(x, &targets, scale))
     }
 

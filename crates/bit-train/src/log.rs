@@ -22,7 +22,7 @@ impl RunLog {
     /// Opens (appending) `train.log` and `metrics.jsonl` in `dir`; `quiet` keeps the terminal
     /// clean (tests, embedding programs). A last line torn by a crash (no newline) is dropped
     /// first, so the next record starts on a line of its own.
-    pub fn open(dir: &Path, quiet: bool) -> Result<Self> {
+    pub(crate) fn open(dir: &Path, quiet: bool) -> Result<Self> {
         let open = |name: &str| {
             let path = dir.join(name);
             let file = OpenOptions::new()
@@ -43,7 +43,7 @@ impl RunLog {
     }
 
     /// Starts the progress bar over `total` steps at `position`.
-    pub fn start_progress(&mut self, position: usize, total: usize) {
+    pub(crate) fn start_progress(&mut self, position: usize, total: usize) {
         if self.quiet {
             return;
         }
@@ -55,13 +55,13 @@ impl RunLog {
     }
 
     /// Advances the progress bar.
-    pub fn progress(&self, position: usize, message: String) {
+    pub(crate) fn progress(&self, position: usize, message: String) {
         self.bar.set_position(position as u64);
         self.bar.set_message(message);
     }
 
     /// Ends the progress bar.
-    pub fn finish_progress(&self) {
+    pub(crate) fn finish_progress(&self) {
         self.bar.finish_and_clear();
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use bit_data::{Batch, BatchStream};
+use bit_data::{Batch, BatchStream, DatasetName};
 use bit_model::ResNetV2;
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
@@ -28,7 +28,7 @@ use crate::gradients::clip_global_norm;
 use crate::log::{RunLog, python_exp};
 use crate::loss_scale::{LossScale, Scaled};
 use crate::memory;
-use crate::objective::{EvalData, Objective};
+use crate::objective::{EvalData, Export, Objective};
 use crate::parallel::{DataParallel, Devices};
 use crate::schedule::Schedule;
 use crate::timings::Timings;
@@ -116,6 +116,8 @@ pub struct Run {
     dir: PathBuf,
     log: RunLog,
     settings: RunSettings,
+    /// The dataset of the settings and where it is, as validated when the run was opened.
+    data: (DatasetName, PathBuf),
     /// Until the loop places the model on them.
     devices: Option<Devices>,
     /// The run's last checkpoint, found when the run was opened.
@@ -136,7 +138,7 @@ impl Run {
         options: &TrainOptions,
         config: &dyn Debug,
     ) -> Result<Self> {
-        settings.validate()?;
+        let data = settings.validate()?;
         let dir = settings.run_dir();
         let lock = checkpoint::lock(&dir)?;
         let mut log = RunLog::open(&dir, options.quiet)?;
@@ -152,6 +154,7 @@ impl Run {
             dir,
             log,
             settings: settings.clone(),
+            data,
             devices: Some(devices),
             saved,
             stop: options.stop.clone(),
@@ -185,8 +188,8 @@ impl Run {
     /// The training and validation sets of the run's settings, with an optional few-shot draw
     /// `(K, seed)` (see [`TrainingData`]).
     pub fn load_data(&mut self, few_shot: Option<(usize, u64)>) -> Result<TrainingData> {
-        let (dataset, datadir) = self.settings.validate()?;
-        TrainingData::load(&self.settings, (dataset, &datadir), few_shot, &mut self.log)
+        let (dataset, datadir) = &self.data;
+        TrainingData::load(&self.settings, (*dataset, datadir), few_shot, &mut self.log)
     }
 
     /// Where the run starts: its last checkpoint (refusing one of other data or settings, or
@@ -277,7 +280,7 @@ impl Run {
         let exported = pass.objective.export();
         let (_, model, _) = pass.parallel.into_parts();
         if self.settings.save {
-            self.export(&model, exported.resolution, exported.classes.as_deref())?;
+            self.export(&model, &exported)?;
         }
         self.report();
         Ok(Outcome {
@@ -495,19 +498,15 @@ impl Run {
         }
     }
 
-    /// Writes the trained model to `{run}/model.safetensors` with its input resolution and
-    /// class names, so `bit predict`/`bit eval` need nothing else.
-    fn export(
-        &mut self,
-        model: &ResNetV2,
-        crop: usize,
-        classes: Option<&[String]>,
-    ) -> Result<PathBuf> {
+    /// Writes the trained model to `{run}/model.safetensors` with what `exported` records
+    /// (input resolution, class names), so `bit predict`/`bit eval` need nothing else.
+    fn export(&mut self, model: &ResNetV2, exported: &Export) -> Result<PathBuf> {
         let path = self.dir.join("model.safetensors");
+        let metadata = bit_infer::metadata(exported.resolution, exported.classes.as_deref());
         model
             .clone()
             .valid()
-            .save_safetensors_with_metadata(&path, &bit_infer::metadata(crop, classes))?;
+            .save_safetensors_with_metadata(&path, &metadata)?;
         self.log
             .info(&format!("Saved the trained model to '{}'", path.display()));
         Ok(path)

@@ -221,41 +221,17 @@ pub fn catalog() -> Vec<PretrainedModel> {
     let mut all = upstream();
     all.extend(vtab());
     all.extend(distillation());
-    all.push(entry(
-        "BiT-M-R50x1-CIFAR10".into(),
-        Family::Colab,
-        Architecture::R50x1,
-        10,
-        128,
-        Provenance::Release,
-        None,
-        "BiT-M fine-tuned on CIFAR-10 (the official colabs)".into(),
-    ));
+    all.push(PretrainedModel {
+        name: "BiT-M-R50x1-CIFAR10".into(),
+        family: Family::Colab,
+        architecture: Architecture::R50x1,
+        head_size: 10,
+        resolution: 128,
+        provenance: Provenance::Release,
+        labels: None,
+        description: "BiT-M fine-tuned on CIFAR-10 (the official colabs)".into(),
+    });
     all
-}
-
-/// One row of the catalog, spelled out.
-#[allow(clippy::too_many_arguments)]
-fn entry(
-    name: String,
-    family: Family,
-    architecture: Architecture,
-    head_size: usize,
-    resolution: usize,
-    provenance: Provenance,
-    labels: Option<LabelSet>,
-    description: String,
-) -> PretrainedModel {
-    PretrainedModel {
-        name,
-        family,
-        architecture,
-        head_size,
-        resolution,
-        provenance,
-        labels,
-        description,
-    }
 }
 
 /// BiT-S and BiT-M (upstream) and BiT-M fine-tuned on ILSVRC-2012.
@@ -278,29 +254,29 @@ fn upstream() -> Vec<PretrainedModel> {
         ),
     ] {
         for arch in Architecture::ALL {
-            all.push(entry(
-                format!("BiT-{kind}-{arch}"),
+            all.push(PretrainedModel {
+                name: format!("BiT-{kind}-{arch}"),
                 family,
-                arch,
-                head,
-                224,
-                Provenance::Release,
-                Some(labels),
-                data.to_string(),
-            ));
+                architecture: arch,
+                head_size: head,
+                resolution: 224,
+                provenance: Provenance::Release,
+                labels: Some(labels),
+                description: data.to_string(),
+            });
         }
     }
     for arch in Architecture::ALL {
-        all.push(entry(
-            format!("BiT-M-{arch}-ILSVRC2012"),
-            Family::Ilsvrc2012,
-            arch,
-            BIT_S_HEAD_SIZE,
-            480,
-            Provenance::Release,
-            Some(LabelSet::Ilsvrc2012),
-            "BiT-M fine-tuned on ILSVRC-2012".into(),
-        ));
+        all.push(PretrainedModel {
+            name: format!("BiT-M-{arch}-ILSVRC2012"),
+            family: Family::Ilsvrc2012,
+            architecture: arch,
+            head_size: BIT_S_HEAD_SIZE,
+            resolution: 480,
+            provenance: Provenance::Release,
+            labels: Some(LabelSet::Ilsvrc2012),
+            description: "BiT-M fine-tuned on ILSVRC-2012".into(),
+        });
     }
     all
 }
@@ -311,16 +287,16 @@ fn vtab() -> Vec<PretrainedModel> {
     for arch in VTAB_ARCHITECTURES {
         for run in 0..3 {
             for (task, classes, resolution) in VTAB_TASKS {
-                all.push(entry(
-                    format!("vtab/BiT-M-{arch}-run{run}-{task}"),
-                    Family::Vtab,
-                    arch,
-                    classes,
+                all.push(PretrainedModel {
+                    name: format!("vtab/BiT-M-{arch}-run{run}-{task}"),
+                    family: Family::Vtab,
+                    architecture: arch,
+                    head_size: classes,
                     resolution,
-                    Provenance::Derived,
-                    None,
-                    format!("BiT-M fine-tuned on VTAB-1k {task}, run {run}"),
-                ));
+                    provenance: Provenance::Derived,
+                    labels: None,
+                    description: format!("BiT-M fine-tuned on VTAB-1k {task}, run {run}"),
+                });
             }
         }
     }
@@ -331,40 +307,42 @@ fn vtab() -> Vec<PretrainedModel> {
 fn distillation() -> Vec<PretrainedModel> {
     let mut all = Vec::new();
     for (size, top1) in [(224, "82.8"), (160, "80.5")] {
-        all.push(entry(
-            format!("distill/R50x1_{size}"),
-            Family::Distilled,
-            Architecture::R50x1,
-            BIT_S_HEAD_SIZE,
-            size,
-            Provenance::Release,
-            Some(LabelSet::Ilsvrc2012),
-            format!("R50x1 distilled from BiT-M R152x2 on ILSVRC-2012 ({top1}% top-1)"),
-        ));
+        all.push(PretrainedModel {
+            name: format!("distill/R50x1_{size}"),
+            family: Family::Distilled,
+            architecture: Architecture::R50x1,
+            head_size: BIT_S_HEAD_SIZE,
+            resolution: size,
+            provenance: Provenance::Release,
+            labels: Some(LabelSet::Ilsvrc2012),
+            description: format!(
+                "R50x1 distilled from BiT-M R152x2 on ILSVRC-2012 ({top1}% top-1)"
+            ),
+        });
     }
     for (size, top1) in [(224, "83.0"), (384, "84.3")] {
-        all.push(entry(
-            format!("distill/R152x2_T_{size}"),
-            Family::Teacher,
-            Architecture::R152x2,
-            BIT_S_HEAD_SIZE,
-            size,
-            Provenance::Release,
-            Some(LabelSet::Ilsvrc2012),
-            format!("BiT-M R152x2 teacher on ILSVRC-2012 ({top1}% top-1)"),
-        ));
+        all.push(PretrainedModel {
+            name: format!("distill/R152x2_T_{size}"),
+            family: Family::Teacher,
+            architecture: Architecture::R152x2,
+            head_size: BIT_S_HEAD_SIZE,
+            resolution: size,
+            provenance: Provenance::Release,
+            labels: Some(LabelSet::Ilsvrc2012),
+            description: format!("BiT-M R152x2 teacher on ILSVRC-2012 ({top1}% top-1)"),
+        });
     }
     for (short, classes, data) in DATASET_TEACHERS {
-        all.push(entry(
-            format!("distill/R152x2_T_{short}128"),
-            Family::Teacher,
-            Architecture::R152x2,
-            classes,
-            128,
-            Provenance::Derived,
-            None,
-            format!("BiT-M R152x2 teacher on {data}"),
-        ));
+        all.push(PretrainedModel {
+            name: format!("distill/R152x2_T_{short}128"),
+            family: Family::Teacher,
+            architecture: Architecture::R152x2,
+            head_size: classes,
+            resolution: 128,
+            provenance: Provenance::Derived,
+            labels: None,
+            description: format!("BiT-M R152x2 teacher on {data}"),
+        });
     }
     all
 }

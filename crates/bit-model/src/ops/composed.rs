@@ -251,7 +251,6 @@ pub(super) fn group_norm_relu<B: Backend>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn group_norm_relu_backward<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,

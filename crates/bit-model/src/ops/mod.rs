@@ -168,7 +168,6 @@ pub trait BitOps: Backend {
 
     /// Gradients of [`group_norm_relu`](BitOps::group_norm_relu) from its inputs, its
     /// statistics and the gradient of its output.
-    #[allow(clippy::too_many_arguments)]
     fn group_norm_relu_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,

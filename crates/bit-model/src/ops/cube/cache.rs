@@ -129,11 +129,9 @@ mod tests {
     /// One entry per live weight version: reused while the weights live, gone with them.
     #[test]
     fn an_entry_lives_exactly_as_long_as_its_weights() {
-        let device = crate::backend::gpu_adapters(crate::backend::GpuBackend::Wgpu)
-            .into_iter()
-            .next()
-            .expect("no wgpu adapter: install a GPU driver, or mesa-vulkan-drivers")
-            .device;
+        let device = crate::backend::GpuBackend::Wgpu
+            .best_device()
+            .expect("no wgpu adapter: install a GPU driver, or mesa-vulkan-drivers");
         let options = StdConvOptions {
             stride: 1,
             padding: 1,

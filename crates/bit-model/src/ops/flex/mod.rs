@@ -259,10 +259,8 @@ impl BitOps for Flex {
         let (dgamma, dbeta) = norm::backward(
             &g,
             &contiguous(&x),
-            &contiguous(&gamma),
-            &contiguous(&beta),
-            &contiguous(&mean),
-            &contiguous(&rstd),
+            (&contiguous(&gamma), &contiguous(&beta)),
+            (&contiguous(&mean), &contiguous(&rstd)),
             &contiguous(&output_grad),
             &mut dx,
         );

@@ -145,15 +145,13 @@ pub(crate) fn forward(
     (mean.concat(), rstd.concat())
 }
 
-/// Gradients of [`forward`]: writes `dx` (NHWC) and returns `(dgamma, dbeta)`.
-#[allow(clippy::too_many_arguments)]
+/// Gradients of [`forward`] from its parameters `(gamma, beta)` and statistics `(mean, rstd)`:
+/// writes `dx` (NHWC) and returns `(dgamma, dbeta)`.
 pub(crate) fn backward(
     g: &NormGeometry,
     x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
+    (gamma, beta): (&[f32], &[f32]),
+    (mean, rstd): (&[f32], &[f32]),
     dy: &[f32],
     dx: &mut [f32],
 ) -> (Vec<f32>, Vec<f32>) {
