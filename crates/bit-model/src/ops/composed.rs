@@ -17,11 +17,11 @@ fn dims4<B: Backend>(t: &FloatTensor<B>) -> [usize; 4] {
     [shape[0], shape[1], shape[2], shape[3]]
 }
 
-fn to_nchw<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
+pub(super) fn to_nchw<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
     B::float_permute(t, &[0, 3, 1, 2])
 }
 
-fn to_nhwc<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
+pub(super) fn to_nhwc<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
     B::float_permute(t, &[0, 2, 3, 1])
 }
 
@@ -35,7 +35,7 @@ pub(super) fn cast_like<B: Backend>(t: FloatTensor<B>, like: &FloatTensor<B>) ->
     }
 }
 
-fn conv_options(options: &StdConvOptions) -> ConvOptions<2> {
+pub(super) fn conv_options(options: &StdConvOptions) -> ConvOptions<2> {
     let (s, p) = (options.stride, options.padding);
     ConvOptions::new([s, s], [p, p], [1, 1], 1)
 }

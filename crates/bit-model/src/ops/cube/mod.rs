@@ -1,10 +1,12 @@
 //! [`BitOps`] on the CubeCL backends (`wgpu`, `vulkan`, `cuda`): weight standardization and
-//! GroupNorm + ReLU as kernels of our own (`kernels.rs`), the convolutions and the pool Burn's.
+//! GroupNorm + ReLU as kernels of our own (`kernels.rs`), the convolutions (`conv.rs`: Burn's
+//! kernels, the algorithm chosen per device) and the pool Burn's.
 //!
 //! The standardized kernel is computed once per weight version (`cache.rs`) and shared by the
 //! forward and both gradients of a training step, as on the CPU.
 
 mod cache;
+mod conv;
 mod kernels;
 
 use burn::backend::Cube;
@@ -18,7 +20,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::composed::{self, cast_like};
+use super::composed::cast_like;
 use super::{BitOps, GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, StdConvOptions};
 use cache::Standardized;
 
@@ -29,7 +31,7 @@ impl BitOps for Cube {
         options: StdConvOptions,
     ) -> FloatTensor<Self> {
         let w_hat = cast_like::<Cube>(cache::standardized(weight, options.eps).w_hat, &x);
-        composed::conv2d_nhwc::<Self>(x, w_hat, options)
+        conv::conv2d(x, w_hat, options)
     }
 
     fn std_conv2d_add(
@@ -48,7 +50,7 @@ impl BitOps for Cube {
         options: StdConvOptions,
     ) -> FloatTensor<Self> {
         let w_hat = cast_like::<Cube>(cache::standardized(weight, options.eps).w_hat, &output_grad);
-        composed::conv2d_nhwc_x_backward::<Self>(x, w_hat, output_grad, options)
+        conv::conv2d_x_backward(x, w_hat, output_grad, options)
     }
 
     fn std_conv2d_weight_backward(
@@ -60,7 +62,7 @@ impl BitOps for Cube {
         let shape = weight.shape();
         let Standardized { w_hat, rstd } = cache::standardized(weight, options.eps);
         // In mixed precision the convolution's gradient is half, the closed form f32.
-        let grad_hat = composed::conv2d_nhwc_weight_backward::<Self>(
+        let grad_hat = conv::conv2d_weight_backward(
             x.clone(),
             cast_like::<Cube>(w_hat.clone(), &x),
             output_grad,
