@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use bit_device::compiled_devices;
 use bit_model::backend::{AdapterKind, GpuBackend, gpu_adapters};
-use bit_model::ops::{self, GroupNormOptions, PoolOptions, reference};
-use bit_model::{ResNetV2Config, StdConv2dConfig};
-use burn::nn::GroupNormConfig;
+use bit_model::ops::{self, reference};
+use bit_model::{GroupNormReluConfig, ROOT_POOL, ResNetV2Config, StdConv2dConfig};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
@@ -165,15 +164,8 @@ fn bench_components(c: &mut Criterion) {
                 |x| reference::std_conv2d(x, weight.clone(), options),
             );
         }
-        let gn = GroupNormConfig::new(32, 256).init(&ad);
-        let (gamma, beta) = (
-            gn.gamma.as_ref().unwrap().val(),
-            gn.beta.as_ref().unwrap().val(),
-        );
-        let options = GroupNormOptions {
-            groups: 32,
-            eps: 1e-5,
-        };
+        let gn = GroupNormReluConfig::new(256).init(&ad);
+        let (gamma, beta, options) = (gn.gamma.val(), gn.beta.val(), gn.options());
         fused_vs_composed(
             &mut group,
             &format!("{backend}/group_norm_relu_fwd_bwd"),
@@ -182,11 +174,7 @@ fn bench_components(c: &mut Criterion) {
             |x| ops::group_norm_relu(x, gamma.clone(), beta.clone(), options),
             |x| reference::group_norm_relu(x, gamma.clone(), beta.clone(), options),
         );
-        let pool = PoolOptions {
-            kernel: 3,
-            stride: 2,
-            padding: 1,
-        };
+        let pool = ROOT_POOL;
         fused_vs_composed(
             &mut group,
             &format!("{backend}/root_pool_fwd_bwd"),

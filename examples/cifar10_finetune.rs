@@ -13,14 +13,15 @@
 use std::path::PathBuf;
 
 use bit_train::{TrainConfig, TrainOptions, train};
+use bit_zoo::PretrainedDir;
 use clap::Parser;
 
 /// Where things are on this machine; the run's settings are in `main`, in code.
 #[derive(Parser)]
 struct Args {
     /// Where BiT-M-R50x1.npz is (downloaded into the cache, $BIT_HOME, if it is not there).
-    #[arg(long = "bit_pretrained_dir", default_value = ".")]
-    bit_pretrained_dir: PathBuf,
+    #[command(flatten)]
+    models: PretrainedDir,
     /// Where CIFAR-10 is, or is downloaded to.
     #[arg(long, default_value = "/tmp/cifar10")]
     datadir: PathBuf,
@@ -42,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.datadir,
         "/tmp/bit_logs",
     );
-    config.run.bit_pretrained_dir = args.bit_pretrained_dir;
+    config.run.models = args.models;
     config.examples_per_class = args.examples_per_class;
     // A lighter setting: batch 128 in four micro-batches of 32 (an explicit split; the default,
     // `BatchSplit::Auto`, sizes it to the free memory), lr 0.001.

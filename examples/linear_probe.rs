@@ -130,11 +130,7 @@ fn probe(args: &Args, options: &TrainOptions) -> bit_train::Result<Outcome<EvalR
         log.info(&format!("Probing the features of {}", args.model));
         let model = match args.model.as_str() {
             "tiny" => bit_model::ResNetV2Config::named("tiny", classes.len())?.init(device),
-            name => {
-                let hub = bit_zoo::ModelHub::from_env()?
-                    .with_pretrained_dir(&args.run.bit_pretrained_dir);
-                hub.load(name, device)?
-            }
+            name => args.run.models.hub()?.load(name, device)?,
         };
         Ok(model.with_zero_head(classes.len()))
     })?;

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use bit_device::device_from_name;
-use bit_model::ResNetV2;
+use bit_device::Compute;
+use bit_model::{Precision, ResNetV2};
 use bit_train::throughput::Bench;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -13,7 +13,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Args;
 use npyz::npz::NpzArchive;
 
-type CliResult = Result<(), Box<dyn std::error::Error>>;
+use crate::CliResult;
 
 /// `bit bench`: [`Bench::run`]'s line.
 pub fn bench(args: &Bench) -> CliResult {
@@ -33,9 +33,9 @@ pub struct SelftestArgs {
     /// Cases to check.
     #[arg(long, value_delimiter = ',', default_value = "tiny")]
     cases: Vec<String>,
-    /// The device to check.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// The device to check (the reference vectors are f32: `--precision` must be f32).
+    #[command(flatten)]
+    compute: Compute,
 }
 
 /// `|got - want| <= atol + rtol |want|` everywhere, or the worst element.
@@ -177,15 +177,23 @@ fn check_case(
 }
 
 pub fn selftest(args: &SelftestArgs) -> CliResult {
-    let device = device_from_name(&args.device)?;
+    if args.compute.precision != Precision::F32 {
+        return Err(format!(
+            "bit selftest checks f32 computation against the reference's f32 vectors; \
+             --precision {} is not checked here (the golden tests bound the half types)",
+            args.compute.precision
+        )
+        .into());
+    }
+    let device = args.compute.device()?;
     let mut failed = Vec::new();
     for name in &args.cases {
         let lines = check_case(&args.golden, name, &device)?;
         let passed = lines.iter().all(Result::is_ok);
         for line in lines {
             match line {
-                Ok(l) => println!("ok    {name} on {}: {l}", args.device),
-                Err(l) => println!("FAIL  {name} on {}: {l}", args.device),
+                Ok(l) => println!("ok    {name} on {}: {l}", args.compute.device),
+                Err(l) => println!("FAIL  {name} on {}: {l}", args.compute.device),
             }
         }
         if !passed {
@@ -197,7 +205,7 @@ pub fn selftest(args: &SelftestArgs) -> CliResult {
         false => Err(format!(
             "{} differ from the reference on {}",
             failed.join(", "),
-            args.device
+            args.compute.device
         )
         .into()),
     }

@@ -1,20 +1,20 @@
-//! `bit predict`, `bit embed`, `bit eval` and `bit export`.
+//! `bit predict`, `bit embed`, `bit eval`, `bit fewshot` and `bit export`.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bit_data::{
-    DatasetName, FolderDataset, ImageDataset, ImageFiles, LoaderConfig, NonImagePolicy,
+    DatasetName, FolderDataset, ImageDataset, ImageFiles, LoaderConfig, NonImagePolicy, Subset,
     load_train_valid,
 };
-use bit_device::device_from_name;
-use bit_infer::{Feed, InferenceModel, LoadOptions, Relabelled};
-use bit_zoo::ModelHub;
+use bit_device::Compute;
+use bit_infer::{Feed, FewShotConfig, InferenceModel, LoadOptions, Relabelled};
+use bit_zoo::PretrainedDir;
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 
-type CliResult = Result<(), Box<dyn std::error::Error>>;
+use crate::{CliResult, printable};
 
 /// Which model, where, and how to feed it.
 #[derive(Args)]
@@ -23,10 +23,8 @@ pub struct ModelArgs {
     /// .safetensors written by `bit train`/`bit export`.
     #[arg(long)]
     model: String,
-    /// Where hand-placed release files are: {bit_pretrained_dir}/{model}.npz is used before the
-    /// cache, as `bit train` does.
-    #[arg(long = "bit_pretrained_dir", default_value = ".")]
-    bit_pretrained_dir: PathBuf,
+    #[command(flatten)]
+    models: PretrainedDir,
     /// Input resolution (default: the model's own, from its file or the catalog).
     #[arg(long)]
     resolution: Option<usize>,
@@ -34,13 +32,8 @@ pub struct ModelArgs {
     /// the release's ImageNet label files).
     #[arg(long)]
     labels: Option<PathBuf>,
-    /// Device: cpu, or wgpu[:i] (the best GPU adapter, or the i-th: discrete, integrated,
-    /// virtual, software), vulkan[:i] / cuda[:i] in builds with them.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// What the network computes in: f32, or on a GPU device bf16 / f16 (weights stay f32).
-    #[arg(long, default_value = "f32")]
-    precision: bit_model::Precision,
+    #[command(flatten)]
+    compute: Compute,
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -55,13 +48,13 @@ impl ModelArgs {
         &self,
         progress: bool,
     ) -> Result<(InferenceModel, Device, Feed), Box<dyn std::error::Error>> {
-        let device = device_from_name(&self.device)?;
+        let device = self.compute.device()?;
         let options = LoadOptions {
             resolution: self.resolution,
             labels: self.labels.clone(),
-            precision: self.precision,
+            precision: self.compute.precision,
         };
-        let hub = ModelHub::from_env()?.with_pretrained_dir(&self.bit_pretrained_dir);
+        let hub = self.models.hub()?;
         let model = InferenceModel::load(&hub, &self.model, &options, &device)?;
         let feed = model
             .feed()
@@ -105,9 +98,9 @@ pub fn predict(args: PredictArgs) -> CliResult {
                 serde_json::json!({"image": path.display().to_string(), "top": classes})
             )?;
         } else {
-            writeln!(out, "{}", path.display())?;
+            writeln!(out, "{}", printable(&path.display().to_string(), &[]))?;
             for (class, p) in top {
-                let name = m.class_name(class);
+                let name = printable(&m.class_name(class), &[]).into_owned();
                 if name == class.to_string() {
                     writeln!(out, "  {:7.3}%  {class:>5}", 100.0 * p)?;
                 } else {
@@ -257,6 +250,108 @@ pub fn eval(args: EvalArgs) -> CliResult {
     Ok(())
 }
 
+/// Arguments of `bit fewshot`.
+#[derive(Args)]
+pub struct FewshotArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A dataset `bit train` knows (cifar10, cifar100, imagenet2012, fashion_mnist, mnist, or
+    /// folder: {datadir}/train and {datadir}/val|validation|test): probes are fitted on draws
+    /// from its training split and scored on its validation/test split.
+    #[arg(long)]
+    dataset: String,
+    /// Where the dataset is.
+    #[arg(long)]
+    datadir: Option<PathBuf>,
+    /// Training examples per class of each probe.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10,25")]
+    shots: Vec<usize>,
+    /// Draws per number of shots (seeds 0, 1, ...), reported as mean ± std.
+    #[arg(long, default_value_t = 3)]
+    seeds: usize,
+    /// L2 regularization of the ridge regression (big_vision's default, 2^10).
+    #[arg(long, default_value_t = bit_infer::DEFAULT_L2, allow_negative_numbers = true)]
+    l2: f64,
+    /// Score on only the first N test examples.
+    #[arg(long = "max_eval_examples")]
+    max_eval_examples: Option<usize>,
+    /// Also write the scores as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip (with a warning) files in class folders that are not images, instead of failing.
+    #[arg(long = "skip_non_images")]
+    skip_non_images: bool,
+}
+
+pub fn fewshot(args: FewshotArgs) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    let name = args.dataset.parse::<DatasetName>()?;
+    let datadir = args
+        .datadir
+        .clone()
+        .or_else(|| name.default_dir())
+        .ok_or("--datadir is required for this dataset")?;
+    let policy = NonImagePolicy::from_skip_flag(args.skip_non_images);
+    let data = load_train_valid(name, &datadir, policy)?;
+    let test: Arc<dyn ImageDataset> = match args.max_eval_examples {
+        Some(0) => return Err("--max_eval_examples must be at least 1".into()),
+        Some(n) if n < data.valid.len() => Arc::new(Subset::new(data.valid, (0..n).collect())),
+        _ => data.valid,
+    };
+    let (m, device, feed) = args.model.load(true)?;
+    let config = FewShotConfig {
+        shots: args.shots.clone(),
+        seeds: args.seeds,
+        l2: args.l2,
+    };
+    let examples = test.len();
+    let scores = bit_infer::fewshot(&m.model, data.train, test, &config, &feed, &device)?;
+    writeln!(
+        out,
+        "{}: few-shot linear probes on {} ({examples} test images at {} px, l2 {})",
+        m.path.display(),
+        args.dataset,
+        m.resolution,
+        args.l2
+    )?;
+    for s in &scores {
+        let each: Vec<String> = s
+            .accuracies
+            .iter()
+            .map(|a| format!("{:.2}", 100.0 * a))
+            .collect();
+        writeln!(
+            out,
+            "{:>3}-shot: {:6.2}% ± {:.2} ({} seeds: {})",
+            s.shots,
+            100.0 * s.mean(),
+            100.0 * s.std(),
+            s.accuracies.len(),
+            each.join(", ")
+        )?;
+    }
+    if let Some(path) = &args.out {
+        let json = serde_json::json!({
+            "model": m.path,
+            "dataset": args.dataset,
+            "test_examples": examples,
+            "resolution": m.resolution,
+            "l2": args.l2,
+            "scores": scores.iter().map(|s| serde_json::json!({
+                "shots": s.shots,
+                "accuracies": s.accuracies,
+                "mean": s.mean(),
+                "std": s.std(),
+            })).collect::<Vec<_>>(),
+        });
+        let text = serde_json::to_string_pretty(&json)? + "\n";
+        bit_hub::write_atomically(path, |file| file.write_all(text.as_bytes()))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(())
+}
+
 /// Arguments of `bit export`.
 #[derive(Args)]
 pub struct ExportArgs {
@@ -273,62 +368,5 @@ pub fn export(args: ExportArgs) -> CliResult {
     let (m, _, _) = args.model.load(false)?;
     m.export(&args.out)?;
     writeln!(out, "wrote {}", args.out.display())?;
-    Ok(())
-}
-
-/// `bit models`: the catalog, filtered.
-pub fn models(filter: &[String], urls: bool) -> CliResult {
-    // Written with `?`, not println!, so a closed pipe (`bit models | head`) ends quietly.
-    let mut out = std::io::stdout().lock();
-    let hub = ModelHub::from_env()?;
-    let found = bit_zoo::search(&filter.join(" "));
-    if found.is_empty() {
-        return Err(format!("no released model matches `{}`", filter.join(" ")).into());
-    }
-    writeln!(
-        out,
-        "{:<44} {:<11} {:<7} {:>6} {:>5}  CACHED",
-        "NAME", "FAMILY", "ARCH", "HEAD", "RES"
-    )?;
-    for m in &found {
-        let derived = match m.provenance {
-            bit_zoo::Provenance::Release => "",
-            bit_zoo::Provenance::Derived => "*",
-        };
-        let cached = if hub.is_cached(m) { "yes" } else { "" };
-        writeln!(
-            out,
-            "{:<44} {:<11} {:<7} {:>6} {:>5}  {cached}",
-            m.name,
-            m.family.to_string(),
-            m.architecture.to_string(),
-            format!("{}{derived}", m.head_size),
-            format!("{}{derived}", m.resolution),
-        )?;
-        if urls {
-            writeln!(out, "    {}", m.url(hub.base_url()))?;
-        }
-    }
-    writeln!(
-        out,
-        "{} models; * = derived from the dataset, not stated by the release. Cache: {}",
-        found.len(),
-        hub.cache().root().display()
-    )?;
-    Ok(())
-}
-
-/// `bit download`: fetch and verify released models (and their label files).
-pub fn download(names: &[String]) -> CliResult {
-    let mut out = std::io::stdout().lock();
-    let hub = ModelHub::from_env()?;
-    for name in names {
-        let entry = bit_zoo::find(name)?;
-        let path = hub.fetch(&entry)?;
-        writeln!(out, "{}: {}", entry.name, path.display())?;
-        if let Some(labels) = entry.labels {
-            hub.class_names(labels)?;
-        }
-    }
     Ok(())
 }

@@ -2,17 +2,42 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bit_model::{NpzCheckpoint, ResNetV2Config};
 use bit_train::{TrainConfig, TrainOptions};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::flag;
 
 mod bench;
 mod infer;
 #[cfg(feature = "remote")]
 mod serve;
+mod zoo;
+
+/// What a command returns: nothing, or the error `main` prints.
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// `text` with its control characters escaped (`\u{1b}`, `\n`), except those in `keep`: class
+/// and file names come from files (label files, model metadata, folders), and printed raw
+/// their escape sequences would drive the terminal.
+fn printable<'a>(text: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> {
+    let escaped = |c: &char| c.is_control() && !keep.contains(c);
+    match text.chars().any(|c| escaped(&c)) {
+        false => text.into(),
+        true => text
+            .chars()
+            .map(|c| match escaped(&c) {
+                true => c.escape_default().to_string(),
+                false => c.to_string(),
+            })
+            .collect::<String>()
+            .into(),
+    }
+}
 
 /// Big Transfer (BiT) in pure Rust.
 #[derive(Parser)]
@@ -84,6 +109,10 @@ enum Command {
     Eval(Box<infer::EvalArgs>),
     /// Convert a model between .npz (official layout) and .safetensors.
     Export(infer::ExportArgs),
+    /// BiT's few-shot linear evaluation: ridge-regression probes on the frozen pooled features
+    /// of K training images per class (big_vision's evaluator), scored on the test split, for
+    /// each K and seed.
+    Fewshot(Box<infer::FewshotArgs>),
     /// Images per second and memory of a model (random weights) on a device: inference or a
     /// whole training step, timed after warm-up with the device synchronized.
     Bench(bit_train::throughput::Bench),
@@ -118,12 +147,13 @@ fn main() -> ExitCode {
         } => init(&arch, head, &out, seed),
         Command::Train(config) => train(&config),
         Command::Distill(config) => distill(&config),
-        Command::Models { filter, urls } => infer::models(&filter, urls),
-        Command::Download { models } => infer::download(&models),
+        Command::Models { filter, urls } => zoo::models(&filter, urls),
+        Command::Download { models } => zoo::download(&models),
         Command::Predict(args) => infer::predict(args),
         Command::Embed(args) => infer::embed(*args),
         Command::Eval(args) => infer::eval(*args),
         Command::Export(args) => infer::export(args),
+        Command::Fewshot(args) => infer::fewshot(*args),
         Command::Bench(args) => bench::bench(&args),
         Command::Selftest(args) => bench::selftest(&args),
         #[cfg(feature = "remote")]
@@ -131,22 +161,29 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        // The reader of our output went away (`bit models | head`): nothing left to say.
-        Err(e)
-            if e.downcast_ref::<std::io::Error>()
+        Err(e) => match e.downcast_ref::<Interrupted>() {
+            Some(stopped) => {
+                eprintln!("{stopped}");
+                ExitCode::from(u8::try_from(128 + stopped.signal).unwrap_or(u8::MAX))
+            }
+            // The reader of our output went away (`bit models | head`): nothing left to say.
+            None if e
+                .downcast_ref::<std::io::Error>()
                 .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+            {
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("error: {}", printable(&e.to_string(), &['\n', '\t']));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
-fn train(config: &TrainConfig) -> Result<(), Box<dyn std::error::Error>> {
-    let outcome = bit_train::train(config, &stop_on_ctrl_c()?)?;
+fn train(config: &TrainConfig) -> CliResult {
+    let (options, received) = stop_on_signals()?;
+    let outcome = bit_train::train(config, &options)?;
     println!(
         "{} after {} steps: validation loss {:.5}, top-1 {:.2}%, top-5 {:.2}% ({} examples); run in {}",
         if outcome.interrupted {
@@ -161,25 +198,56 @@ fn train(config: &TrainConfig) -> Result<(), Box<dyn std::error::Error>> {
         outcome.eval.examples,
         outcome.run_dir.display()
     );
-    Ok(())
+    finished(outcome.interrupted, &received)
 }
 
-/// Run options whose stop flag the first Ctrl-C sets (the run then evaluates, checkpoints and
-/// ends); a second Ctrl-C exits at once.
-fn stop_on_ctrl_c() -> Result<TrainOptions, ctrlc::Error> {
+/// Run options whose stop flag the first SIGINT (Ctrl-C), SIGTERM or SIGHUP sets: the run then
+/// evaluates, checkpoints and ends, and the command exits with the signal's conventional code
+/// (see [`Interrupted`]). A second signal ends the process at once, with that code.
+fn stop_on_signals() -> std::io::Result<(TrainOptions, Arc<AtomicUsize>)> {
     let options = TrainOptions::default();
-    let stop = options.stop.clone();
-    ctrlc::set_handler(move || {
-        if stop.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("stopping after this step (Ctrl-C again to abort)");
-    })?;
-    Ok(options)
+    let received = Arc::new(AtomicUsize::new(0));
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        flag::register_conditional_shutdown(signal, 128 + signal, options.stop.clone())?;
+        flag::register(signal, options.stop.clone())?;
+        flag::register_usize(signal, received.clone(), signal as usize)?;
+    }
+    Ok((options, received))
 }
 
-fn distill(config: &bit_train::DistillConfig) -> Result<(), Box<dyn std::error::Error>> {
-    let outcome = bit_train::distill(config, &stop_on_ctrl_c()?)?;
+/// A run that a signal stopped (after its evaluation and checkpoint): the command exits with
+/// 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), as a shell reports a process
+/// the signal ended, so that a script can tell it from a finished run. Rerunning resumes it.
+#[derive(Debug)]
+struct Interrupted {
+    signal: usize,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped by signal {}; rerun to resume", self.signal)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// `Ok` for a finished run, [`Interrupted`] for a stopped one.
+fn finished(interrupted: bool, received: &AtomicUsize) -> CliResult {
+    match (interrupted, received.load(Ordering::SeqCst)) {
+        (false, _) => Ok(()),
+        // Stopped without a signal (the library's stop flag set otherwise): as Ctrl-C.
+        (true, 0) => Err(Interrupted {
+            signal: SIGINT as usize,
+        }
+        .into()),
+        (true, signal) => Err(Interrupted { signal }.into()),
+    }
+}
+
+fn distill(config: &bit_train::DistillConfig) -> CliResult {
+    let (options, received) = stop_on_signals()?;
+    let outcome = bit_train::distill(config, &options)?;
     let e = outcome.eval;
     let student = e.student_top.map_or(String::new(), |(top1, top5)| {
         format!(
@@ -201,7 +269,7 @@ fn distill(config: &bit_train::DistillConfig) -> Result<(), Box<dyn std::error::
         e.examples,
         outcome.run_dir.display()
     );
-    Ok(())
+    finished(outcome.interrupted, &received)
 }
 
 fn plot(runs: &[PathBuf], out: &Path) -> Result<(), Box<dyn std::error::Error>> {

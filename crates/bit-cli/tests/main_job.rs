@@ -11,8 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bit_data::{Cifar, Split};
-use bit_testkit::{KillOnDrop, ScratchDir};
-use bit_train::memory::{peak_resident_memory_of, total_memory};
+use bit_testkit::{KillOnDrop, ScratchDir, peak_resident_memory_of, total_memory};
 
 /// The extracted CIFAR-10 release in `datadir`, full size (10000 records per file).
 fn cifar10(datadir: &Path) {

@@ -203,3 +203,66 @@ fn an_unavailable_release_names_its_url_and_the_manual_route() {
     }
     std::fs::remove_dir_all(&logdir).ok();
 }
+
+#[test]
+fn a_signal_stops_the_run_with_its_conventional_code_and_a_rerun_resumes() {
+    let logdir = bit_testkit::ScratchDir::new("train-signal");
+    let mut child = KillOnDrop(bit_train(&logdir).spawn().unwrap());
+    let log = logdir.join("fm").join("train.log");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("[step 2")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no step 2 in {}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.0.wait().unwrap();
+    // 128 + SIGTERM, as a shell reports a process that SIGTERM ended; the run saved first.
+    assert_eq!(status.code(), Some(143));
+    let stopped = checkpoint_step(&logdir.join("fm")).expect("a checkpoint of the stopped run");
+    assert!(stopped < STEPS, "stopped at {stopped}");
+    let out = bit_train(&logdir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("done after {STEPS} steps")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_step_count_beyond_any_schedule_is_refused() {
+    let logdir = bit_testkit::ScratchDir::new("train-steps");
+    let out = Command::new(env!("CARGO_BIN_EXE_bit"))
+        .args(["train", "--name", "long", "--model"])
+        .arg(golden_tiny())
+        .arg("--logdir")
+        .arg(&*logdir)
+        .args([
+            "--dataset",
+            "fashion_mnist",
+            "--steps",
+            "18446744073709551615",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--steps 18446744073709551615: at most"),
+        "{stderr}"
+    );
+}

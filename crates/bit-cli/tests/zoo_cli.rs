@@ -364,3 +364,54 @@ fn init_writes_a_seeded_random_checkpoint_that_predict_and_inspect_read() {
         "{err}"
     );
 }
+
+#[test]
+fn class_names_with_terminal_escapes_are_printed_escaped() {
+    let dir = scratch("escapes");
+    let home = dir.join("home");
+    let base = "http://127.0.0.1:9";
+    let model = dir.join("m.npz");
+    let args = ["init", "--arch", "tiny", "--head", "2", "--out", s(&model)];
+    ok(bit(&home, base, &args));
+    // A label file whose names would recolour the terminal and forge a line.
+    let labels = dir.join("labels.txt");
+    std::fs::write(&labels, "\u{1b}[31mred\nbell\u{7}\n").unwrap();
+    let image = &images(&dir.join("imgs"), &["x"], 1)[0];
+    let args = [
+        "predict",
+        "--model",
+        s(&model),
+        "--resolution",
+        "32",
+        "--labels",
+        s(&labels),
+        s(image),
+    ];
+    let out = ok(bit(&home, base, &args));
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(
+        out.contains("\\u{1b}[31mred") && out.contains("bell\\u{7}"),
+        "{out}"
+    );
+}
+
+#[test]
+fn outputs_never_replace_links_directories_or_devices() {
+    let dir = scratch("outs");
+    let home = dir.join("home");
+    let base = "http://127.0.0.1:9";
+    let target = dir.join("target.npz");
+    std::fs::write(&target, b"keep").unwrap();
+    let link = dir.join("link.npz");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let sub = dir.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    for out in [&link, &sub] {
+        let args = ["init", "--arch", "tiny", "--head", "2", "--out", s(out)];
+        let err = failed(bit(&home, base, &args));
+        assert!(err.contains("refusing to replace it"), "{err}");
+    }
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    assert!(sub.is_dir());
+}

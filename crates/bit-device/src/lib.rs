@@ -18,8 +18,10 @@
 use bit_model::backend::{AdapterKind, GpuAdapter, GpuBackend, gpu_adapters};
 use burn::tensor::Device;
 
+mod compute;
 mod error;
 
+pub use compute::Compute;
 pub use error::{Error, Result};
 
 /// Names [`device_from_name`] accepts in this build, CPU first.

@@ -24,6 +24,7 @@ pub fn write_atomically(
     dest: &Path,
     write: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>,
 ) -> io::Result<()> {
+    replaceable(dest)?;
     remove_stale_siblings(dest);
     let tmp = temp_sibling(dest)?;
     let result = (|| {
@@ -38,6 +39,24 @@ pub fn write_atomically(
         std::fs::remove_file(&tmp).ok();
     }
     result
+}
+
+/// Refuses a `dest` that renaming over would wrongly replace: a device (`/dev/full`), a
+/// directory, a FIFO or socket, or a symbolic link (whose target a rename would leave unchanged
+/// while replacing the link). Absent paths and regular files are fine.
+fn replaceable(dest: &Path) -> io::Result<()> {
+    let kind = match std::fs::symlink_metadata(dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(meta) if meta.is_file() => return Ok(()),
+        Ok(meta) if meta.is_symlink() => "a symbolic link (name its target instead)",
+        Ok(meta) if meta.is_dir() => "a directory",
+        Ok(_) => "not a regular file",
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{} is {kind}: refusing to replace it", dest.display()),
+    ))
 }
 
 /// `dir/.name.tmp-<pid>-<n>`: on the same filesystem as `dest`, so the rename is atomic.
@@ -107,6 +126,37 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    #[test]
+    fn links_directories_and_special_files_are_refused_not_replaced() {
+        let dir = std::env::temp_dir().join(format!("bit-hub-special-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let target = dir.join("target");
+        std::fs::write(&target, b"old").unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let fifo = dir.join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        for (dest, kind) in [
+            (&link, "a symbolic link"),
+            (&dir.join("sub"), "a directory"),
+            (&fifo, "not a regular file"),
+        ] {
+            let err = write_atomically(dest, |f| f.write_all(b"new")).unwrap_err();
+            assert!(err.to_string().contains(kind), "{err}");
+        }
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        assert!(std::fs::metadata(dir.join("sub")).unwrap().is_dir());
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn leftovers_of_dead_writers_go_and_the_file_gets_the_usual_permissions() {

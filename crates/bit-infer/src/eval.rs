@@ -8,7 +8,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::error::{InferError, Result};
-use crate::run::{Feed, logits_of};
+use crate::feed::{Feed, logits_of};
 
 /// What an evaluation measured.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

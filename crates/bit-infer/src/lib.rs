@@ -6,8 +6,10 @@
 //! ImageNet-21k WordNet ids, or the fine-tuning run's classes); then [`predict`] (top-k
 //! probabilities), [`embed`] (pooled pre-logits for linear probes and retrieval, saved as
 //! `.npy`) and [`evaluate`] (loss, top-1, top-5 on labelled data, whose classes
-//! [`map_classes`] matches to the head by name or a class map). Preprocessing is the
-//! reference's evaluation path: resize to the resolution, scale to `[-1, 1]`.
+//! [`map_classes`] matches to the head by name or a class map), and [`fewshot`] (BiT's
+//! few-shot linear evaluation of the frozen features: big_vision's closed-form ridge probe,
+//! [`RidgeProbe`]). Preprocessing is the reference's evaluation path: resize to the
+//! resolution, scale to `[-1, 1]`.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -29,13 +31,17 @@
 
 mod error;
 mod eval;
+mod feed;
+mod fewshot;
 mod labels;
 mod model;
-mod run;
 
 pub use bit_model::{CLASSES_METADATA_KEY, RESOLUTION_METADATA_KEY};
 pub use error::{InferError, Result};
 pub use eval::{EvalResult, evaluate, evaluate_dataset, log_softmax, rank};
+pub use feed::{Embeddings, Feed, embed, predict};
+pub use fewshot::{
+    BIAS_FEATURE, DEFAULT_L2, FewShotConfig, FewShotScore, RidgeProbe, STD_EPS, fewshot,
+};
 pub use labels::{Relabelled, map_classes, read_class_map, read_label_file};
 pub use model::{DEFAULT_RESOLUTION, InferenceModel, LoadOptions, metadata};
-pub use run::{Embeddings, Feed, embed, predict};

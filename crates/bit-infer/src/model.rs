@@ -8,8 +8,8 @@ use bit_zoo::{LabelSet, LoadedModel, ModelHub, PretrainedModel};
 use burn::tensor::Device;
 
 use crate::error::{InferError, Result};
+use crate::feed::Feed;
 use crate::labels::read_label_file;
-use crate::run::Feed;
 
 /// The resolution used when neither the caller, the file nor the catalog gives one (the
 /// upstream BiT pre-training resolution).

@@ -2,16 +2,10 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::{Device, Tensor};
 
-use crate::ops::{self, GroupNormOptions};
+use crate::group_norm::{GN_EPS, GROUPS, GroupNormRelu, GroupNormReluConfig};
 use crate::std_conv::{StdConv2d, StdConv2dConfig};
-
-/// Number of GroupNorm groups everywhere in BiT.
-pub const GROUPS: usize = 32;
-/// GroupNorm epsilon everywhere in BiT (PyTorch's default).
-pub const GN_EPS: f64 = 1e-5;
 
 /// Configuration of a [`PreActBottleneck`] unit.
 ///
@@ -55,8 +49,9 @@ impl PreActBottleneckConfig {
                 .init(device)
         };
         let gn = |channels| {
-            GroupNormConfig::new(GROUPS, channels)
-                .with_epsilon(GN_EPS)
+            GroupNormReluConfig::new(channels)
+                .with_groups(GROUPS)
+                .with_eps(GN_EPS)
                 .init(device)
         };
         PreActBottleneck {
@@ -80,15 +75,15 @@ impl PreActBottleneckConfig {
 #[derive(Module, Debug)]
 pub struct PreActBottleneck {
     /// Norm of the unit input (`a/group_norm` in the checkpoint).
-    pub gn1: GroupNorm,
+    pub gn1: GroupNormRelu,
     /// 1x1 reduction (`a/standardized_conv2d`).
     pub conv1: StdConv2d,
     /// `b/group_norm`.
-    pub gn2: GroupNorm,
+    pub gn2: GroupNormRelu,
     /// 3x3, strided (`b/standardized_conv2d`).
     pub conv2: StdConv2d,
     /// `c/group_norm`.
-    pub gn3: GroupNorm,
+    pub gn3: GroupNormRelu,
     /// 1x1 expansion (`c/standardized_conv2d`).
     pub conv3: StdConv2d,
     /// Projection shortcut (`a/proj/standardized_conv2d`), only in the first unit of a block.
@@ -102,34 +97,13 @@ impl PreActBottleneck {
     /// - input `[batch, h, w, in]` (channels-last)
     /// - output `[batch, h / stride, w / stride, out]` (rounded up)
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let a = group_norm_relu(&self.gn1, x.clone());
+        let a = self.gn1.forward(x.clone());
         let shortcut = match &self.downsample {
             Some(proj) => proj.forward(a.clone()),
             None => x,
         };
         let out = self.conv1.forward(a);
-        let out = self.conv2.forward(group_norm_relu(&self.gn2, out));
-        self.conv3
-            .forward_add(group_norm_relu(&self.gn3, out), shortcut)
+        let out = self.conv2.forward(self.gn2.forward(out));
+        self.conv3.forward_add(self.gn3.forward(out), shortcut)
     }
-}
-
-/// `relu(norm(x))` as one fused operation ([`ops::group_norm_relu`]): pre-activation always
-/// follows a GroupNorm with a ReLU.
-pub(crate) fn group_norm_relu(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
-    let device = x.device();
-    let channels = norm.num_channels;
-    let gamma = match &norm.gamma {
-        Some(gamma) => gamma.val(),
-        None => Tensor::ones([channels], &device),
-    };
-    let beta = match &norm.beta {
-        Some(beta) => beta.val(),
-        None => Tensor::zeros([channels], &device),
-    };
-    let options = GroupNormOptions {
-        groups: norm.num_groups,
-        eps: norm.epsilon,
-    };
-    ops::group_norm_relu(x, gamma, beta, options)
 }

@@ -31,6 +31,7 @@
 pub mod backend;
 mod bottleneck;
 mod error;
+mod group_norm;
 mod native;
 mod npz;
 pub mod ops;
@@ -38,15 +39,16 @@ mod precision;
 mod resnet;
 mod std_conv;
 
-pub use bottleneck::{GN_EPS, GROUPS, PreActBottleneck, PreActBottleneckConfig};
+pub use bottleneck::{PreActBottleneck, PreActBottleneckConfig};
 pub use error::{Error, Result};
+pub use group_norm::{GN_EPS, GROUPS, GroupNormRelu, GroupNormReluConfig};
 pub use native::{
     CLASSES_METADATA_KEY, CONFIG_METADATA_KEY, RESOLUTION_METADATA_KEY, run_metadata,
 };
 pub use npz::NpzCheckpoint;
 pub use precision::Precision;
 pub use resnet::{
-    Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, Block, Head, HeadConfig, ROOT_PAD, ResNetV2,
+    Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, Block, Head, HeadConfig, ROOT_POOL, ResNetV2,
     ResNetV2Config, RootBlock,
 };
 pub use std_conv::{StdConv2d, StdConv2dConfig};

@@ -12,7 +12,7 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use npyz::npz::NpzArchive;
 use npyz::{DType, NpyFile, Order, WriterBuilder};
@@ -20,6 +20,7 @@ use npyz::{DType, NpyFile, Order, WriterBuilder};
 use crate::backend::host_values;
 use crate::bottleneck::PreActBottleneck;
 use crate::error::{Error, Result};
+use crate::group_norm::GroupNormRelu;
 use crate::resnet::{Architecture, ResNetV2, ResNetV2Config};
 use crate::std_conv::StdConv2d;
 
@@ -233,16 +234,14 @@ impl NpzCheckpoint {
 
     fn load_group_norm(
         &mut self,
-        gn: &mut GroupNorm,
+        gn: &mut GroupNormRelu,
         prefix: &str,
         used: &mut BTreeSet<String>,
     ) -> Result<()> {
-        let c = gn.num_channels;
+        let c = gn.channels();
         for (param, name) in [(&mut gn.gamma, "gamma"), (&mut gn.beta, "beta")] {
             let data = self.read(&format!("{prefix}/{name}"), &[c], used)?;
-            if let Some(param) = param {
-                set_param(param, TensorData::new(data, [c]));
-            }
+            set_param(param, TensorData::new(data, [c]));
         }
         Ok(())
     }
@@ -459,14 +458,11 @@ impl ResNetV2 {
                 host_values(w.permute([2, 3, 1, 0])),
             )
         };
-        let norm = |prefix: &str, gn: &GroupNorm| {
-            [(&gn.gamma, "gamma"), (&gn.beta, "beta")]
-                .into_iter()
-                .filter_map(|(p, name)| {
-                    let v = host_values(p.as_ref()?.val());
-                    Some((format!("{prefix}/{name}"), vec![v.len()], v))
-                })
-                .collect::<Vec<_>>()
+        let norm = |prefix: &str, gn: &GroupNormRelu| {
+            [(&gn.gamma, "gamma"), (&gn.beta, "beta")].map(|(p, name)| {
+                let v = host_values(p.val());
+                (format!("{prefix}/{name}"), vec![v.len()], v)
+            })
         };
         // The same table of keys as loading reads, walked over a (cheap, shared-storage) clone.
         let mut model = self.clone();
@@ -503,7 +499,7 @@ enum Slot<'a> {
     /// A standardized convolution: the key is its kernel, HWIO in the file.
     Conv(&'a mut StdConv2d),
     /// A GroupNorm: the key is the prefix of its `gamma` and `beta`.
-    Norm(&'a mut GroupNorm),
+    Norm(&'a mut GroupNormRelu),
 }
 
 /// Every body array of `model` under its BiT key, in the release's order: the one table of the

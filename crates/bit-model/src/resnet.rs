@@ -5,14 +5,12 @@ use std::str::FromStr;
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{DType, Device, Tensor};
 
-use crate::bottleneck::{
-    GN_EPS, GROUPS, PreActBottleneck, PreActBottleneckConfig, group_norm_relu,
-};
+use crate::bottleneck::{PreActBottleneck, PreActBottleneckConfig};
 use crate::error::Error;
+use crate::group_norm::{GN_EPS, GROUPS, GroupNormRelu, GroupNormReluConfig};
 use crate::ops::{self, PoolOptions};
 use crate::precision::Precision;
 use crate::std_conv::{StdConv2d, StdConv2dConfig};
@@ -215,7 +213,6 @@ impl ResNetV2Config {
                 .with_padding(3)
                 .with_eps(self.std_conv_eps)
                 .init(device),
-            pool: MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).init(),
         };
         let mut in_channels = 64 * wf;
         let body = (0..4)
@@ -257,23 +254,20 @@ impl ResNetV2Config {
 pub struct RootBlock {
     /// `root_block/standardized_conv2d`.
     pub conv: StdConv2d,
-    /// 3x3/2 max-pool, no padding of its own (window and stride; the zero pad is [`ROOT_PAD`]).
-    pub pool: MaxPool2d,
 }
 
-/// The zero padding before the root pool.
-pub const ROOT_PAD: usize = 1;
+/// The root pool: a 3x3 window, stride 2, after a zero pad of 1 (the zeros take part).
+pub const ROOT_POOL: PoolOptions = PoolOptions {
+    kernel: 3,
+    stride: 2,
+    padding: 1,
+};
 
 impl RootBlock {
     /// Channels-last, like every activation inside the network:
     /// `[b, h, w, c]` -> `[b, ((h - 1) / 2 + 1 - 1) / 2 + 1, ..., 64wf]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let options = PoolOptions {
-            kernel: self.pool.kernel_size[0],
-            stride: self.pool.stride[0],
-            padding: ROOT_PAD,
-        };
-        ops::zero_pad_max_pool2d(self.conv.forward(x), options)
+        ops::zero_pad_max_pool2d(self.conv.forward(x), ROOT_POOL)
     }
 }
 
@@ -321,8 +315,9 @@ impl HeadConfig {
         // The initializer above also draws the bias; BiT and timm start it at zero.
         fc.bias = Some(Initializer::Zeros.init([self.classes], device));
         Head {
-            gn: GroupNormConfig::new(GROUPS, self.features)
-                .with_epsilon(GN_EPS)
+            gn: GroupNormReluConfig::new(self.features)
+                .with_groups(GROUPS)
+                .with_eps(GN_EPS)
                 .init(device),
             fc,
         }
@@ -335,7 +330,7 @@ impl HeadConfig {
 #[derive(Module, Debug)]
 pub struct Head {
     /// `resnet/group_norm`, the pre-head norm.
-    pub gn: GroupNorm,
+    pub gn: GroupNormRelu,
     /// `resnet/head/conv2d`.
     pub fc: Linear,
 }
@@ -345,7 +340,8 @@ impl Head {
     /// in `f32` (the mean of a half-precision input is taken in `f32`).
     pub fn pre_logits(&self, x: Tensor<4>) -> Tensor<2> {
         let [b, h, w, c] = x.dims();
-        group_norm_relu(&self.gn, x)
+        self.gn
+            .forward(x)
             .cast(DType::F32)
             .reshape([b, h * w, c])
             .mean_dim(1)

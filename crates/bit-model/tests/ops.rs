@@ -371,27 +371,14 @@ fn parameter_grads(model: &ResNetV2, grads: &burn::tensor::Gradients) -> Vec<(St
 
 /// The model's forward written with the composed reference ops only.
 fn composed_forward(model: &ResNetV2, x: Tensor<4>) -> Tensor<2> {
-    let gn = |norm: &burn::nn::GroupNorm, x: Tensor<4>| {
-        let options = GroupNormOptions {
-            groups: norm.num_groups,
-            eps: norm.epsilon,
-        };
-        let (gamma, beta) = (
-            norm.gamma.as_ref().unwrap().val(),
-            norm.beta.as_ref().unwrap().val(),
-        );
-        reference::group_norm_relu(x, gamma, beta, options)
+    let gn = |norm: &bit_model::GroupNormRelu, x: Tensor<4>| {
+        reference::group_norm_relu(x, norm.gamma.val(), norm.beta.val(), norm.options())
     };
     let conv = |c: &bit_model::StdConv2d, x: Tensor<4>| {
         reference::std_conv2d(x, c.weight.val(), c.options())
     };
     let x = conv(&model.root.conv, x.permute([0, 2, 3, 1]));
-    let pool = PoolOptions {
-        kernel: 3,
-        stride: 2,
-        padding: 1,
-    };
-    let mut x = reference::zero_pad_max_pool2d(x, pool);
+    let mut x = reference::zero_pad_max_pool2d(x, bit_model::ROOT_POOL);
     for unit in model.body.iter().flat_map(|b| &b.units) {
         let a = gn(&unit.gn1, x.clone());
         let shortcut = match &unit.downsample {

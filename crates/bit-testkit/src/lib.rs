@@ -6,7 +6,10 @@ mod http;
 mod process;
 
 pub use http::{HttpServer, STALL_AFTER};
-pub use process::{KillOnDrop, ScratchDir, bit_serve, bit_serve_with, scratch_root};
+pub use process::{
+    KillOnDrop, ScratchDir, bit_serve, bit_serve_with, peak_resident_memory_of, scratch_root,
+    total_memory,
+};
 
 /// The reference vectors (`shared/golden`): `$BIT_GOLDEN_DIR`, else `../shared/golden` beside
 /// the checkout. Panics when they are absent, so numerical tests fail instead of skipping.

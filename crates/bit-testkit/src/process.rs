@@ -121,3 +121,27 @@ pub fn bit_serve_with(bit: &Path, args: &[&str], token: Option<&str>) -> (KillOn
         .unwrap_or_else(|_| panic!("bit serve printed no address in {:?}", started.elapsed()));
     (child, address)
 }
+
+/// The peak resident memory of process `pid` in bytes (`VmHWM` of `/proc/{pid}/status`): what
+/// a `bit` child process held at most. `None` once it has exited, or off Linux.
+pub fn peak_resident_memory_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    kib_field(&status, "VmHWM:")
+}
+
+/// The memory this machine has in bytes (`MemTotal` of `/proc/meminfo`), `None` off Linux.
+pub fn total_memory() -> Option<u64> {
+    kib_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal:")
+}
+
+/// The `kB` value of `field` (such as `VmHWM:`) in a `/proc` status-style text, in bytes.
+fn kib_field(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find(|line| line.starts_with(field))?;
+    let kib: u64 = line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}

@@ -5,9 +5,8 @@
 use std::path::PathBuf;
 
 use bit_data::{DatasetName, Preprocess};
-use bit_device::devices_from_spec;
-use bit_model::Precision;
-use bit_zoo::{self as zoo, ModelHub};
+use bit_device::Compute;
+use bit_zoo::{self as zoo, ModelHub, PretrainedDir};
 use serde::{Deserialize, Serialize};
 
 use burn::optim::{AdamWConfig, ModuleOptimizer};
@@ -16,6 +15,20 @@ use crate::error::{Result, TrainError};
 use crate::memory::BatchSplit;
 use crate::parallel::Devices;
 use crate::schedule::WarmupCosine;
+
+/// The most optimizer steps a run takes: far beyond any BiT schedule (the HyperRule's longest
+/// is 20k steps, upstream pre-training 1M), near enough that a mistyped count is refused
+/// instead of running for centuries.
+pub const MAX_STEPS: usize = 100_000_000;
+
+fn check_steps(steps: usize) -> Result<()> {
+    match steps <= MAX_STEPS {
+        true => Ok(()),
+        false => Err(TrainError::InvalidConfig(format!(
+            "--steps {steps}: at most {MAX_STEPS}"
+        ))),
+    }
+}
 
 /// What every run has, whatever it trains (`bit train`, `bit distill`): its name and place, its
 /// data, its batches, evaluations, devices and seed. Field names follow the reference flags.
@@ -29,10 +42,10 @@ pub struct RunSettings {
     /// Where to write the run's logs, metrics and checkpoints.
     #[cfg_attr(feature = "cli", arg(long))]
     pub logdir: PathBuf,
-    /// Where hand-placed release files are: {bit_pretrained_dir}/{model}.npz is used before the
-    /// cache.
-    #[cfg_attr(feature = "cli", arg(long = "bit_pretrained_dir", default_value = "."))]
-    pub bit_pretrained_dir: PathBuf,
+    /// Where hand-placed release files are (`--bit_pretrained_dir`).
+    #[cfg_attr(feature = "cli", command(flatten))]
+    #[serde(flatten)]
+    pub models: PretrainedDir,
     /// cifar10, cifar100, imagenet2012 ({datadir}/train, {datadir}/val), folder ({datadir}/train
     /// and {datadir}/val|validation|test, one sub-directory per class), fashion_mnist, mnist;
     /// for `bit distill` also images (unlabelled, at any depth of {datadir}/train and /val).
@@ -57,30 +70,36 @@ pub struct RunSettings {
     /// Evaluate on only the first N validation examples.
     #[cfg_attr(feature = "cli", arg(long = "max_eval_examples"))]
     pub max_eval_examples: Option<usize>,
+    /// Every this many steps (and at the end), also score the model's frozen features with
+    /// few-shot linear probes, as `bit fewshot` does (draws of the training set, scored on the
+    /// evaluation images; the same draws each time), logged to train.log, metrics.jsonl and
+    /// the run's curves.
+    #[cfg_attr(feature = "cli", arg(long = "fewshot_every"))]
+    #[serde(default)]
+    pub fewshot_every: Option<usize>,
+    /// Training examples per class of those probes.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "fewshot_shots", value_delimiter = ',', default_value = "1,5")
+    )]
+    #[serde(default = "RunSettings::default_fewshot_shots")]
+    pub fewshot_shots: Vec<usize>,
     /// Threads decoding and augmenting images.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = Self::WORKERS))]
     pub workers: usize,
     /// Do not write checkpoints or the final model.
     #[cfg_attr(feature = "cli", arg(long = "no-save", action = clap::ArgAction::SetFalse))]
     pub save: bool,
-    /// Devices, data-parallel (a replica of the model on each; gradients summed every step):
-    /// cpu; wgpu (every GPU of this machine, or its software adapter where it has none;
-    /// the `bit` command has it by default), vulkan or cuda in builds with them; a list such
-    /// as wgpu:0,wgpu:1 (adapters best first: discrete, integrated, virtual, software); ws://HOST:PORT (or iroh://ID@HOST:PORT, encrypted) for every device a
-    /// `bit serve` process serves (other machines: list several, e.g. ws://a:7000,ws://b:7000;
-    /// token: $BIT_REMOTE_TOKEN; see docs/distributed.md).
-    #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]
-    pub device: String,
+    /// The devices, data-parallel (a replica of the model on each; gradients summed every
+    /// step), and the precision (`--device`, `--precision`).
+    #[cfg_attr(feature = "cli", command(flatten))]
+    #[serde(flatten)]
+    pub compute: Compute,
     /// Recompute GroupNorm+ReLU outputs in the backward instead of keeping them (Burn's
     /// balanced gradient checkpointing): less activation memory for some extra compute.
     #[cfg_attr(feature = "cli", arg(long = "grad_checkpointing"))]
     #[serde(default)]
     pub grad_checkpointing: bool,
-    /// What the network computes in: f32, or mixed precision on a GPU device, bf16 or f16
-    /// (f32 weights, gradients and optimizer state; f16 with dynamic loss scaling).
-    #[cfg_attr(feature = "cli", arg(long, default_value = "f32"))]
-    #[serde(default)]
-    pub precision: Precision,
     /// Seed of shuffling, augmentation and mixup.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 0))]
     pub seed: u64,
@@ -92,6 +111,11 @@ pub struct RunSettings {
 impl RunSettings {
     /// Default loader threads.
     pub const WORKERS: usize = 8;
+
+    /// The probes' default shots per class, 1 and 5.
+    pub fn default_fewshot_shots() -> Vec<usize> {
+        vec![1, 5]
+    }
 
     /// The defaults: batch 512, split to fit memory, 8 workers, saving on, CPU, seed 0.
     ///
@@ -108,18 +132,19 @@ impl RunSettings {
         Self {
             name: name.into(),
             logdir: logdir.into(),
-            bit_pretrained_dir: PathBuf::from("."),
+            models: PretrainedDir::default(),
             dataset: dataset.into(),
             datadir: Some(datadir.into()),
             batch: bit_hyperrule::BASE_BATCH,
             batch_split: BatchSplit::Auto,
             eval_every: None,
             max_eval_examples: None,
+            fewshot_every: None,
+            fewshot_shots: Self::default_fewshot_shots(),
             workers: Self::WORKERS,
             save: true,
-            device: "cpu".into(),
+            compute: Compute::default(),
             grad_checkpointing: false,
-            precision: Precision::F32,
             seed: 0,
             skip_non_images: false,
         }
@@ -150,6 +175,14 @@ impl RunSettings {
         }
         if self.eval_every == Some(0) || self.max_eval_examples == Some(0) {
             return bad("--eval_every and --max_eval_examples must be at least 1".into());
+        }
+        if self.fewshot_every == Some(0)
+            || (self.fewshot_every.is_some()
+                && (self.fewshot_shots.is_empty() || self.fewshot_shots.contains(&0)))
+        {
+            return bad(
+                "--fewshot_every and every one of --fewshot_shots must be at least 1".into(),
+            );
         }
         if self.workers > bit_data::MAX_WORKERS {
             return bad(format!(
@@ -182,9 +215,9 @@ impl RunSettings {
     /// The devices of this run (each able to compute in the run's precision), with gradient
     /// checkpointing if asked.
     pub(crate) fn devices(&self) -> Result<Devices> {
-        let devices = devices_from_spec(&self.device)?;
+        let devices = self.compute.devices()?;
         for device in &devices {
-            self.precision.check(device)?;
+            self.compute.precision.check(device)?;
         }
         let devices = Devices::new(devices)?;
         Ok(if self.grad_checkpointing {
@@ -196,7 +229,7 @@ impl RunSettings {
 
     /// The model hub of this run: `$BIT_HOME`'s cache, after `bit_pretrained_dir`.
     pub(crate) fn hub(&self) -> Result<ModelHub> {
-        Ok(ModelHub::from_env()?.with_pretrained_dir(&self.bit_pretrained_dir))
+        Ok(self.models.hub()?)
     }
 }
 
@@ -278,6 +311,7 @@ impl TrainConfig {
         if self.steps == Some(0) || self.examples_per_class == Some(0) {
             return bad("--steps and --examples_per_class must be at least 1".into());
         }
+        check_steps(self.steps.unwrap_or(1))?;
         if let Some((precrop, crop)) = self.resolution {
             Preprocess::Train { precrop, crop }
                 .validate()
@@ -298,7 +332,7 @@ impl TrainConfig {
     /// `{bit_pretrained_dir}/{model}.npz`, else the released model of that name from the cache
     /// (`$BIT_HOME`), downloaded and verified if needed.
     pub fn checkpoint_path(&self) -> Result<PathBuf> {
-        let dir = &self.run.bit_pretrained_dir;
+        let dir = &self.run.models.bit_pretrained_dir;
         match self.run.hub()?.locate(&self.model) {
             Ok((path, _)) => Ok(path),
             Err(bit_zoo::Error::UnknownModel(_)) => Err(TrainError::MissingCheckpoint {
@@ -415,6 +449,7 @@ impl DistillConfig {
         if self.steps == 0 {
             return bad("--steps must be at least 1".into());
         }
+        check_steps(self.steps)?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("--lr {} must be positive", self.lr));
         }

@@ -18,7 +18,7 @@
 //! use bit_train::{TrainConfig, TrainOptions, train};
 //!
 //! let mut config = TrainConfig::new("cifar10_run", "BiT-M-R50x1", "cifar10", "/data/cifar", "/tmp/bit_logs");
-//! config.run.bit_pretrained_dir = "/models".into();
+//! config.run.models.bit_pretrained_dir = "/models".into();
 //! config.examples_per_class = Some(5);
 //! let outcome = train(&config, &TrainOptions::default())?;
 //! println!("top-1 {:.2}% after {} steps", 100.0 * outcome.eval.top1, outcome.steps);
@@ -26,6 +26,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod cgroup;
 pub mod checkpoint;
 mod config;
 mod data;
@@ -40,6 +41,7 @@ pub mod memory;
 mod objective;
 mod parallel;
 mod plot;
+mod probe;
 mod run;
 mod schedule;
 pub mod throughput;
@@ -47,7 +49,7 @@ mod timings;
 mod views;
 
 pub use bit_infer::{EvalResult, evaluate};
-pub use config::{DistillConfig, RunSettings, TrainConfig};
+pub use config::{DistillConfig, MAX_STEPS, RunSettings, TrainConfig};
 pub use data::TrainingData;
 pub use distill::{DistillEval, DistillOutcome, distill};
 pub use error::{Result, TrainError};

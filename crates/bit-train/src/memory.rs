@@ -4,6 +4,7 @@
 //! the same update (up to float summation order).
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::cgroup;
 use crate::error::{Result, TrainError};
 
 /// `--batch_split`: how many micro-batches each batch is split into (gradients accumulated).
@@ -151,32 +153,18 @@ impl MicroBatchMemory {
     }
 }
 
-/// Bytes this process can still allocate: the kernel's `MemAvailable`, or less where a cgroup
-/// (a container, a systemd slice) limits the process. `None` where this cannot be read.
+/// Bytes this process can still allocate: the kernel's `MemAvailable`, or less where its
+/// cgroups (a container, a SLURM job, a systemd slice) leave it less. `None` where this cannot
+/// be read.
 pub fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let available = kib_field(&meminfo, "MemAvailable:")?;
-    Some(match cgroup_limit_and_usage() {
-        Some((limit, used)) => available.min(limit.saturating_sub(used)),
-        None => available,
-    })
-}
-
-/// Bytes this machine has (`MemTotal`), or its cgroup's limit where that is smaller.
-pub fn total_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let total = kib_field(&meminfo, "MemTotal:")?;
-    Some(cgroup_limit_and_usage().map_or(total, |(limit, _)| total.min(limit)))
-}
-
-/// The memory limit of this process's cgroup (v2, else v1) and what it uses, where limited.
-fn cgroup_limit_and_usage() -> Option<(u64, u64)> {
-    let v2 = read_u64("/sys/fs/cgroup/memory.max").zip(read_u64("/sys/fs/cgroup/memory.current"));
-    let v1 = || {
-        read_u64("/sys/fs/cgroup/memory/memory.limit_in_bytes")
-            .zip(read_u64("/sys/fs/cgroup/memory/memory.usage_in_bytes"))
-    };
-    v2.or_else(v1)
+    Some(
+        match cgroup::headroom_of_this_process(Path::new(cgroup::CGROUP_ROOT)) {
+            Some(headroom) => available.min(headroom),
+            None => available,
+        },
+    )
 }
 
 /// This process's resident memory in bytes (`VmRSS`).
@@ -193,12 +181,6 @@ pub fn peak_resident_memory() -> Option<u64> {
         &std::fs::read_to_string("/proc/self/status").ok()?,
         "VmHWM:",
     )
-}
-
-/// The peak resident memory of process `pid` in bytes (`VmHWM`): a worker's, a child's.
-pub fn peak_resident_memory_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    kib_field(&status, "VmHWM:")
 }
 
 /// The most resident memory this process used while `work` ran, in bytes above what it held
@@ -352,11 +334,6 @@ fn kib_field(text: &str, name: &str) -> Option<u64> {
         .parse()
         .ok()?;
     Some(kib * 1024)
-}
-
-/// A file holding one number (`max` is no number).
-fn read_u64(path: &str) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

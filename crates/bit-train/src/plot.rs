@@ -25,6 +25,11 @@ pub struct Curves {
     /// `(step, validation top-1)`: the model's accuracy, or for a distillation without labels
     /// its top-1 agreement with the teacher.
     pub top1: Vec<(f64, f64)>,
+    /// `(step, accuracy)` of the few-shot probe with the most shots (`--fewshot_every`), and
+    /// that number of shots (0 without probes).
+    pub fewshot: Vec<(f64, f64)>,
+    /// Shots per class of the probe in [`fewshot`](Self::fewshot).
+    pub fewshot_shots: usize,
 }
 
 impl Curves {
@@ -75,13 +80,24 @@ impl Curves {
                         }
                     }
                 }
+                Some("fewshot") => {
+                    let step = event_step(&record, &step_losses);
+                    let most = record
+                        .get("shots")
+                        .and_then(Value::as_object)
+                        .and_then(|shots| {
+                            shots
+                                .iter()
+                                .filter_map(|(k, v)| Some((k.parse::<usize>().ok()?, v.as_f64()?)))
+                                .max_by_key(|(k, _)| *k)
+                        });
+                    if let Some((shots, accuracy)) = most {
+                        curves.fewshot_shots = shots;
+                        curves.fewshot.push((step, accuracy));
+                    }
+                }
                 Some("eval") => {
-                    let last = step_losses.last().map_or(0.0, |(s, _, _)| s + 1.0);
-                    let step = match record.get("step") {
-                        Some(Value::String(s)) => s.parse().unwrap_or(last),
-                        Some(v) => v.as_f64().unwrap_or(last),
-                        None => last,
-                    };
+                    let step = event_step(&record, &step_losses);
                     let top1 = number("top1")
                         .or_else(|| {
                             record
@@ -104,8 +120,19 @@ impl Curves {
     }
 }
 
-/// Draws `runs` into one SVG at `out` (written atomically): three panels over the steps,
-/// training loss, learning rate and validation top-1, one colour per run.
+/// The step of an evaluation or probe record: a number, or `end` (after the last step).
+fn event_step(record: &Value, step_losses: &[(f64, f64, usize)]) -> f64 {
+    let last = step_losses.last().map_or(0.0, |(s, _, _)| s + 1.0);
+    match record.get("step") {
+        Some(Value::String(s)) => s.parse().unwrap_or(last),
+        Some(v) => v.as_f64().unwrap_or(last),
+        None => last,
+    }
+}
+
+/// Draws `runs` into one SVG at `out` (written atomically): panels over the steps, training
+/// loss, learning rate and validation top-1, and the few-shot probe's accuracy where a run
+/// has one; one colour per run.
 pub fn plot(runs: &[Curves], out: &Path) -> Result<()> {
     let mut svg = String::new();
     {
@@ -130,7 +157,8 @@ type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, runs: &[Curves]) -> DrawResult {
     root.fill(&WHITE)?;
-    let panels = root.split_evenly((3, 1));
+    let probes = runs.iter().map(|r| r.fewshot_shots).max().unwrap_or(0);
+    let panels = root.split_evenly((if probes > 0 { 4 } else { 3 }, 1));
     let steps = runs
         .iter()
         .flat_map(|r| r.loss.iter().chain(&r.top1).map(|p| p.0))
@@ -157,6 +185,10 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, runs: &[Curves]) -> DrawResul
         (0.0, max(|r| &r.lr).max(1e-12) * 1.05),
     )?;
     panel(2, "validation top-1", |r| &r.top1, (0.0, 1.0))?;
+    if probes > 0 {
+        let title = format!("few-shot linear probe top-1 ({probes}-shot)");
+        panel(3, &title, |r| &r.fewshot, (0.0, 1.0))?;
+    }
     root.present()?;
     Ok(())
 }
@@ -226,6 +258,8 @@ mod tests {
             }
             lines += "{\"event\":\"eval\",\"step\":\"2\",\"top1\":0.25}\n";
             lines += "{\"event\":\"eval\",\"step\":\"end\",\"agree_top1\":0.75}\n";
+            lines +=
+                "{\"event\":\"fewshot\",\"step\":\"end\",\"shots\":{\"5\":0.5,\"10\":0.625}}\n";
             lines += "{\"event\":\"train\",\"ste"; // torn by a crash
             std::fs::write(run.join("metrics.jsonl"), lines).unwrap();
         }
@@ -238,6 +272,10 @@ mod tests {
             vec![(0.0, 0.1), (1.0, 0.1), (2.0, 0.1), (3.0, 0.1)]
         );
         assert_eq!(curves.top1, vec![(2.0, 0.25), (4.0, 0.75)]);
+        assert_eq!(
+            (curves.fewshot.clone(), curves.fewshot_shots),
+            (vec![(4.0, 0.625)], 10)
+        );
 
         let out = dir.join("both.svg");
         plot(&[curves, Curves::read(&b).unwrap()], &out).unwrap();
@@ -247,6 +285,7 @@ mod tests {
             "training loss",
             "learning rate",
             "validation top-1",
+            "few-shot linear probe top-1 (10-shot)",
             ">\na\n<",
             ">\nb\n<",
         ] {

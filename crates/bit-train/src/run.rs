@@ -30,6 +30,7 @@ use crate::loss_scale::{LossScale, Scaled};
 use crate::memory;
 use crate::objective::{EvalData, Export, Objective};
 use crate::parallel::{DataParallel, Devices};
+use crate::probe::FewShotProbe;
 use crate::schedule::Schedule;
 use crate::timings::Timings;
 
@@ -147,7 +148,7 @@ impl Run {
         log.info(&format!(
             "Going to train on {} device(s): {}",
             devices.len(),
-            settings.device
+            settings.compute.device
         ));
         let saved = checkpoint::find(&dir)?;
         Ok(Self {
@@ -239,7 +240,7 @@ impl Run {
         schedule: &dyn Schedule,
         clip_global_norm: Option<f32>,
     ) -> Result<Outcome<O::Eval>> {
-        let precision = self.settings.precision;
+        let precision = self.settings.compute.precision;
         let mut position = start.position;
         if precision.needs_loss_scaling() {
             position.loss_scale.get_or_insert_with(LossScale::default);
@@ -255,6 +256,7 @@ impl Run {
             views.output_size(),
         )?;
         let loader = self.settings.loader(split);
+        let probe = FewShotProbe::new(&self.settings, &data, views.output_size(), loader)?;
         let mut pass = Loop {
             objective,
             parallel,
@@ -265,6 +267,7 @@ impl Run {
             split,
             position,
             bookmark: start.bookmark,
+            probe,
         };
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drive(&mut pass)));
@@ -362,12 +365,17 @@ impl Run {
                 let eval = self.evaluate(pass, &step.to_string());
                 self.checkpoint_unless_diverged(eval, pass)?;
             }
+            let probe_due = pass.probe.as_ref().is_some_and(|p| p.due(step));
+            if probe_due && pass.schedule.lr(step).is_some() {
+                self.probe(pass, &step.to_string())?;
+            }
         }
         // Training time proper: evaluations inside the loop are not training.
         self.train_secs = started.elapsed().as_secs_f64() - self.timings.total("eval");
         self.log.finish_progress();
         let eval = self.evaluate(pass, "end");
         let eval = self.checkpoint_unless_diverged(eval, pass)?;
+        self.probe(pass, "end")?;
         Ok((eval, interrupted))
     }
 
@@ -447,12 +455,30 @@ impl Run {
         let eval = pass.objective.evaluate(pass.parallel.model(), &pass.eval)?;
         self.timings.add("eval", start);
         O::log_eval(&eval, at, &mut self.log);
-        // The picture is a convenience: failing to draw it must not stop the run.
+        self.refresh_curves();
+        Ok(eval)
+    }
+
+    /// Redraws `curves.svg`. The picture is a convenience: failing to draw it must not stop
+    /// the run.
+    fn refresh_curves(&mut self) {
         if let Err(e) = crate::plot::refresh(&self.dir) {
             self.log
                 .warn(&format!("could not draw the run's curves: {e}"));
         }
-        Ok(eval)
+    }
+
+    /// The few-shot probes of the model's features, if the run has them (timed as evaluation).
+    fn probe<O: Objective>(&mut self, pass: &Loop<'_, O>, at: &str) -> Result<()> {
+        let Some(probe) = &pass.probe else {
+            return Ok(());
+        };
+        let start = Instant::now();
+        let device = pass.parallel.devices().main().clone().without_autodiff();
+        probe.run(&pass.parallel.model().valid(), &device, at, &mut self.log)?;
+        self.timings.add("eval", start);
+        self.refresh_curves();
+        Ok(())
     }
 
     /// After an evaluation: saves the checkpoint unless the run diverged (a non-finite loss or
@@ -538,4 +564,6 @@ struct Loop<'a, O: Objective> {
     split: usize,
     position: Position,
     bookmark: Bookmark,
+    /// `--fewshot_every`'s probes.
+    probe: Option<FewShotProbe>,
 }

@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use bit_device::Compute;
 use bit_model::{Precision, ResNetV2, ResNetV2Config};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 
@@ -185,9 +186,9 @@ pub struct Bench {
     /// Untimed iterations first (GPU kernels are compiled there).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
     pub warmup: usize,
-    /// Device(s), as for `bit train --device` (several: data-parallel training).
-    #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]
-    pub device: String,
+    /// Device(s) (several: data-parallel training) and precision.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub compute: Compute,
     /// Training: micro-batches per step.
     #[cfg_attr(
         feature = "cli",
@@ -200,9 +201,6 @@ pub struct Bench {
         arg(long = "grad_checkpointing", alias = "grad-checkpointing")
     )]
     pub grad_checkpointing: bool,
-    /// What the network computes in: f32, or on a GPU device bf16 / f16 (mixed precision).
-    #[cfg_attr(feature = "cli", arg(long, default_value = "f32"))]
-    pub precision: Precision,
 }
 
 /// What [`Bench`] times.
@@ -219,7 +217,7 @@ impl Bench {
     /// Runs it: one line a script can grep (what ran, img/s, the times, memory).
     ///
     /// ```
-    /// use bit_model::Precision;
+    /// use bit_device::Compute;
     /// use bit_train::throughput::{Bench, Mode};
     ///
     /// let bench = Bench {
@@ -229,10 +227,9 @@ impl Bench {
     ///     mode: Mode::Infer,
     ///     iters: 1,
     ///     warmup: 0,
-    ///     device: "cpu".into(),
+    ///     compute: Compute::default(),
     ///     batch_split: 1,
     ///     grad_checkpointing: false,
-    ///     precision: Precision::F32,
     /// };
     /// assert!(bench.run().unwrap().contains(" img/s"));
     /// ```
@@ -249,11 +246,11 @@ impl Bench {
             iters: self.iters.max(1),
             warmup: self.warmup,
             batch_split: self.batch_split,
-            precision: self.precision,
+            precision: self.compute.precision,
         };
-        let devices = bit_device::devices_from_spec(&self.device)?;
+        let devices = self.compute.devices()?;
         for device in &devices {
-            self.precision.check(device)?;
+            self.compute.precision.check(device)?;
         }
         let m = match self.mode {
             Mode::Infer => measure_inference(&work, &devices[0]),
@@ -278,13 +275,13 @@ impl Bench {
              {:.4}, max {:.4}); device memory reserved {}; host peak RSS {}",
             self.arch,
             self.size,
-            self.precision,
+            self.compute.precision,
             match self.mode {
                 Mode::Infer => "infer",
                 Mode::Train => "train",
             },
             self.batch,
-            self.device,
+            self.compute.device,
             m.images_per_second,
             s[s.len() / 2],
             s.len(),

@@ -26,6 +26,41 @@ pub struct LoadedModel {
     pub entry: Option<PretrainedModel>,
 }
 
+/// Where hand-placed release files are: the `--bit_pretrained_dir` flag, defined here once for
+/// every `bit` command that loads a model by name, and the [`ModelHub`] it gives.
+///
+/// ```
+/// let dir = bit_zoo::PretrainedDir::default();
+/// assert_eq!(dir.bit_pretrained_dir, std::path::PathBuf::from("."));
+/// let hub = dir.hub()?; // $BIT_HOME's cache, after ./{name}.npz
+/// # Ok::<(), bit_zoo::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct PretrainedDir {
+    /// Where hand-placed release files are: {bit_pretrained_dir}/{model}.npz is used before the
+    /// cache ($BIT_HOME), as the reference's flag of that name.
+    #[cfg_attr(feature = "cli", arg(long = "bit_pretrained_dir", default_value = "."))]
+    pub bit_pretrained_dir: PathBuf,
+}
+
+impl Default for PretrainedDir {
+    /// The working directory.
+    fn default() -> Self {
+        Self {
+            bit_pretrained_dir: PathBuf::from("."),
+        }
+    }
+}
+
+impl PretrainedDir {
+    /// The hub of `$BIT_HOME` and `$BIT_MODELS_URL` ([`ModelHub::from_env`]) looking in this
+    /// directory first.
+    pub fn hub(&self) -> Result<ModelHub> {
+        Ok(ModelHub::from_env()?.with_pretrained_dir(&self.bit_pretrained_dir))
+    }
+}
+
 /// Where models come from and where they are kept: a base URL (the official bucket, a mirror)
 /// and a [`Cache`] directory. Files are kept at their bucket path (`models/vtab/…npz`), and
 /// only used once they passed a full CRC read; a damaged cached file is downloaded again.

@@ -46,4 +46,4 @@ pub use catalog::{
     find, search,
 };
 pub use error::{Error, Result};
-pub use hub::{LoadedModel, ModelHub, Pretrained};
+pub use hub::{LoadedModel, ModelHub, Pretrained, PretrainedDir};
