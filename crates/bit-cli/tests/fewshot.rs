@@ -149,3 +149,23 @@ fn a_training_run_probes_its_features_every_n_steps() {
         "{train_log}"
     );
 }
+
+#[test]
+fn a_training_run_refuses_probes_larger_than_its_classes_before_training() {
+    let logdir = ScratchDir::new("fewshot-train-too-many");
+    let output = Command::new(env!("CARGO_BIN_EXE_bit"))
+        .args(["train", "--name", "probed", "--model"])
+        .arg(golden_file("tiny.weights.npz"))
+        .arg("--logdir")
+        .arg(&*logdir)
+        .args(["--dataset", "fashion_mnist", "--examples_per_class", "4"])
+        .args(["--batch", "16", "--steps", "4", "--resolution", "40,32"])
+        .args(["--fewshot_every", "2", "--fewshot_shots", "5"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("5") && stderr.contains("4"), "{stderr}");
+    let log = std::fs::read_to_string(logdir.join("probed").join("train.log")).unwrap_or_default();
+    assert!(!log.contains("[step 0"), "trained before refusing: {log}");
+}

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bit_data::{ImageDataset, LoaderConfig};
+use bit_data::{ImageDataset, LoaderConfig, few_shot};
 use bit_infer::{Feed, FewShotConfig};
 use bit_model::ResNetV2;
 use burn::tensor::Device;
@@ -27,8 +27,8 @@ pub(crate) struct FewShotProbe {
 
 impl FewShotProbe {
     /// The probes `settings` ask for, on `data` at `crop` px read with `loader`; `None` without
-    /// `--fewshot_every`. A dataset without classes to probe is refused now, not at the first
-    /// probe.
+    /// `--fewshot_every`. A dataset without classes to probe, or with a class smaller than a
+    /// draw, is refused now, not at the first probe.
     pub(crate) fn new(
         settings: &RunSettings,
         data: &TrainingData,
@@ -44,6 +44,11 @@ impl FewShotProbe {
                 settings.dataset,
                 data.train.classes().len()
             )));
+        }
+        // Every draw is possible (each class has enough images), checked on the labels now
+        // rather than at the first probe, after hours of training.
+        for &shots in &settings.fewshot_shots {
+            few_shot(data.train.clone(), shots, 0)?;
         }
         let config = FewShotConfig {
             shots: settings.fewshot_shots.clone(),
