@@ -106,7 +106,7 @@ impl Feed {
 /// use bit_model::ResNetV2Config;
 /// use burn::tensor::Device;
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 4).init(&device);
 /// let images = InMemoryDataset::new(vec!["a".into()], [8, 8, 3], vec![128; 2 * 8 * 8 * 3], vec![0, 0])?;
 /// let top = bit_infer::predict(&model, Arc::new(images), 3, &Feed::new(32), &device)?;
@@ -200,7 +200,7 @@ impl Embeddings {
 /// use bit_model::ResNetV2Config;
 /// use burn::tensor::Device;
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 4).init(&device);
 /// let data = InMemoryDataset::new(vec!["a".into(), "b".into()], [8, 8, 3], vec![9; 3 * 8 * 8 * 3], vec![0, 1, 1])?;
 /// let emb = bit_infer::embed(&model, Arc::new(data), &Feed::new(32).with_batch_size(2), &device)?;

@@ -258,7 +258,7 @@ impl FewShotScore {
 /// use bit_model::ResNetV2Config;
 /// use burn::tensor::Device;
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 2).init(&device);
 /// // Dark images are class 0, bright ones class 1.
 /// let pixels = |v: u8| vec![v; 8 * 8 * 3];

@@ -18,7 +18,7 @@
 //! use bit_zoo::ModelHub;
 //! use burn::tensor::Device;
 //!
-//! let device = Device::default();
+//! let device = Device::flex();
 //! let m = InferenceModel::load(&ModelHub::from_env()?, "BiT-M-R50x1-ILSVRC2012", &LoadOptions::default(), &device)?;
 //! let images = ImageFiles::new(vec!["cat.jpg".into()])?;
 //! let top5 = predict(&m.model, Arc::new(images), 5, &m.feed(), &device)?;

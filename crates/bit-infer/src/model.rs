@@ -58,7 +58,7 @@ impl InferenceModel {
     /// use burn::tensor::Device;
     ///
     /// let hub = ModelHub::from_env()?;
-    /// let m = InferenceModel::load(&hub, "distill/R50x1_224", &LoadOptions::default(), &Device::default())?;
+    /// let m = InferenceModel::load(&hub, "distill/R50x1_224", &LoadOptions::default(), &Device::flex())?;
     /// assert_eq!((m.resolution, m.model.config().head_size), (224, 1000));
     /// println!("class 281 is {}", m.class_name(281));
     /// # Ok::<(), bit_infer::InferError>(())

@@ -89,7 +89,7 @@ fn folder(root: &Path) -> Arc<dyn ImageDataset> {
 
 #[test]
 fn embed_gives_the_models_pooled_features_in_dataset_order() {
-    let device = Device::default();
+    let device = Device::flex();
     let model = tiny(&device);
     let root = image_folder(&scratch("embed"), &["cat", "dog"], 3);
     let ds = folder(&root);
@@ -112,7 +112,7 @@ fn embed_gives_the_models_pooled_features_in_dataset_order() {
 
 #[test]
 fn predict_ranks_classes_by_softmax_probability() {
-    let device = Device::default();
+    let device = Device::flex();
     let model = tiny(&device);
     let root = image_folder(&scratch("predict"), &["a"], 3);
     let files: Vec<PathBuf> = (0..3)
@@ -149,7 +149,7 @@ fn predict_ranks_classes_by_softmax_probability() {
 
 #[test]
 fn an_unreadable_image_is_a_decode_error_naming_it() {
-    let device = Device::default();
+    let device = Device::flex();
     let dir = scratch("undecodable");
     let path = dir.join("notes.png");
     std::fs::write(&path, b"not an image").unwrap();
@@ -165,7 +165,7 @@ fn an_unreadable_image_is_a_decode_error_naming_it() {
 
 #[test]
 fn eval_scores_folders_matched_to_the_head_by_name() {
-    let device = Device::default();
+    let device = Device::flex();
     let model = tiny(&device);
     let names: Vec<String> = (0..10)
         .map(|i| format!("n{:08} big thing {i}, other{i}", 100 + i))
@@ -245,7 +245,7 @@ fn offline_hub(name: &str) -> ModelHub {
 
 #[test]
 fn fine_tuned_safetensors_carry_their_resolution_and_classes() {
-    let device = Device::default();
+    let device = Device::flex();
     let dir = scratch("meta");
     let classes: Vec<String> = (0..10).map(|i| format!("class {i}")).collect();
     let path = dir.join("model.safetensors");
@@ -300,7 +300,7 @@ fn fine_tuned_safetensors_carry_their_resolution_and_classes() {
 
 #[test]
 fn released_files_get_their_catalog_resolution_and_imagenet_names() {
-    let device = Device::default();
+    let device = Device::flex();
     // A hand-placed copy under a released name: the catalog's 128 px, no published names.
     let dir = scratch("catalog");
     let placed = dir.join("BiT-M-R50x1-CIFAR10.npz");

@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor};
 /// use bit_model::backend::host_values;
 /// use burn::tensor::{Device, Tensor};
 ///
-/// let t = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &Device::default());
+/// let t = Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &Device::flex());
 /// assert_eq!(host_values(t), [1.0, 2.0, 3.0, 4.0]);
 /// ```
 pub fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {

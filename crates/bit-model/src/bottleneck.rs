@@ -13,7 +13,7 @@ use crate::std_conv::{StdConv2d, StdConv2dConfig};
 /// use bit_model::PreActBottleneckConfig;
 /// use burn::tensor::{Device, Tensor};
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// // block2/unit01 of R50x1: 256 -> 512 channels, 128 in the middle, stride 2.
 /// let unit = PreActBottleneckConfig::new(256, 512, 128).with_stride(2).init(&device);
 /// assert!(unit.downsample.is_some());

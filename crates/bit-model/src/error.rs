@@ -12,7 +12,7 @@ use std::path::PathBuf;
 /// use bit_model::{Error, ResNetV2};
 /// use burn::tensor::Device;
 ///
-/// let err = ResNetV2::from_npz("no/such/BiT-M-R50x1.npz", &Device::default()).unwrap_err();
+/// let err = ResNetV2::from_npz("no/such/BiT-M-R50x1.npz", &Device::flex()).unwrap_err();
 /// assert!(matches!(err, Error::Io { .. }));
 /// assert!(err.to_string().contains("no/such/BiT-M-R50x1.npz"));
 /// ```

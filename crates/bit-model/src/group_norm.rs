@@ -19,7 +19,7 @@ pub const GN_EPS: f64 = 1e-5;
 /// use bit_model::GroupNormReluConfig;
 /// use burn::tensor::{Device, Tensor};
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let norm = GroupNormReluConfig::new(64).init(&device); // 32 groups of 2 channels
 /// // Channels-last, like every activation inside BiT: [batch, height, width, channels].
 /// let y = norm.forward(Tensor::<4>::ones([1, 8, 8, 64], &device));

@@ -19,7 +19,7 @@
 //! use bit_model::ResNetV2;
 //! use burn::tensor::{Device, Tensor};
 //!
-//! let device = Device::default();
+//! let device = Device::flex();
 //! let model = ResNetV2::from_npz("BiT-M-R50x1.npz", &device)?;
 //! let images = Tensor::<4>::zeros([8, 3, 128, 128], &device); // NCHW, scaled to [-1, 1]
 //! let logits = model.forward(images.clone()); // [8, 21843]

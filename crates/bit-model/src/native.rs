@@ -44,7 +44,7 @@ impl ResNetV2 {
     /// use bit_model::{ResNetV2, ResNetV2Config};
     /// use burn::tensor::Device;
     ///
-    /// let device = Device::default();
+    /// let device = Device::flex();
     /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 5).init(&device);
     /// let path = std::env::temp_dir().join("bit_model_doc_save.safetensors");
     /// model.save_safetensors(&path)?;
@@ -65,7 +65,7 @@ impl ResNetV2 {
     /// use bit_model::{ResNetV2, ResNetV2Config};
     /// use burn::tensor::Device;
     ///
-    /// let device = Device::default();
+    /// let device = Device::flex();
     /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 2).init(&device);
     /// let path = std::env::temp_dir().join("bit_model_doc_meta.safetensors");
     /// model.save_safetensors_with_metadata(&path, &[("my.resolution", "128".into())])?;

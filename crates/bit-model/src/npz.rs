@@ -38,7 +38,7 @@ const HEAD_BIAS: &str = "resnet/head/conv2d/bias";
 /// let ckpt = NpzCheckpoint::open("BiT-M-R50x1.npz")?;
 /// println!("{:?} x{}, head {:?}", ckpt.block_units(), ckpt.width_factor(), ckpt.head_size());
 /// // Fine-tuning starts from the body with a fresh zero head, like `zero_head=True`.
-/// let model = ckpt.load_with_zero_head(10, &Device::default())?;
+/// let model = ckpt.load_with_zero_head(10, &Device::flex())?;
 /// # Ok::<(), bit_model::Error>(())
 /// ```
 pub struct NpzCheckpoint {
@@ -382,7 +382,7 @@ impl ResNetV2 {
     /// use bit_model::ResNetV2;
     /// use burn::tensor::Device;
     ///
-    /// let model = ResNetV2::from_npz("BiT-M-R50x1.npz", &Device::default())?;
+    /// let model = ResNetV2::from_npz("BiT-M-R50x1.npz", &Device::flex())?;
     /// assert_eq!(model.config().head_size, 21843);
     /// # Ok::<(), bit_model::Error>(())
     /// ```
@@ -411,7 +411,7 @@ impl ResNetV2 {
     /// use bit_model::{ResNetV2, ResNetV2Config};
     /// use burn::tensor::Device;
     ///
-    /// let device = Device::default();
+    /// let device = Device::flex();
     /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 3).init(&device);
     /// let path = std::env::temp_dir().join("bit_model_doc_export.npz");
     /// model.save_npz(&path)?;

@@ -361,7 +361,7 @@ impl Head {
 /// use bit_model::ResNetV2Config;
 /// use burn::tensor::{Device, Tensor};
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 10).init(&device);
 /// let x = Tensor::<4>::zeros([2, 3, 64, 64], &device);
 /// assert_eq!(model.forward(x.clone()).dims(), [2, 10]);
@@ -449,7 +449,7 @@ impl ResNetV2 {
     /// use bit_model::ResNetV2Config;
     /// use burn::tensor::Device;
     ///
-    /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 10).init(&Device::default());
+    /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 10).init(&Device::flex());
     /// assert!(model.non_finite_parameters().is_empty());
     /// ```
     pub fn non_finite_parameters(&self) -> Vec<String> {

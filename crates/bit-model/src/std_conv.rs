@@ -13,7 +13,7 @@ use crate::ops::{self, StdConvOptions};
 /// use bit_model::StdConv2dConfig;
 /// use burn::tensor::{Device, Tensor};
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let conv = StdConv2dConfig::new([3, 64], 7).with_stride(2).with_padding(3).init(&device);
 /// // Channels-last, like every activation inside BiT: [batch, height, width, channels].
 /// let y = conv.forward(Tensor::<4>::zeros([1, 32, 32, 3], &device));

@@ -72,7 +72,7 @@ impl PretrainedDir {
 ///
 /// let hub = ModelHub::from_env()?; // $BIT_HOME and $BIT_MODELS_URL, else the defaults
 /// let path = hub.fetch(&bit_zoo::find("BiT-S-R50x1")?)?;
-/// let model = hub.load("BiT-S-R50x1", &Device::default())?;
+/// let model = hub.load("BiT-S-R50x1", &Device::flex())?;
 /// # Ok::<(), bit_zoo::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,7 +296,7 @@ pub trait Pretrained: Sized {
     /// use bit_zoo::Pretrained;
     /// use burn::tensor::Device;
     ///
-    /// let model = ResNetV2::pretrained("BiT-M-R50x1", &Device::default())?;
+    /// let model = ResNetV2::pretrained("BiT-M-R50x1", &Device::flex())?;
     /// // For fine-tuning, swap the head for a zero-initialised one:
     /// let model = model.with_zero_head(10);
     /// # Ok::<(), bit_zoo::Error>(())

@@ -10,7 +10,7 @@
 //! use bit_zoo::{ModelHub, Pretrained};
 //! use burn::tensor::Device;
 //!
-//! let device = Device::default();
+//! let device = Device::flex();
 //! let model = ResNetV2::pretrained("BiT-M-R50x1", &device)?; // $BIT_HOME's verified copy
 //! let hub = ModelHub::from_env()?.with_pretrained_dir("/models");
 //! let tuned = hub.load("/runs/pets/model.safetensors", &device)?; // files load too

@@ -18,7 +18,7 @@ fn pretrained_downloads_into_bit_home_from_the_configured_url() {
         std::env::set_var(BIT_HOME_ENV, &home);
         std::env::set_var(BIT_MODELS_URL_ENV, server.base_url());
     }
-    let device = Device::default();
+    let device = Device::flex();
     let model = ResNetV2::pretrained("BiT-M-R50x1-CIFAR10", &device).unwrap();
     assert!(home.join("models/BiT-M-R50x1-CIFAR10.npz").is_file());
     assert_eq!(ModelHub::from_env().unwrap().base_url(), server.base_url());

@@ -211,7 +211,7 @@ fn the_hub_fetches_verifies_caches_and_loads_a_released_name() {
     let hub = ModelHub::new(Cache::new(scratch("hub")), server.base_url());
     let entry = zoo::find("BiT-M-R50x1-CIFAR10").unwrap();
     assert!(!hub.is_cached(&entry));
-    let device = Device::default();
+    let device = Device::flex();
     let model = hub.load("BiT-M-R50x1-CIFAR10", &device).unwrap();
     assert!(hub.is_cached(&entry));
     assert_eq!(
@@ -243,10 +243,10 @@ fn a_damaged_or_missing_release_is_a_fetch_error() {
     bytes[at] ^= 1;
     server.put("BiT-S-R50x1.npz", bytes);
     let hub = ModelHub::new(Cache::new(scratch("damaged")), server.base_url());
-    let err = hub.load("BiT-S-R50x1", &Device::default()).unwrap_err();
+    let err = hub.load("BiT-S-R50x1", &Device::flex()).unwrap_err();
     assert!(matches!(err, Error::Fetch { .. }), "{err:?}");
     assert!(err.to_string().contains("BiT-S-R50x1"), "{err}");
-    let err = hub.load("BiT-S-R101x1", &Device::default()).unwrap_err();
+    let err = hub.load("BiT-S-R101x1", &Device::flex()).unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
 }
 
@@ -304,7 +304,7 @@ fn a_cached_release_damaged_in_place_is_downloaded_again_when_read() {
         .set_modified(mtime)
         .unwrap();
     assert!(hub.is_cached(&entry));
-    hub.load("BiT-S-R50x1", &Device::default()).unwrap();
+    hub.load("BiT-S-R50x1", &Device::flex()).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     assert_eq!(server.hits(), 2);
 }

@@ -193,7 +193,7 @@ impl BitOps for burn::backend::Remote {}
 /// use bit_model::ops::{StdConvOptions, std_conv2d};
 /// use burn::tensor::{Device, Distribution, Tensor};
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let x = Tensor::<4>::random([2, 9, 9, 8], Distribution::Default, &device); // NHWC
 /// let w = Tensor::<4>::random([16, 8, 3, 3], Distribution::Default, &device); // OIHW
 /// let options = StdConvOptions { stride: 2, padding: 1, eps: 1e-10 };
@@ -213,7 +213,7 @@ pub fn std_conv2d(x: Tensor<4>, weight: Tensor<4>, options: StdConvOptions) -> T
 /// use bit_model::ops::{StdConvOptions, std_conv2d, std_conv2d_add};
 /// use burn::tensor::{Device, Distribution, Tensor, Tolerance};
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let x = Tensor::<4>::random([2, 6, 6, 8], Distribution::Default, &device);
 /// let w = Tensor::<4>::random([16, 8, 1, 1], Distribution::Default, &device);
 /// let shortcut = Tensor::<4>::random([2, 6, 6, 16], Distribution::Default, &device);
@@ -242,7 +242,7 @@ pub fn std_conv2d_add(
 /// use bit_model::ops::{PoolOptions, zero_pad_max_pool2d};
 /// use burn::tensor::{Device, Tensor};
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let x = Tensor::<4>::full([1, 4, 4, 2], -1.0, &device);
 /// let y = zero_pad_max_pool2d(x, PoolOptions { kernel: 3, stride: 2, padding: 1 });
 /// // Every window touches the zero border, which wins over the negative values.
@@ -262,7 +262,7 @@ pub fn zero_pad_max_pool2d(x: Tensor<4>, options: PoolOptions) -> Tensor<4> {
 /// use bit_model::ops::{GroupNormOptions, group_norm_relu};
 /// use burn::tensor::{Device, Distribution, Tensor};
 ///
-/// let device = Device::default();
+/// let device = Device::flex();
 /// let x = Tensor::<4>::random([2, 5, 5, 64], Distribution::Default, &device);
 /// let (gamma, beta) = (Tensor::ones([64], &device), Tensor::zeros([64], &device));
 /// let y = group_norm_relu(x, gamma, beta, GroupNormOptions { groups: 32, eps: 1e-5 });
@@ -309,7 +309,7 @@ pub mod reference {
     /// use bit_model::ops::{StdConvOptions, reference, std_conv2d};
     /// use burn::tensor::{Device, Distribution, Tensor, Tolerance};
     ///
-    /// let device = Device::default();
+    /// let device = Device::flex();
     /// let x = Tensor::<4>::random([2, 9, 9, 8], Distribution::Default, &device);
     /// let w = Tensor::<4>::random([16, 8, 3, 3], Distribution::Default, &device);
     /// let options = StdConvOptions { stride: 1, padding: 1, eps: 1e-10 };
