@@ -58,6 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Preprocess::Train {
                 precrop: 160,
                 crop: 128,
+                flip: true,
             },
             128,
         ),
@@ -67,6 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Preprocess::Train {
                 precrop: 512,
                 crop: 480,
+                flip: true,
             },
             16,
         ),

@@ -255,23 +255,16 @@ pub fn eval(args: EvalArgs) -> CliResult {
 pub struct FewshotArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// A dataset `bit train` knows (cifar10, cifar100, imagenet2012, fashion_mnist, mnist, or
-    /// folder: {datadir}/train and {datadir}/val|validation|test): probes are fitted on draws
-    /// from its training split and scored on its validation/test split.
+    /// A dataset `bit train` knows (cifar10, cifar100, imagenet2012, fashion_mnist, mnist,
+    /// folder: {datadir}/train and {datadir}/val|validation|test, or vtab/<task>): probes are
+    /// fitted on draws from its training split and scored on its validation/test split.
     #[arg(long)]
     dataset: String,
     /// Where the dataset is.
     #[arg(long)]
     datadir: Option<PathBuf>,
-    /// Training examples per class of each probe.
-    #[arg(long, value_delimiter = ',', default_value = "1,5,10,25")]
-    shots: Vec<usize>,
-    /// Draws per number of shots (seeds 0, 1, ...), reported as mean ± std.
-    #[arg(long, default_value_t = 3)]
-    seeds: usize,
-    /// L2 regularization of the ridge regression (big_vision's default, 2^10).
-    #[arg(long, default_value_t = bit_infer::DEFAULT_L2, allow_negative_numbers = true)]
-    l2: f64,
+    #[command(flatten)]
+    probes: FewShotConfig,
     /// Score on only the first N test examples.
     #[arg(long = "max_eval_examples")]
     max_eval_examples: Option<usize>,
@@ -299,20 +292,17 @@ pub fn fewshot(args: FewshotArgs) -> CliResult {
         _ => data.valid,
     };
     let (m, device, feed) = args.model.load(true)?;
-    let config = FewShotConfig {
-        shots: args.shots.clone(),
-        seeds: args.seeds,
-        l2: args.l2,
-    };
+    let config = &args.probes;
     let examples = test.len();
-    let scores = bit_infer::fewshot(&m.model, data.train, test, &config, &feed, &device)?;
+    let scores = bit_infer::fewshot(&m.model, data.train, test, config, &feed, &device)?;
     writeln!(
         out,
-        "{}: few-shot linear probes on {} ({examples} test images at {} px, l2 {})",
+        "{}: few-shot linear probes on {} ({examples} test images at {} px, l2 {}, {} features)",
         m.path.display(),
         args.dataset,
         m.resolution,
-        args.l2
+        config.l2,
+        config.representation
     )?;
     for s in &scores {
         let each: Vec<String> = s
@@ -336,7 +326,8 @@ pub fn fewshot(args: FewshotArgs) -> CliResult {
             "dataset": args.dataset,
             "test_examples": examples,
             "resolution": m.resolution,
-            "l2": args.l2,
+            "l2": config.l2,
+            "representation": config.representation.to_string(),
             "scores": scores.iter().map(|s| serde_json::json!({
                 "shots": s.shots,
                 "accuracies": s.accuracies,

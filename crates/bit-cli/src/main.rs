@@ -16,6 +16,7 @@ mod bench;
 mod infer;
 #[cfg(feature = "remote")]
 mod serve;
+mod vtab;
 mod zoo;
 
 /// What a command returns: nothing, or the error `main` prints.
@@ -113,6 +114,11 @@ enum Command {
     /// of K training images per class (big_vision's evaluator), scored on the test split, for
     /// each K and seed.
     Fewshot(Box<infer::FewshotArgs>),
+    /// VTAB-1k: each of the 19 tasks (or those of --tasks) fine-tuned as BiT does it (a
+    /// resumable run per task), probed linearly (--mode fewshot), or scored with BiT's released
+    /// fine-tunes (--mode released); then a table (per task, group means, mean) printed and
+    /// written as {logdir}/vtab.md and vtab.json. See docs/vtab.md for the data.
+    Vtab(Box<vtab::VtabArgs>),
     /// Images per second and memory of a model (random weights) on a device: inference or a
     /// whole training step, timed after warm-up with the device synchronized.
     Bench(bit_train::throughput::Bench),
@@ -154,6 +160,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => infer::eval(*args),
         Command::Export(args) => infer::export(args),
         Command::Fewshot(args) => infer::fewshot(*args),
+        Command::Vtab(args) => vtab::vtab(*args),
         Command::Bench(args) => bench::bench(&args),
         Command::Selftest(args) => bench::selftest(&args),
         #[cfg(feature = "remote")]

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use bit_testkit::{ScratchDir, golden_file};
+use bit_testkit::{ScratchDir, golden_file, success_stdout};
 
 fn fewshot(args: &[&str]) -> Output {
     assert!(
@@ -30,28 +30,21 @@ fn fewshot(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
 #[test]
 fn probes_on_real_images_learn_and_are_seeded() {
     let dir = ScratchDir::new("fewshot-cli");
     let json = dir.join("scores.json");
-    let out = stdout(&fewshot(&[
-        "--shots",
-        "1,5",
-        "--seeds",
-        "2",
-        "--out",
-        json.to_str().unwrap(),
-    ]));
+    let out = success_stdout(
+        "bit fewshot",
+        fewshot(&[
+            "--shots",
+            "1,5",
+            "--seeds",
+            "2",
+            "--out",
+            json.to_str().unwrap(),
+        ]),
+    );
     assert!(out.contains("400 test images at 32 px, l2 1024"), "{out}");
     assert!(
         out.contains("  1-shot:") && out.contains("  5-shot:"),
@@ -72,14 +65,17 @@ fn probes_on_real_images_learn_and_are_seeded() {
     }
     // The same draws and the same numbers on a rerun.
     let again = dir.join("again.json");
-    stdout(&fewshot(&[
-        "--shots",
-        "1,5",
-        "--seeds",
-        "2",
-        "--out",
-        again.to_str().unwrap(),
-    ]));
+    success_stdout(
+        "bit fewshot",
+        fewshot(&[
+            "--shots",
+            "1,5",
+            "--seeds",
+            "2",
+            "--out",
+            again.to_str().unwrap(),
+        ]),
+    );
     let again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&again).unwrap()).unwrap();
     assert_eq!(again["scores"], scores["scores"]);
@@ -123,7 +119,7 @@ fn a_training_run_probes_its_features_every_n_steps() {
         .args(["--fewshot_every", "2", "--fewshot_shots", "1,3"])
         .output()
         .unwrap();
-    let log = stdout(&output);
+    let log = success_stdout("bit fewshot", &output);
     assert!(log.contains("done after 4 steps"), "{log}");
     let run = logdir.join("probed");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();

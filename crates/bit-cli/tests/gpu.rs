@@ -16,12 +16,12 @@
 #![cfg(feature = "wgpu")]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bit_data::{DatasetName, NonImagePolicy, load_train_valid};
 use bit_model::ResNetV2;
-use bit_testkit::{KillOnDrop, ScratchDir, max_relative_gap};
+use bit_testkit::{KillOnDrop, ScratchDir, max_relative_gap, success_stdout};
 use burn::tensor::Device;
 
 const STEPS: usize = 6;
@@ -48,16 +48,6 @@ fn bit_train(logdir: &Path, device: &str) -> Command {
         .args(["--max_eval_examples", "64", "--workers", "2"])
         .args(["--device", device]);
     cmd
-}
-
-fn succeeded(what: &str, output: Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{what} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 /// Every parameter of a saved model, in visiting order.
@@ -118,7 +108,7 @@ fn training_on_the_gpu_resumes_after_a_kill_and_matches_the_cpu() {
     drop(child);
     let saved = checkpoint_step(&run).unwrap();
     assert!(saved < STEPS, "checkpoint at step {saved}");
-    succeeded(
+    success_stdout(
         "resumed GPU run",
         bit_train(&killed, "wgpu").output().unwrap(),
     );
@@ -126,8 +116,8 @@ fn training_on_the_gpu_resumes_after_a_kill_and_matches_the_cpu() {
     assert!(log.contains(&format!("Resumed at step {saved}")), "{log}");
     assert_eq!(checkpoint_step(&run), Some(STEPS));
 
-    succeeded("GPU run", bit_train(&straight, "wgpu").output().unwrap());
-    succeeded("CPU run", bit_train(&cpu, "cpu").output().unwrap());
+    success_stdout("GPU run", bit_train(&straight, "wgpu").output().unwrap());
+    success_stdout("CPU run", bit_train(&cpu, "cpu").output().unwrap());
     let weights = |logdir: &Path| parameters(&logdir.join("fm").join("model.safetensors"));
     let (resumed, uninterrupted, on_cpu) = (weights(&killed), weights(&straight), weights(&cpu));
     // The same kernels on the same device: the kill cost nothing (float32 rounding at most).
@@ -140,7 +130,7 @@ fn training_on_the_gpu_resumes_after_a_kill_and_matches_the_cpu() {
     // Mixed precision (f16 activations, f32 weights, loss scaling) trains the same model.
     let half = dir.join("half");
     let mut f16 = bit_train(&half, "wgpu");
-    succeeded(
+    success_stdout(
         "f16 GPU run",
         f16.args(["--precision", "f16"]).output().unwrap(),
     );
@@ -163,7 +153,7 @@ fn training_on_the_gpu_resumes_after_a_kill_and_matches_the_cpu() {
             .args(["--device", device, "--batch", "25"])
             .output()
             .unwrap();
-        let stdout = succeeded(&format!("bit eval --device {device}"), output);
+        let stdout = success_stdout(&format!("bit eval --device {device}"), output);
         let (_, result) = stdout.split_once(": top-1 ").expect("a result line");
         let (accuracy, loss) = result.split_once(", loss ").unwrap();
         let loss: f64 = loss.split(' ').next().unwrap().parse().unwrap();
@@ -232,7 +222,7 @@ fn distillation_runs_on_the_gpu() {
         .args(["--resolution", "32", "--device", "wgpu"])
         .output()
         .unwrap();
-    succeeded("bit distill --device wgpu", output);
+    success_stdout("bit distill --device wgpu", output);
     let run = dir.join("logs").join("student");
     let log = std::fs::read_to_string(run.join("train.log")).unwrap();
     assert!(log.contains("Validation@end KL"), "{log}");

@@ -114,7 +114,7 @@ pub enum DataError {
 
     /// A dataset name this crate does not know.
     #[error(
-        "unknown dataset `{0}`; expected one of cifar10, cifar100, imagenet2012, folder, fashion_mnist, mnist, images"
+        "unknown dataset `{0}`; expected one of cifar10, cifar100, imagenet2012, folder, fashion_mnist, mnist, images, vtab/<task>"
     )]
     UnknownDataset(String),
 

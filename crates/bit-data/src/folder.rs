@@ -291,18 +291,41 @@ impl ImageDataset for ImageFiles {
 }
 
 /// Decodes any supported image file (format guessed from its bytes) to 8-bit RGB.
-fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let reader = image::ImageReader::open(path)
-        .map_err(DataError::io(path))?
+pub(crate) fn decode_rgb(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(DataError::io(path))?;
+    decode_bytes(&bytes, path)
+}
+
+/// Decodes an encoded image (format guessed from its bytes) to 8-bit RGB; `path` names it in
+/// errors. A JPEG without its end marker is refused: the decoder would fill the missing part
+/// of a truncated file with grey and return a wrong image without a word.
+pub(crate) fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    let decode_error = |source| DataError::Decode {
+        path: path.to_path_buf(),
+        source,
+    };
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(DataError::io(path))?;
-    Ok(reader
-        .decode()
-        .map_err(|source| DataError::Decode {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .into_rgb8())
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err(decode_error(image::ImageError::Decoding(
+            image::error::DecodingError::new(
+                image::ImageFormat::Jpeg.into(),
+                "the file ends before the JPEG's end-of-image marker (truncated)",
+            ),
+        )));
+    }
+    Ok(reader.decode().map_err(decode_error)?.into_rgb8())
+}
+
+/// Whether a JPEG's last start-of-scan marker (`FF DA`) is followed by the end-of-image
+/// marker (`FF D9`): inside the entropy-coded data a `FF` byte is always followed by `00` or
+/// a restart marker, so `FF D9` there is the real end; the last scan, not the first `FF D9`,
+/// because an EXIF thumbnail before the image has an end marker of its own.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xff, 0xda]);
+    let end = bytes.windows(2).rposition(|w| w == [0xff, 0xd9]);
+    matches!((last_scan, end), (Some(s), Some(e)) if e > s)
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -323,7 +346,7 @@ fn is_image(path: &Path) -> bool {
 
 /// Median `(height, width)` over up to 64 images spread through the dataset, from their
 /// headers only.
-fn typical_size(items: &[(PathBuf, usize)]) -> Option<(usize, usize)> {
+pub(crate) fn typical_size(items: &[(PathBuf, usize)]) -> Option<(usize, usize)> {
     let step = items.len().div_ceil(64).max(1);
     let mut sizes: Vec<(usize, usize)> = items
         .iter()

@@ -35,6 +35,12 @@ pub fn load_idx(dir: &Path, split: Split, classes: Option<&[&str]>) -> Result<In
     let images_path = find(dir, &format!("{prefix}-images-idx3-ubyte"))?;
     let labels_path = find(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
     let (dims, pixels) = read_idx(&images_path, 0x08, 3)?;
+    if dims[1] == 0 || dims[2] == 0 {
+        return Err(DataError::Format {
+            path: images_path,
+            reason: format!("images of {}x{} pixels", dims[1], dims[2]),
+        });
+    }
     let (label_dims, labels) = read_idx(&labels_path, 0x08, 1)?;
     if label_dims[0] != dims[0] {
         return Err(DataError::Format {

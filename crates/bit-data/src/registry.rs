@@ -9,6 +9,8 @@ use crate::dataset::ImageDataset;
 use crate::error::{DataError, Result};
 use crate::folder::{FolderDataset, ImageFiles, NonImagePolicy};
 use crate::idx::{DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, load_idx};
+use crate::transform::Augment;
+use crate::vtab::VtabTask;
 
 /// Which part of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,9 @@ pub enum DatasetName {
     /// Unlabelled images at any depth of `{datadir}/train` and `{datadir}/{val,validation,test}`
     /// (for distillation, which needs no labels).
     Images,
+    /// A VTAB-1k task (`vtab/<task>`): its 1000 training examples and its test split, from
+    /// an image-list bundle or the TFDS directory under `datadir` ([`VtabTask::open`]).
+    Vtab(VtabTask),
 }
 
 impl DatasetName {
@@ -53,6 +58,24 @@ impl DatasetName {
     pub fn default_dir(self) -> Option<PathBuf> {
         (self == Self::FashionMnist).then(|| PathBuf::from(DEBIAN_FASHION_MNIST_DIR))
     }
+
+    /// The random augmentations fine-tuning applies: both of BiT's, except on the VTAB tasks
+    /// whose labels they change ([`VtabTask::augment`]).
+    ///
+    /// ```
+    /// use bit_data::{Augment, DatasetName};
+    ///
+    /// assert_eq!(DatasetName::Cifar10.augment(), Augment::default());
+    /// let count: DatasetName = "vtab/clevr-count".parse()?;
+    /// assert!(!count.augment().random_crop);
+    /// # Ok::<(), bit_data::DataError>(())
+    /// ```
+    pub fn augment(self) -> Augment {
+        match self {
+            Self::Vtab(task) => task.augment(),
+            _ => Augment::default(),
+        }
+    }
 }
 
 impl FromStr for DatasetName {
@@ -67,7 +90,10 @@ impl FromStr for DatasetName {
             "fashion_mnist" => Self::FashionMnist,
             "mnist" => Self::Mnist,
             "images" => Self::Images,
-            other => return Err(DataError::UnknownDataset(other.to_string())),
+            other => match other.strip_prefix("vtab/") {
+                Some(task) => Self::Vtab(task.parse()?),
+                None => return Err(DataError::UnknownDataset(other.to_string())),
+            },
         })
     }
 }
@@ -115,6 +141,7 @@ pub fn load_train_valid(
                 Arc::new(ImageFiles::under(valid_dir, non_images)?),
             )
         }
+        DatasetName::Vtab(task) => task.open(datadir)?,
         DatasetName::Imagenet2012 | DatasetName::Folder => {
             let candidates: &[&str] = if name == DatasetName::Imagenet2012 {
                 &["val"]

@@ -19,12 +19,15 @@ pub const MAX_RESOLUTION: usize = 4096;
 /// Which preprocessing to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preprocess {
-    /// Resize to `precrop`, random `crop` x `crop` crop, random horizontal flip.
+    /// Resize to `precrop`, random `crop` x `crop` crop, random horizontal flip (if `flip`).
     Train {
-        /// Square size before cropping (160 or 512 under the HyperRule).
+        /// Square size before cropping (160 or 512 under the HyperRule; `crop` for no random
+        /// crop).
         precrop: usize,
         /// Crop size (128 or 480).
         crop: usize,
+        /// Whether to flip half of the images.
+        flip: bool,
     },
     /// Inception-style random crop, as big_vision's `inception_crop` (used by BiT
     /// distillation): a region of 5-100 % of the image's area with an aspect ratio between
@@ -38,6 +41,46 @@ pub enum Preprocess {
         /// Output size.
         crop: usize,
     },
+}
+
+/// The random augmentations of fine-tuning: BiT's random crop and horizontal flip, each of
+/// which a task whose label it would change (a count, a position, an orientation) turns off.
+///
+/// ```
+/// use bit_data::{Augment, Preprocess};
+///
+/// assert_eq!(Augment::default().train(160, 128), Preprocess::Train { precrop: 160, crop: 128, flip: true });
+/// // No random crop: the image is resized straight to the crop size.
+/// let fixed = Augment { random_crop: false, flip: false };
+/// assert_eq!(fixed.train(160, 128), Preprocess::Train { precrop: 128, crop: 128, flip: false });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Augment {
+    /// Resize to the pre-crop size and crop at random (else resize to the crop size).
+    pub random_crop: bool,
+    /// Flip half of the images horizontally.
+    pub flip: bool,
+}
+
+impl Default for Augment {
+    /// Both, as BiT fine-tunes.
+    fn default() -> Self {
+        Self {
+            random_crop: true,
+            flip: true,
+        }
+    }
+}
+
+impl Augment {
+    /// The training preprocessing at the HyperRule's `(precrop, crop)`.
+    pub fn train(self, precrop: usize, crop: usize) -> Preprocess {
+        Preprocess::Train {
+            precrop: if self.random_crop { precrop } else { crop },
+            crop,
+            flip: self.flip,
+        }
+    }
 }
 
 impl Preprocess {
@@ -54,13 +97,13 @@ impl Preprocess {
     /// ```
     /// use bit_data::Preprocess;
     ///
-    /// assert!(Preprocess::Train { precrop: 160, crop: 128 }.validate().is_ok());
-    /// assert!(Preprocess::Train { precrop: 128, crop: 160 }.validate().is_err());
+    /// assert!(Preprocess::Train { precrop: 160, crop: 128, flip: true }.validate().is_ok());
+    /// assert!(Preprocess::Train { precrop: 128, crop: 160, flip: true }.validate().is_err());
     /// assert!(Preprocess::Eval { crop: 100_000 }.validate().is_err());
     /// ```
     pub fn validate(self) -> Result<()> {
         let (precrop, crop) = match self {
-            Self::Train { precrop, crop } => (precrop, crop),
+            Self::Train { precrop, crop, .. } => (precrop, crop),
             Self::Inception { crop } | Self::Eval { crop } => (crop, crop),
         };
         if precrop > MAX_RESOLUTION {
@@ -87,11 +130,16 @@ impl Preprocess {
         let size = self.output_size();
         assert_eq!(out.len(), 3 * size * size, "output buffer size");
         let (resized, x0, y0, flip) = match self {
-            Self::Train { precrop, crop } => {
+            Self::Train {
+                precrop,
+                crop,
+                flip,
+            } => {
                 let resized = resize(image, precrop)?;
                 let x0 = rng.random_range(0..=precrop - crop);
                 let y0 = rng.random_range(0..=precrop - crop);
-                (resized, x0, y0, rng.random_bool(0.5))
+                // Drawn either way: the crops do not depend on whether flips are on.
+                (resized, x0, y0, rng.random_bool(0.5) && flip)
             }
             Self::Inception { crop } => {
                 let region = inception_region(image.width(), image.height(), rng);
@@ -209,22 +257,32 @@ mod tests {
     #[test]
     fn train_crops_and_flips_about_half_the_time() {
         let img = gradient(40, 40);
-        let pre = Preprocess::Train {
-            precrop: 40,
-            crop: 32,
-        };
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
-        let mut flips = 0;
-        for _ in 0..400 {
-            let mut out = vec![0.0; 3 * 32 * 32];
-            pre.apply(&img, &mut rng, &mut out).unwrap();
-            // Red grows with x: a flipped crop has it decreasing along a row.
-            if out[0] > out[31] {
-                flips += 1;
+        let flips = |augment: Augment| {
+            let pre = augment.train(40, 32);
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+            let (mut flips, mut offsets) = (0, std::collections::HashSet::new());
+            for _ in 0..400 {
+                let mut out = vec![0.0; 3 * 32 * 32];
+                pre.apply(&img, &mut rng, &mut out).unwrap();
+                // Red grows with x: a flipped crop has it decreasing along a row.
+                if out[0] > out[31] {
+                    flips += 1;
+                }
+                offsets.insert(out[32 * 32].to_bits()); // green at (0, 0): the crop's top
+                assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));
             }
-            assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));
-        }
-        assert!((150..250).contains(&flips), "{flips} flips of 400");
+            (flips, offsets.len())
+        };
+        let (n, tops) = flips(Augment::default());
+        assert!(
+            (150..250).contains(&n) && tops > 4,
+            "{n} flips of 400, {tops} crop rows"
+        );
+        let fixed = flips(Augment {
+            random_crop: false,
+            flip: false,
+        });
+        assert_eq!(fixed, (0, 1));
     }
 
     #[test]
@@ -257,7 +315,8 @@ mod tests {
         assert!(
             Preprocess::Train {
                 precrop: 100,
-                crop: 128
+                crop: 128,
+                flip: true
             }
             .validate()
             .is_err()
@@ -266,7 +325,8 @@ mod tests {
         assert!(
             Preprocess::Train {
                 precrop: 160,
-                crop: 128
+                crop: 128,
+                flip: true
             }
             .validate()
             .is_ok()

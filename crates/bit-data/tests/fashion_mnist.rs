@@ -82,6 +82,7 @@ fn first_batches(
     let pre = Preprocess::Train {
         precrop: 40,
         crop: 32,
+        flip: true,
     };
     let config = LoaderConfig::new(16).with_workers(workers).with_seed(7);
     BatchStream::train(ds, pre, config, first)

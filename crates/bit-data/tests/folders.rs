@@ -207,3 +207,31 @@ fn a_panicking_worker_is_an_error_not_a_short_stream() {
         Err(DataError::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn truncated_jpegs_are_errors_naming_the_file() {
+    let root = scratch("truncated-jpeg");
+    let class = root.join("a");
+    std::fs::create_dir_all(&class).unwrap();
+    let img = RgbImage::from_fn(64, 48, |x, y| Rgb([(x * 4) as u8, (y * 5) as u8, 90]));
+    img.save(class.join("0_whole.jpg")).unwrap();
+    let whole = std::fs::read(class.join("0_whole.jpg")).unwrap();
+    // Bytes after the end marker (as some cameras write) are harmless.
+    let mut padded = whole.clone();
+    padded.extend_from_slice(&[0; 64]);
+    std::fs::write(class.join("1_padded.jpg"), &padded).unwrap();
+    for (i, percent) in [30, 70, 99].into_iter().enumerate() {
+        let cut = &whole[..whole.len() * percent / 100];
+        std::fs::write(class.join(format!("{}_cut{percent}.jpg", i + 2)), cut).unwrap();
+    }
+    let ds = FolderDataset::open(&root, NonImagePolicy::Error).unwrap();
+    assert_eq!(ds.image(0).unwrap().dimensions(), (64, 48));
+    assert_eq!(ds.image(1).unwrap(), ds.image(0).unwrap());
+    for i in 2..5 {
+        let error = ds.image(i).unwrap_err().to_string();
+        assert!(
+            error.contains("_cut") && error.contains("truncated"),
+            "{error}"
+        );
+    }
+}

@@ -55,6 +55,10 @@ fn lying_headers_are_format_errors() {
     let dir = root.join("long");
     write_pair(&dir, &header([4, 2, 2]), &[0; 17], false);
     assert!(format_error(&dir).contains("or more"));
+    // Images without pixels.
+    let dir = root.join("empty-images");
+    write_pair(&dir, &header([4, 0, 0]), &[], false);
+    assert!(format_error(&dir).contains("images of 0x0 pixels"));
     // And the honest file loads.
     let dir = root.join("fine");
     write_pair(&dir, &header([4, 2, 2]), &[7; 16], true);

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bit_data::{Batch, BatchStream, ImageDataset, LoaderConfig};
-use bit_model::ResNetV2;
 use bit_model::backend::host_values;
+use bit_model::{ResNetV2, Stage};
 use burn::tensor::Device;
 use indicatif::ProgressBar;
 use npyz::WriterBuilder;
@@ -34,6 +34,9 @@ pub struct Feed {
     pub loader: LoaderConfig,
     /// Draw a progress bar.
     pub progress: bool,
+    /// Where [`embed`] takes features: the global average of this stage's activations (the
+    /// pooled pre-logits at [`Stage::Final`], the default).
+    pub representation: Stage,
 }
 
 impl Feed {
@@ -43,7 +46,14 @@ impl Feed {
             resolution,
             loader: LoaderConfig::new(32),
             progress: false,
+            representation: Stage::Final,
         }
+    }
+
+    /// Sets where [`embed`] takes features.
+    pub fn with_representation(mut self, representation: Stage) -> Self {
+        self.representation = representation;
+        self
     }
 
     /// Sets the loader (batch size, threads).
@@ -156,13 +166,13 @@ fn top_k_softmax(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
         .collect()
 }
 
-/// Pooled pre-logit features of a dataset (the input of linear probes and retrieval), with
-/// the dataset's labels.
+/// Pooled features of a dataset (the pre-logits, or a stage's: [`Feed::representation`]; the
+/// input of linear probes and retrieval), with the dataset's labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embeddings {
     /// Row-major `[len, dim]`.
     pub features: Vec<f32>,
-    /// Width of a feature vector (`2048 * width_factor`).
+    /// Width of a feature vector (`2048 * width_factor` for the pre-logits).
     pub dim: usize,
     /// The label of each row.
     pub labels: Vec<usize>,
@@ -191,7 +201,7 @@ impl Embeddings {
     }
 }
 
-/// The features of every image of `dataset`, in order.
+/// The features of every image of `dataset`, in order, at the feed's representation.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -203,8 +213,10 @@ impl Embeddings {
 /// let device = Device::flex();
 /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 4).init(&device);
 /// let data = InMemoryDataset::new(vec!["a".into(), "b".into()], [8, 8, 3], vec![9; 3 * 8 * 8 * 3], vec![0, 1, 1])?;
-/// let emb = bit_infer::embed(&model, Arc::new(data), &Feed::new(32).with_batch_size(2), &device)?;
+/// let emb = bit_infer::embed(&model, Arc::new(data.clone()), &Feed::new(32).with_batch_size(2), &device)?;
 /// assert_eq!((emb.len(), emb.dim, emb.labels.clone()), (3, 2048, vec![0, 1, 1]));
+/// let feed = Feed::new(32).with_representation(bit_model::Stage::Stage2);
+/// assert_eq!(bit_infer::embed(&model, Arc::new(data), &feed, &device)?.dim, 512);
 /// # Ok::<(), bit_infer::InferError>(())
 /// ```
 pub fn embed(
@@ -213,14 +225,14 @@ pub fn embed(
     feed: &Feed,
     device: &Device,
 ) -> Result<Embeddings> {
-    let dim = model.config().feature_dim();
+    let dim = feed.representation.channels(model.config().width_factor);
     let mut features = Vec::with_capacity(dataset.len() * dim);
     let mut labels = Vec::with_capacity(dataset.len());
     let (batches, bar) = feed.batches(dataset, "embed")?;
     for batch in batches {
         let batch = batch?;
         let (x, _) = batch.to_tensors(device);
-        features.extend(host_values(model.features(x)));
+        features.extend(host_values(model.pooled(x, feed.representation)));
         labels.extend_from_slice(&batch.labels);
     }
     bar.finish_and_clear();

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bit_data::{ImageDataset, Subset, few_shot};
-use bit_model::ResNetV2;
+use bit_model::{ResNetV2, Stage};
 use burn::tensor::Device;
 use faer::{Mat, Side};
 
@@ -193,20 +193,34 @@ fn design(features: &[f32], dim: usize, mean: &[f64], std: &[f64]) -> Mat<f64> {
     })
 }
 
-/// Which draws to score: shots per class, seeds per shot count, the L2.
+/// Which draws to score: shots per class, seeds per shot count, the L2, and the features.
 ///
 /// ```
 /// let config = bit_infer::FewShotConfig::default();
 /// assert_eq!((config.shots, config.seeds, config.l2), (vec![1, 5, 10, 25], 3, 1024.0));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct FewShotConfig {
     /// Training examples per class of each probe (BiT reports 1, 5, 10 and 25).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_delimiter = ',', default_value = "1,5,10,25")
+    )]
     pub shots: Vec<usize>,
-    /// Draws per number of shots (seeds 0, 1, ...).
+    /// Draws per number of shots (seeds 0, 1, ...), reported as mean ± std.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = 3))]
     pub seeds: usize,
-    /// L2 regularization of the ridge regression.
+    /// L2 regularization of the ridge regression (big_vision's default, 2^10).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value_t = DEFAULT_L2, allow_negative_numbers = true)
+    )]
     pub l2: f64,
+    /// The features probed: the global average of a stage's activations (stem, stage1 ...
+    /// stage4), or `final`, the pooled pre-logits BiT probes.
+    #[cfg_attr(feature = "cli", arg(long, default_value = "final"))]
+    pub representation: Stage,
 }
 
 impl Default for FewShotConfig {
@@ -215,6 +229,7 @@ impl Default for FewShotConfig {
             shots: vec![1, 5, 10, 25],
             seeds: 3,
             l2: DEFAULT_L2,
+            representation: Stage::Final,
         }
     }
 }
@@ -247,9 +262,9 @@ impl FewShotScore {
     }
 }
 
-/// Scores `model`'s pooled features with linear probes: for each number of shots and seed, a
-/// [`RidgeProbe`] fitted on a draw of `train` ([`few_shot`]: the seed is the draw's), scored on
-/// `test`. Every image is embedded once, whatever the number of draws it is in.
+/// Scores `model`'s pooled features (at `config.representation`) with linear probes: for each
+/// number of shots and seed, a [`RidgeProbe`] fitted on a draw of `train` ([`few_shot`]: the
+/// seed is the draw's), scored on `test`. Every image is embedded once, whatever the number of draws it is in.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -313,8 +328,9 @@ pub fn fewshot(
     union.sort_unstable();
     union.dedup();
     let row_of: HashMap<usize, usize> = union.iter().enumerate().map(|(r, &i)| (i, r)).collect();
-    let drawn = embed(model, Arc::new(Subset::new(train, union)), feed, device)?;
-    let test = embed(model, test, feed, device)?;
+    let feed = feed.with_representation(config.representation);
+    let drawn = embed(model, Arc::new(Subset::new(train, union)), &feed, device)?;
+    let test = embed(model, test, &feed, device)?;
     let dim = drawn.dim;
     let mut scores: Vec<FewShotScore> = Vec::new();
     for (shots, draw) in draws {

@@ -122,6 +122,10 @@ pub enum Error {
     #[error("invalid ResNetV2 configuration: {0}")]
     InvalidConfig(String),
 
+    /// A stage name that is none of [`Stage`](crate::Stage)'s.
+    #[error("unknown stage `{0}`: expected stem, stage1, stage2, stage3, stage4 or final")]
+    UnknownStage(String),
+
     /// An architecture name that is neither `tiny` nor a BiT one.
     #[error("unknown architecture {0}")]
     UnknownArchitecture(String),

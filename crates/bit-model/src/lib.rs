@@ -49,6 +49,6 @@ pub use npz::NpzCheckpoint;
 pub use precision::Precision;
 pub use resnet::{
     Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, Block, Head, HeadConfig, ROOT_POOL, ResNetV2,
-    ResNetV2Config, RootBlock,
+    ResNetV2Config, RootBlock, Stage,
 };
 pub use std_conv::{StdConv2d, StdConv2dConfig};

@@ -171,7 +171,14 @@ impl ResNetV2Config {
     }
 
     /// Checks the configuration can be built: four non-empty blocks, a positive width, head
-    /// and input channel count.
+    /// and input channel count, a weight-standardization epsilon in `(0, 1e-3]`.
+    ///
+    /// ```
+    /// use bit_model::ResNetV2Config;
+    ///
+    /// assert!(ResNetV2Config::new([1, 1, 1, 1], 1, 10).validate().is_ok());
+    /// assert!(ResNetV2Config::new([1, 1, 1, 1], 1, 10).with_std_conv_eps(-1.0).validate().is_err());
+    /// ```
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |what: &str| Err(Error::InvalidConfig(what.to_string()));
         if self.block_units.contains(&0) {
@@ -185,6 +192,14 @@ impl ResNetV2Config {
         }
         if self.in_channels == 0 {
             return bad("in_channels must be at least 1");
+        }
+        // BiT uses 1e-10, timm 1e-8: a negative or zero epsilon divides by zero or inverts
+        // the standardization, a large one silently turns it off.
+        if !(self.std_conv_eps > 0.0 && self.std_conv_eps <= 1e-3) {
+            return bad(&format!(
+                "std_conv_eps {} must be positive and at most 1e-3 (BiT: 1e-10)",
+                self.std_conv_eps
+            ));
         }
         Ok(())
     }
@@ -429,6 +444,71 @@ impl ResNetV2 {
         self.body.iter().fold(x, |x, block| block.forward(x))
     }
 
+    /// The activations at `stages` (any order, repeats allowed), NCHW `f32` maps of
+    /// [`Stage::channels`] channels at [`Stage::stride`]: the network runs once, as far as the
+    /// deepest stage asked for (timm's `forward_intermediates`, a backbone's multi-scale
+    /// features).
+    ///
+    /// ```
+    /// use bit_model::{ResNetV2Config, Stage};
+    /// use burn::tensor::{Device, Tensor};
+    ///
+    /// let device = Device::flex();
+    /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 10).init(&device);
+    /// let x = Tensor::<4>::zeros([2, 3, 64, 64], &device);
+    /// let maps = model.forward_intermediates(x, &[Stage::Stem, Stage::Stage3]);
+    /// assert_eq!(maps[0].dims(), [2, 64, 16, 16]);
+    /// assert_eq!(maps[1].dims(), [2, Stage::Stage3.channels(1), 64 / Stage::Stage3.stride(), 4]);
+    /// ```
+    pub fn forward_intermediates(&self, x: Tensor<4>, stages: &[Stage]) -> Vec<Tensor<4>> {
+        let deepest = stages.iter().max().copied().unwrap_or(Stage::Stem);
+        let mut maps: Vec<(Stage, Tensor<4>)> = Vec::new();
+        let mut x = self
+            .root
+            .forward(self.precision.cast(x).permute([0, 2, 3, 1]));
+        maps.push((Stage::Stem, x.clone()));
+        for (block, stage) in self.body.iter().zip(&Stage::ALL[1..5]) {
+            if *stage > deepest {
+                break;
+            }
+            x = block.forward(x);
+            maps.push((*stage, x.clone()));
+        }
+        if deepest == Stage::Final {
+            maps.push((Stage::Final, self.head.gn.forward(x)));
+        }
+        stages
+            .iter()
+            .map(|s| {
+                let (_, map) = maps.iter().find(|(m, _)| m == s).expect("computed above");
+                map.clone().cast(DType::F32).permute([0, 3, 1, 2])
+            })
+            .collect()
+    }
+
+    /// The global average of the activations at `stage`, `[batch, channels]` `f32`: a
+    /// representation for linear probes and retrieval. At [`Stage::Final`] it is
+    /// [`features`](Self::features), the pooled pre-logits.
+    ///
+    /// ```
+    /// use bit_model::{ResNetV2Config, Stage};
+    /// use burn::tensor::{Device, Tensor};
+    ///
+    /// let device = Device::flex();
+    /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 10).init(&device);
+    /// let x = Tensor::<4>::ones([2, 3, 64, 64], &device);
+    /// assert_eq!(model.pooled(x.clone(), Stage::Stage2).dims(), [2, 512]);
+    /// assert_eq!(model.pooled(x, Stage::Final).dims(), [2, 2048]);
+    /// ```
+    pub fn pooled(&self, x: Tensor<4>, stage: Stage) -> Tensor<2> {
+        if stage == Stage::Final {
+            return self.features(x);
+        }
+        let map = self.forward_intermediates(x, &[stage]).remove(0);
+        let [b, c, h, w] = map.dims();
+        map.reshape([b, c, h * w]).mean_dim(2).reshape([b, c])
+    }
+
     /// Replaces the head by a zero-initialised one of `head_size` classes: what BiT does before
     /// fine-tuning (`zero_head=True`).
     pub fn with_zero_head(mut self, head_size: usize) -> Self {
@@ -502,5 +582,97 @@ impl burn::module::ModuleVisitor for NonFinite {
         if !finite {
             self.found.push(self.path.join("."));
         }
+    }
+}
+
+/// A point of the network whose activations [`ResNetV2::forward_intermediates`] returns, in
+/// network order: the stem (after the root's pool), each of the four stages (`block1` ...
+/// `block4`, pre-activation outputs), and the final features (`block4` after the pre-head
+/// GroupNorm + ReLU, what the pre-logits average).
+///
+/// ```
+/// use bit_model::Stage;
+///
+/// let stage: Stage = "stage2".parse()?;
+/// assert_eq!((stage.channels(1), stage.stride()), (512, 8));
+/// assert_eq!((Stage::Final.channels(3), Stage::Final.stride()), (6144, 32));
+/// assert_eq!(Stage::Stem.to_string(), "stem");
+/// # Ok::<(), bit_model::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    /// The root convolution and its max pool: stride 4.
+    Stem,
+    /// `block1`: stride 4.
+    Stage1,
+    /// `block2`: stride 8.
+    Stage2,
+    /// `block3`: stride 16.
+    Stage3,
+    /// `block4`: stride 32.
+    Stage4,
+    /// `block4` after the pre-head GroupNorm + ReLU: stride 32.
+    Final,
+}
+
+impl Stage {
+    /// Every stage, in network order.
+    pub const ALL: [Stage; 6] = [
+        Self::Stem,
+        Self::Stage1,
+        Self::Stage2,
+        Self::Stage3,
+        Self::Stage4,
+        Self::Final,
+    ];
+
+    /// Channels of the stage's activations in a network of width factor `width_factor`.
+    pub fn channels(self, width_factor: usize) -> usize {
+        width_factor
+            * match self {
+                Self::Stem => 64,
+                Self::Stage1 => 256,
+                Self::Stage2 => 512,
+                Self::Stage3 => 1024,
+                Self::Stage4 | Self::Final => 2048,
+            }
+    }
+
+    /// How many input pixels one activation steps over.
+    pub fn stride(self) -> usize {
+        match self {
+            Self::Stem | Self::Stage1 => 4,
+            Self::Stage2 => 8,
+            Self::Stage3 => 16,
+            Self::Stage4 | Self::Final => 32,
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Stem => "stem",
+            Self::Stage1 => "stage1",
+            Self::Stage2 => "stage2",
+            Self::Stage3 => "stage3",
+            Self::Stage4 => "stage4",
+            Self::Final => "final",
+        })
+    }
+}
+
+impl FromStr for Stage {
+    type Err = Error;
+
+    /// `stem`, `stage1` ... `stage4`, `final` (also `pre_logits`).
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if s == "pre_logits" {
+            return Ok(Self::Final);
+        }
+        Self::ALL
+            .into_iter()
+            .find(|stage| stage.to_string() == s)
+            .ok_or_else(|| Error::UnknownStage(s.to_string()))
     }
 }

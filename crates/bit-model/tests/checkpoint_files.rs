@@ -287,6 +287,13 @@ fn safetensors_errors_are_typed() {
     assert!(matches!(npz_as_safetensors, Err(Error::Corrupt { .. })));
     let absent = ResNetV2::from_safetensors(scratch("absent.safetensors"), &Device::flex());
     assert!(matches!(absent, Err(Error::Io { .. })));
+    // Metadata is checked, not trusted: a negative standardization epsilon is refused.
+    let bad_eps = scratch("bad-eps.safetensors");
+    let mut model = ResNetV2Config::new([1, 1, 1, 1], 1, 5).init(&Device::flex());
+    model.root.conv.eps = -1.0; // what the file's configuration metadata is made from
+    model.save_safetensors(&bad_eps).unwrap();
+    let refused = ResNetV2::from_safetensors(&bad_eps, &Device::flex()).unwrap_err();
+    assert!(refused.to_string().contains("std_conv_eps -1"), "{refused}");
 }
 
 #[test]

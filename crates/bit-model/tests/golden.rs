@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use bit_testkit::golden_dir;
 
-use bit_model::{Precision, ResNetV2};
+use bit_model::{Precision, ResNetV2, Stage};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -180,6 +180,54 @@ fn tiny_logits_and_features_match_reference() {
 #[test]
 fn r50x1_logits_and_features_match_reference() {
     forward_parity("r50x1", Device::flex());
+}
+
+/// The intermediate stages (timm's `forward_intermediates`) on the reference's input: shaped by
+/// their channels and strides, the final one averaging to the reference's pooled features, the
+/// fourth being the pre-norm feature map, the same maps whatever else is asked for.
+#[test]
+fn intermediate_stages_compose_to_the_reference_features() {
+    let mut case = Case::open("tiny");
+    let device = Device::flex();
+    let model = ResNetV2::from_npz(&case.weights, &device).unwrap();
+    let x = case.input(&device);
+    let [b, _, h, w] = x.dims();
+    let maps = model.forward_intermediates(x.clone(), &Stage::ALL);
+    for (stage, map) in Stage::ALL.iter().zip(&maps) {
+        let (s, c) = (stage.stride(), stage.channels(1));
+        assert_eq!(map.dims(), [b, c, h.div_ceil(s), w.div_ceil(s)], "{stage}");
+    }
+    let pooled = |map: &Tensor<4>| {
+        let [b, c, h, w] = map.dims();
+        map.clone()
+            .reshape([b, c, h * w])
+            .mean_dim(2)
+            .reshape([b, c])
+    };
+    let features = case.array::<f32>("features").1;
+    assert_close(
+        "final, pooled",
+        &values(pooled(&maps[5])),
+        &features,
+        1e-4,
+        1e-4,
+    );
+    let stage1 = values(model.pooled(x.clone(), Stage::Stage1));
+    assert_close(
+        "stage1, pooled",
+        &stage1,
+        &values(pooled(&maps[1])),
+        1e-6,
+        1e-6,
+    );
+    assert_eq!(
+        values(maps[4].clone()),
+        values(model.feature_map(x.clone()))
+    );
+    let some = model.forward_intermediates(x, &[Stage::Stage2, Stage::Stem, Stage::Stage2]);
+    for (got, want) in some.into_iter().zip([2, 0, 2]) {
+        assert_eq!(values(got), values(maps[want].clone()));
+    }
 }
 
 #[test]

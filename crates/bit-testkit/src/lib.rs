@@ -8,7 +8,7 @@ mod process;
 pub use http::{HttpServer, STALL_AFTER};
 pub use process::{
     KillOnDrop, ScratchDir, bit_serve, bit_serve_with, peak_resident_memory_of, scratch_root,
-    total_memory,
+    success_stdout, total_memory,
 };
 
 /// The reference vectors (`shared/golden`): `$BIT_GOLDEN_DIR`, else `../shared/golden` beside

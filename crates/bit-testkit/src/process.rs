@@ -145,3 +145,20 @@ fn kib_field(text: &str, field: &str) -> Option<u64> {
         .ok()?;
     Some(kib * 1024)
 }
+
+/// The standard output of a finished command, which must have succeeded: otherwise the test
+/// fails showing `what` ran and both of its outputs.
+pub fn success_stdout(
+    what: &str,
+    output: impl std::borrow::Borrow<std::process::Output>,
+) -> String {
+    let output = output.borrow();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}

@@ -288,7 +288,7 @@ fn confined(run_dir: &Path, named: &str) -> Option<PathBuf> {
 }
 
 /// Writes `value` as JSON, atomically.
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Io {
         path: path.to_path_buf(),
         source: Box::new(e),
@@ -299,7 +299,7 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     .map_err(TrainError::io(path))
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
     serde_json::from_str(&text).map_err(|e| TrainError::Io {
         path: path.to_path_buf(),

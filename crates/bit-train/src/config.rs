@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use bit_data::{DatasetName, Preprocess};
+use bit_data::{Augment, DatasetName, Preprocess};
 use bit_device::Compute;
 use bit_zoo::{self as zoo, ModelHub, PretrainedDir};
 use serde::{Deserialize, Serialize};
@@ -47,8 +47,9 @@ pub struct RunSettings {
     #[serde(flatten)]
     pub models: PretrainedDir,
     /// cifar10, cifar100, imagenet2012 ({datadir}/train, {datadir}/val), folder ({datadir}/train
-    /// and {datadir}/val|validation|test, one sub-directory per class), fashion_mnist, mnist;
-    /// for `bit distill` also images (unlabelled, at any depth of {datadir}/train and /val).
+    /// and {datadir}/val|validation|test, one sub-directory per class), fashion_mnist, mnist,
+    /// vtab/<task> (a VTAB-1k task: docs/vtab.md); for `bit distill` also images (unlabelled,
+    /// at any depth of {datadir}/train and /val).
     #[cfg_attr(feature = "cli", arg(long))]
     pub dataset: String,
     /// Where the dataset is: CIFAR is downloaded there if absent; fashion_mnist defaults to
@@ -313,7 +314,8 @@ impl TrainConfig {
         }
         check_steps(self.steps.unwrap_or(1))?;
         if let Some((precrop, crop)) = self.resolution {
-            Preprocess::Train { precrop, crop }
+            Augment::default()
+                .train(precrop, crop)
                 .validate()
                 .map_err(|e| TrainError::InvalidConfig(format!("--resolution: {e}")))?;
         }

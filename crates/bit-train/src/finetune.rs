@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use bit_data::{Batch, ImageDataset, Mixup, Preprocess};
+use bit_data::{Augment, Batch, ImageDataset, Mixup, Preprocess};
 use bit_hyperrule::HyperRule;
 use bit_infer::{EvalResult, evaluate};
 use bit_model::ResNetV2;
@@ -40,7 +40,7 @@ pub fn bit_optimizer() -> ModuleOptimizer {
 /// Fine-tunes a BiT checkpoint on a dataset with the BiT-HyperRule, resuming the run's last
 /// checkpoint if there is one.
 pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcome> {
-    config.validate()?;
+    let (dataset, _) = config.validate()?;
     let mut run = Run::open(&config.run, options, config)?;
     // Fail fast on a missing checkpoint, before any dataset download: a saved run needs none,
     // a new one needs its .npz.
@@ -60,7 +60,15 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
         let path = pretrained.expect("a run without a checkpoint of its own has its .npz");
         fresh(&path, classes.len(), device, log)
     })?;
-    let mut objective = FineTune::new(rule.clone(), config.run.seed, run.main_device(), classes)?;
+    let augment = dataset.augment();
+    if augment != Augment::default() {
+        run.log().info(&format!(
+            "Augmentation for this task's labels: random crop {}, flip {}",
+            augment.random_crop, augment.flip
+        ));
+    }
+    let mut objective = FineTune::new(rule.clone(), config.run.seed, run.main_device(), classes)?
+        .with_augment(augment);
     run.fit(start, &mut objective, data, &rule, None)
 }
 
@@ -69,6 +77,7 @@ pub fn train(config: &TrainConfig, options: &TrainOptions) -> Result<TrainOutcom
 pub struct FineTune {
     views: Views,
     rule: HyperRule,
+    augment: Augment,
     classes: Vec<String>,
 }
 
@@ -84,7 +93,7 @@ impl FineTune {
     ///
     /// let rule = HyperRule::new((32, 32), 1000); // 128 px crops of 160 px images, no mixup
     /// let mut objective = FineTune::new(rule, 0, Device::flex().autodiff(), vec!["a".into(), "b".into()])?;
-    /// assert_eq!(objective.preprocess(), Preprocess::Train { precrop: 160, crop: 128 });
+    /// assert_eq!(objective.preprocess(), Preprocess::Train { precrop: 160, crop: 128, flip: true });
     /// let batch = Batch { images: vec![0.0; 2 * 3 * 128 * 128], labels: vec![0, 1], size: 128 };
     /// let (images, targets) = objective.view(&batch, 0);
     /// assert_eq!((images.dims(), targets.mixed.is_none()), ([2, 3, 128, 128], true));
@@ -94,8 +103,29 @@ impl FineTune {
         Ok(Self {
             views: Views::new(Mixup::new(rule.mixup_alpha, seed)?, device),
             rule,
+            augment: Augment::default(),
             classes,
         })
+    }
+
+    /// The objective with other training augmentations than BiT's random crop and flip (the
+    /// VTAB tasks whose labels they change: [`DatasetName::augment`](bit_data::DatasetName::augment)).
+    ///
+    /// ```
+    /// use bit_data::{Augment, Preprocess};
+    /// use bit_hyperrule::HyperRule;
+    /// use bit_train::{FineTune, Objective};
+    /// use burn::tensor::Device;
+    ///
+    /// let rule = HyperRule::new((32, 32), 1000);
+    /// let objective = FineTune::new(rule, 0, Device::flex().autodiff(), vec!["a".into()])?
+    ///     .with_augment(Augment { random_crop: false, flip: true });
+    /// assert_eq!(objective.preprocess(), Preprocess::Train { precrop: 128, crop: 128, flip: true });
+    /// # Ok::<(), bit_train::TrainError>(())
+    /// ```
+    pub fn with_augment(mut self, augment: Augment) -> Self {
+        self.augment = augment;
+        self
     }
 
     /// The images of micro-batch `batch` at optimizer step `step` on the main device, mixed
@@ -110,10 +140,7 @@ impl Objective for FineTune {
     type Eval = EvalResult;
 
     fn preprocess(&self) -> Preprocess {
-        Preprocess::Train {
-            precrop: self.rule.precrop,
-            crop: self.rule.crop,
-        }
+        self.augment.train(self.rule.precrop, self.rule.crop)
     }
 
     fn backward(

@@ -47,6 +47,7 @@ mod schedule;
 pub mod throughput;
 mod timings;
 mod views;
+mod vtab;
 
 pub use bit_infer::{EvalResult, evaluate};
 pub use config::{DistillConfig, MAX_STEPS, RunSettings, TrainConfig};
@@ -64,3 +65,4 @@ pub use plot::{CURVES_FILE, Curves, plot};
 pub use run::{Outcome, Run, Start, TrainOptions};
 pub use schedule::{Schedule, WarmupCosine};
 pub use views::Views;
+pub use vtab::{ReleasedModel, VtabFewShot, VtabRow, VtabTable, vtab, vtab_fewshot, vtab_released};
