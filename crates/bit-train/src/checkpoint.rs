@@ -14,7 +14,7 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunSettings;
+use crate::config::{MAX_STEPS, RunSettings};
 use crate::error::{Result, TrainError};
 use crate::log::RunLog;
 use crate::loss_scale::LossScale;
@@ -134,10 +134,27 @@ impl Bookmark {
         })
     }
 
-    /// Refuses to continue a saved run with different data or batch settings.
+    /// Refuses to continue a saved run with different data or batch settings, or from a state
+    /// no run writes (a damaged or edited `state.json`): every position field is checked
+    /// against the run before anything is resumed.
     fn check(&self, saved: &Saved) -> Result<()> {
         let s = &saved.state;
-        let detail = if s.classes != self.classes {
+        let splits_the_batch = |k: usize| k >= 1 && s.batch.is_multiple_of(k);
+        // Each step reads between 1 and `batch` micro-batches of the stream.
+        let stream_bound = (s.step as u64).saturating_mul(s.batch as u64);
+        let detail = if s.step > MAX_STEPS {
+            format!("an impossible `step` {} (at most {MAX_STEPS})", s.step)
+        } else if s.batch_split.is_some_and(|k| !splits_the_batch(k)) {
+            format!(
+                "an impossible `batch_split` {:?} for its batch of {}",
+                s.batch_split, s.batch
+            )
+        } else if s.next_batch < s.step as u64 || s.next_batch > stream_bound {
+            format!(
+                "an impossible `next_batch` {} after {} steps of batch {}",
+                s.next_batch, s.step, s.batch
+            )
+        } else if s.classes != self.classes {
             format!("classes {:?}, this one {:?}", s.classes, self.classes)
         } else if s.train_examples != self.train_examples {
             format!(

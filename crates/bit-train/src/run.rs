@@ -242,6 +242,16 @@ impl Run {
     ) -> Result<Outcome<O::Eval>> {
         let precision = self.settings.compute.precision;
         let mut position = start.position;
+        if position.step > schedule.total_steps() {
+            return Err(TrainError::ResumeMismatch {
+                path: self.dir.join("checkpoint.json"),
+                detail: format!(
+                    "{} steps done, past this schedule's {} (a smaller --steps?)",
+                    position.step,
+                    schedule.total_steps()
+                ),
+            });
+        }
         if precision.needs_loss_scaling() {
             position.loss_scale.get_or_insert_with(LossScale::default);
         }

@@ -236,6 +236,45 @@ fn resaving_a_step_never_leaves_the_pointer_without_a_checkpoint() {
     std::fs::remove_dir_all(&run).ok();
 }
 
+/// A checkpoint state no run writes (a damaged or edited `state.json`) is refused, naming the
+/// field, before anything resumes from it; so is a checkpoint past the end of the schedule.
+#[test]
+fn impossible_checkpoint_states_are_refused_by_field() {
+    let (short, quiet, outcome) = one_step("impossible-state");
+    let run = short.run_dir();
+    let saved = checkpoint::find(&run).unwrap().unwrap();
+    let optim = bit_optimizer();
+    let mut cases: Vec<(checkpoint::TrainState, &str)> = Vec::new();
+    let mut state = saved.state.clone();
+    state.batch_split = Some(0);
+    cases.push((state, "`batch_split` Some(0)"));
+    let mut state = saved.state.clone();
+    state.batch_split = Some(3); // does not divide the batch of 8
+    cases.push((state, "`batch_split` Some(3)"));
+    let mut state = saved.state.clone();
+    state.next_batch = 1 << 63;
+    cases.push((state, "`next_batch` 9223372036854775808"));
+    let mut state = saved.state.clone();
+    state.step = 1_000_000_000_000;
+    cases.push((state, "`step` 1000000000000"));
+    let mut state = saved.state.clone();
+    (state.step, state.next_batch) = (5, 10);
+    cases.push((state, "5 steps done, past this schedule's 1"));
+    for (state, named) in cases {
+        checkpoint::save(&run, &outcome.model, &optim, &state).unwrap();
+        match train(&short, &quiet) {
+            Err(e @ TrainError::ResumeMismatch { .. }) => {
+                assert!(e.to_string().contains(named), "{e}")
+            }
+            other => panic!(
+                "{named}: expected ResumeMismatch, got {:?}",
+                other.map(|o| o.steps)
+            ),
+        }
+    }
+    std::fs::remove_dir_all(&run).ok();
+}
+
 /// A pointer that leads outside the run's own checkpoints is refused before anything is read.
 #[test]
 fn a_checkpoint_pointer_cannot_lead_outside_the_run() {
