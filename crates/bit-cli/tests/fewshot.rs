@@ -119,7 +119,7 @@ fn a_training_run_probes_its_features_every_n_steps() {
         .args(["--fewshot_every", "2", "--fewshot_shots", "1,3"])
         .output()
         .unwrap();
-    let log = success_stdout("bit fewshot", &output);
+    let log = success_stdout("bit train", &output);
     assert!(log.contains("done after 4 steps"), "{log}");
     let run = logdir.join("probed");
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();

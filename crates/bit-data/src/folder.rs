@@ -42,7 +42,8 @@ impl NonImagePolicy {
     }
 }
 
-/// A class-folder dataset; images are decoded when asked for.
+/// Labelled image files: a folder of class sub-directories, or a `path label` list
+/// ([`from_list`](Self::from_list)); images are decoded when asked for.
 ///
 /// ```
 /// # let root = std::env::temp_dir().join(format!("bit-data-doc-folder-{}", std::process::id()));
@@ -61,11 +62,11 @@ impl NonImagePolicy {
 /// ```
 #[derive(Debug, Clone)]
 pub struct FolderDataset {
-    root: PathBuf,
-    classes: Vec<String>,
-    items: Vec<(PathBuf, usize)>,
-    skipped: Vec<PathBuf>,
-    image_size: Option<(usize, usize)>,
+    pub(crate) root: PathBuf,
+    pub(crate) classes: Vec<String>,
+    pub(crate) items: Vec<(PathBuf, usize)>,
+    pub(crate) skipped: Vec<PathBuf>,
+    pub(crate) image_size: Option<(usize, usize)>,
 }
 
 impl FolderDataset {
@@ -291,7 +292,7 @@ impl ImageDataset for ImageFiles {
 }
 
 /// Decodes any supported image file (format guessed from its bytes) to 8-bit RGB.
-pub(crate) fn decode_rgb(path: &Path) -> Result<RgbImage> {
+fn decode_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(DataError::io(path))?;
     decode_bytes(&bytes, path)
 }

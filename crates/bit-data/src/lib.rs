@@ -8,7 +8,7 @@
 //!   sub-directories ([`FolderDataset`]);
 //! - MNIST-style IDX files, raw or gzipped ([`load_idx`]), e.g. Debian's Fashion-MNIST;
 //! - TensorFlow Datasets prepared directories ([`TfdsSplit`], [`TfdsDataset`]: TFRecord files
-//!   of `tf.train.Example` records, checksums checked) and `path label` lists ([`ImageList`]);
+//!   of `tf.train.Example` records, checksums checked) and `path label` lists ([`FolderDataset::from_list`]);
 //! - the 19 tasks of VTAB-1k ([`VtabTask`]) from either;
 //! - K examples per class drawn with a seed ([`few_shot`]);
 //! - BiT's preprocessing ([`Preprocess`]) and [`Mixup`];
@@ -51,7 +51,6 @@ pub use error::{DataError, Result};
 pub use fewshot::few_shot;
 pub use folder::{FolderDataset, IMAGE_EXTENSIONS, ImageFiles, NonImagePolicy};
 pub use idx::{DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, load_idx};
-pub use list::ImageList;
 pub use loader::{Batch, BatchStream, LoaderConfig, MAX_WORKERS, panic_message};
 pub use mixup::{Mixup, MixupStep};
 pub use registry::{DatasetName, Split, TrainValid, load_train_valid};

@@ -1,42 +1,33 @@
 //! Image lists: a text file of `path label` lines (paths relative to the list's directory),
 //! the form VTAB-1k's splits are often shared in (`train800val200.txt`, `test.txt`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use image::RgbImage;
-
-use crate::dataset::ImageDataset;
 use crate::error::{DataError, Result};
-use crate::folder::{decode_rgb, typical_size};
+use crate::folder::{FolderDataset, typical_size};
 
-/// The images of a `path label` list, decoded when asked for.
-///
-/// ```
-/// let dir = std::env::temp_dir().join(format!("bit-doc-list-{}", std::process::id()));
-/// std::fs::create_dir_all(dir.join("images"))?;
-/// image::RgbImage::new(8, 6).save(dir.join("images/a.png"))?;
-/// std::fs::write(dir.join("train.txt"), "images/a.png 2\nimages/a.png 0\n")?;
-/// use bit_data::{ImageDataset, ImageList};
-///
-/// let list = ImageList::open(&dir.join("train.txt"), 3)?;
-/// assert_eq!((list.len(), list.label(0), list.classes().len()), (2, 2, 3));
-/// assert_eq!(list.image(1)?.dimensions(), (8, 6));
-/// assert!(ImageList::open(&dir.join("train.txt"), 2).is_err()); // label 2 of 2 classes
-/// # std::fs::remove_dir_all(&dir).ok();
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct ImageList {
-    items: Vec<(PathBuf, usize)>,
-    classes: Vec<String>,
-    image_size: Option<(usize, usize)>,
-}
-
-impl ImageList {
-    /// Reads the list at `path` for a dataset of `classes` classes (named `0`, `1`, ...): every
-    /// line must be `<image path> <label below classes>`, every image a file. Blank lines are
-    /// skipped; a path may contain spaces (the label is the last field).
-    pub fn open(path: &Path, classes: usize) -> Result<Self> {
+impl FolderDataset {
+    /// The images of a `path label` list, decoded when asked for (the list's directory is the
+    /// [`root`](Self::root)): every line of the list at `path` must be `<image path> <label>`,
+    /// the path relative to the list and a file, the label below `classes` (classes are named
+    /// `0`, `1`, ...). Blank lines are skipped; a path may contain spaces (the label is the last
+    /// field).
+    ///
+    /// ```
+    /// let dir = std::env::temp_dir().join(format!("bit-doc-list-{}", std::process::id()));
+    /// std::fs::create_dir_all(dir.join("images"))?;
+    /// image::RgbImage::new(8, 6).save(dir.join("images/a.png"))?;
+    /// std::fs::write(dir.join("train.txt"), "images/a.png 2\nimages/a.png 0\n")?;
+    /// use bit_data::{FolderDataset, ImageDataset};
+    ///
+    /// let list = FolderDataset::from_list(&dir.join("train.txt"), 3)?;
+    /// assert_eq!((list.len(), list.label(0), list.classes().len()), (2, 2, 3));
+    /// assert_eq!(list.image(1)?.dimensions(), (8, 6));
+    /// assert!(FolderDataset::from_list(&dir.join("train.txt"), 2).is_err()); // label 2 of 2 classes
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_list(path: &Path, classes: usize) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(DataError::io(path))?;
         let root = path.parent().unwrap_or(Path::new("."));
         let mut items = Vec::new();
@@ -73,31 +64,11 @@ impl ImageList {
             });
         }
         Ok(Self {
+            root: root.to_path_buf(),
+            classes: (0..classes).map(|c| c.to_string()).collect(),
             image_size: typical_size(&items),
             items,
-            classes: (0..classes).map(|c| c.to_string()).collect(),
+            skipped: Vec::new(),
         })
-    }
-}
-
-impl ImageDataset for ImageList {
-    fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    fn classes(&self) -> &[String] {
-        &self.classes
-    }
-
-    fn label(&self, index: usize) -> usize {
-        self.items[index].1
-    }
-
-    fn image(&self, index: usize) -> Result<RgbImage> {
-        decode_rgb(&self.items[index].0)
-    }
-
-    fn image_size(&self) -> Option<(usize, usize)> {
-        self.image_size
     }
 }

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::error::{DataError, Result};
-use crate::list::ImageList;
+use crate::folder::FolderDataset;
 use crate::registry::TrainValid;
 use crate::tfds::{ImageFeature, TfdsDataset, TfdsSplit, tfds_class_names};
 use crate::tfrecord::Example;
@@ -335,7 +335,7 @@ impl VtabTask {
         let bundle = datadir.join(self.name());
         if self.has_bundle(datadir) {
             let list = |file: &str| -> Result<Arc<dyn crate::ImageDataset>> {
-                Ok(Arc::new(ImageList::open(
+                Ok(Arc::new(FolderDataset::from_list(
                     &bundle.join(file),
                     self.classes(),
                 )?))
