@@ -294,6 +294,21 @@ fn init(arch: &str, head: usize, out: &Path, seed: u64) -> Result<(), Box<dyn st
         bit_model::Error::UnknownArchitecture(what) => format!("--arch {what}"),
         e => e.to_string(),
     })?;
+    config.validate()?;
+    // The random weights and the array being written are in memory at once: a head this
+    // machine cannot hold is an error here, not an abort on the allocation.
+    let needed = config.parameter_count().saturating_mul(4 * 2);
+    if let Some(available) = bit_train::memory::available_memory()
+        && needed > available
+    {
+        return Err(format!(
+            "{arch} with a {head}-way head needs about {:.1} GiB to initialize and write; \
+             {:.1} GiB is available",
+            needed as f64 / f64::from(1 << 30),
+            available as f64 / f64::from(1 << 30)
+        )
+        .into());
+    }
     let device = Device::flex();
     device.seed(seed);
     config.try_init(&device)?.save_npz(out)?;

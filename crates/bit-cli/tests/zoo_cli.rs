@@ -363,6 +363,26 @@ fn init_writes_a_seeded_random_checkpoint_that_predict_and_inspect_read() {
         err.contains("--arch `R9x9`") && err.contains("R50x1"),
         "{err}"
     );
+    // 205 billion parameters: a typed error and exit 1, not an abort (134) on the allocation.
+    let absurd = bit(
+        &home,
+        base,
+        &[
+            "init",
+            "--arch",
+            "tiny",
+            "--head",
+            "100000000",
+            "--out",
+            s(&c),
+        ],
+    );
+    assert_eq!(absurd.status.code(), Some(1), "{absurd:?}");
+    let err = String::from_utf8_lossy(&absurd.stderr);
+    assert!(
+        err.contains("parameters") && err.contains("head size"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -35,16 +35,18 @@ pub fn few_shot(dataset: Arc<dyn ImageDataset>, k: usize, seed: u64) -> Result<S
     for i in 0..dataset.len() {
         by_class[dataset.label(i)].push(i);
     }
+    // Every class is checked before anything is sized by `k`: a mistyped K (999999999) is
+    // this error, not an allocation of K x classes indices that aborts the process.
+    if let Some((class, indices)) = by_class.iter().enumerate().find(|(_, i)| i.len() < k) {
+        return Err(DataError::NotEnoughExamples {
+            class: dataset.classes()[class].clone(),
+            available: indices.len(),
+            requested: k,
+        });
+    }
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let mut picked = Vec::with_capacity(k * by_class.len());
-    for (class, indices) in by_class.iter().enumerate() {
-        if indices.len() < k {
-            return Err(DataError::NotEnoughExamples {
-                class: dataset.classes()[class].clone(),
-                available: indices.len(),
-                requested: k,
-            });
-        }
+    for indices in &by_class {
         let mut chosen: Vec<usize> = rand::seq::index::sample(&mut rng, indices.len(), k)
             .into_iter()
             .map(|j| indices[j])

@@ -59,5 +59,5 @@ pub use tfrecord::{
     BytesList, Example, Feature, FeatureList, Features, FloatList, Int64List, RecordSpan,
     read_record, record_spans, write_record,
 };
-pub use transform::{Augment, MAX_RESOLUTION, Preprocess};
+pub use transform::{Augment, MAX_RESOLUTION, MIN_RESOLUTION, Preprocess};
 pub use vtab::{VtabGroup, VtabTask};

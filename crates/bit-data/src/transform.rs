@@ -15,6 +15,11 @@ use crate::error::{DataError, Result};
 /// this, one batch of activations alone exceeds any machine's memory, and a clear error beats an
 /// allocation failure.
 pub const MAX_RESOLUTION: usize = 4096;
+/// The smallest crop the pipeline accepts. BiT's root block has stride 4: at 8 px it leaves the
+/// first stage a 2x2 map, below that a single pixel in zero padding, and the deeper stages
+/// see nothing an image could teach them. 8 keeps the small crops that tests and quick
+/// experiments use (16-32 px) while refusing the 1-7 px that only a typo produces.
+pub const MIN_RESOLUTION: usize = 8;
 
 /// Which preprocessing to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +96,8 @@ impl Preprocess {
         }
     }
 
-    /// Checks the sizes make sense: a crop of at least 1 pixel and at most the pre-crop size,
-    /// and no side above [`MAX_RESOLUTION`].
+    /// Checks the sizes make sense: a crop of at least [`MIN_RESOLUTION`] pixels and at most
+    /// the pre-crop size, and no side above [`MAX_RESOLUTION`].
     ///
     /// ```
     /// use bit_data::Preprocess;
@@ -100,6 +105,7 @@ impl Preprocess {
     /// assert!(Preprocess::Train { precrop: 160, crop: 128, flip: true }.validate().is_ok());
     /// assert!(Preprocess::Train { precrop: 128, crop: 160, flip: true }.validate().is_err());
     /// assert!(Preprocess::Eval { crop: 100_000 }.validate().is_err());
+    /// assert!(Preprocess::Eval { crop: 7 }.validate().is_err());
     /// ```
     pub fn validate(self) -> Result<()> {
         let (precrop, crop) = match self {
@@ -111,9 +117,9 @@ impl Preprocess {
                 "resolution {precrop} is above the maximum of {MAX_RESOLUTION} pixels"
             )));
         }
-        if crop == 0 || crop > precrop {
+        if crop < MIN_RESOLUTION || crop > precrop {
             return Err(DataError::InvalidArgument(format!(
-                "crop {crop} must be between 1 and the pre-crop size {precrop}"
+                "crop {crop} must be between {MIN_RESOLUTION} and the pre-crop size {precrop}"
             )));
         }
         Ok(())

@@ -73,6 +73,26 @@ fn k_larger_than_a_class_names_the_class() {
     }
 }
 
+#[test]
+fn an_absurd_k_is_refused_before_anything_is_sized_by_it() {
+    // K x classes indices would be 80 GB (and K = usize::MAX / 2 overflows the product): the
+    // process used to abort on the allocation before the class sizes were looked at.
+    let test: Arc<dyn ImageDataset> = Arc::new(fashion(Split::Valid));
+    for k in [999_999_999, usize::MAX / 2] {
+        match few_shot(test.clone(), k, 0).unwrap_err() {
+            DataError::NotEnoughExamples {
+                class,
+                available,
+                requested,
+            } => assert_eq!(
+                (class.as_str(), available, requested),
+                ("T-shirt/top", 1000, k)
+            ),
+            other => panic!("expected NotEnoughExamples, got {other:?}"),
+        }
+    }
+}
+
 fn first_batches(
     ds: Arc<dyn ImageDataset>,
     workers: usize,

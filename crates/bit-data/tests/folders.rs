@@ -193,7 +193,7 @@ impl ImageDataset for Panicking {
 
 #[test]
 fn a_panicking_worker_is_an_error_not_a_short_stream() {
-    let stream = BatchStream::eval(Arc::new(Panicking), 4, LoaderConfig::new(3)).unwrap();
+    let stream = BatchStream::eval(Arc::new(Panicking), 8, LoaderConfig::new(3)).unwrap();
     let items: Vec<_> = stream.collect();
     assert_eq!(items.len(), 3, "two good batches, then the error");
     assert!(items[..2].iter().all(Result::is_ok));
@@ -203,7 +203,7 @@ fn a_panicking_worker_is_an_error_not_a_short_stream() {
     }
     let too_many = LoaderConfig::new(3).with_workers(bit_data::MAX_WORKERS + 1);
     assert!(matches!(
-        BatchStream::eval(Arc::new(Panicking), 4, too_many),
+        BatchStream::eval(Arc::new(Panicking), 8, too_many),
         Err(DataError::InvalidArgument(_))
     ));
 }

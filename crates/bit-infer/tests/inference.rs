@@ -382,7 +382,7 @@ fn a_zero_head_scores_nothing() {
         (0..10).collect(),
     )
     .unwrap();
-    let r = evaluate_dataset(&model, Arc::new(data), &Feed::new(4), &device).unwrap();
+    let r = evaluate_dataset(&model, Arc::new(data), &Feed::new(8), &device).unwrap();
     assert_eq!((r.examples, r.top1, r.top5), (10, 0.0, 0.0));
     // The loss of uniform logits is ln(10).
     assert!((r.loss - 10f64.ln()).abs() < 1e-5, "{}", r.loss);
@@ -430,6 +430,24 @@ fn models_that_do_not_take_rgb_images_or_absurd_resolutions_are_refused_at_load(
             .unwrap_err();
         assert!(
             matches!(&err, InferError::InvalidArgument(m) if m.contains("maximum")),
+            "{err:?}"
+        );
+    }
+    // And floored: 1-7 px is a typo, not an image the network can see.
+    let tiny = dir.join("tiny-resolution.safetensors");
+    bit_model::ResNetV2Config::new([1, 1, 1, 1], 1, 3)
+        .init(&Device::flex())
+        .save_safetensors_with_metadata(&tiny, &bit_infer::metadata(4, None))
+        .unwrap();
+    let from_flag = LoadOptions {
+        resolution: Some(7),
+        ..Default::default()
+    };
+    for (file, options) in [(&tiny, LoadOptions::default()), (&three, from_flag)] {
+        let err = InferenceModel::load(&hub, file.to_str().unwrap(), &options, &Device::flex())
+            .unwrap_err();
+        assert!(
+            matches!(&err, InferError::InvalidArgument(m) if m.contains("between 8")),
             "{err:?}"
         );
     }

@@ -48,7 +48,7 @@ pub use native::{
 pub use npz::NpzCheckpoint;
 pub use precision::Precision;
 pub use resnet::{
-    Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, Block, Head, HeadConfig, ROOT_POOL, ResNetV2,
-    ResNetV2Config, RootBlock, Stage,
+    Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, Block, Head, HeadConfig, MAX_PARAMETERS,
+    ROOT_POOL, ResNetV2, ResNetV2Config, RootBlock, Stage,
 };
 pub use std_conv::{StdConv2d, StdConv2dConfig};

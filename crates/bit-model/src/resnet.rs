@@ -19,6 +19,11 @@ use crate::std_conv::{StdConv2d, StdConv2dConfig};
 pub const BIT_M_HEAD_SIZE: usize = 21843;
 /// Head size of the BiT-S and `-ILSVRC2012` checkpoints (ImageNet-1k).
 pub const BIT_S_HEAD_SIZE: usize = 1000;
+/// The most parameters a [`ResNetV2Config`] may have: 2^32, 16 GiB of `f32` weights, 4.6
+/// times BiT's largest model (R152x4 with an ImageNet-21k head, 0.94 billion). A larger count
+/// comes from a mistyped flag or a forged checkpoint header (`--head 100000000` is 205 billion
+/// parameters); refusing it up front turns an abort on allocation into a typed error.
+pub const MAX_PARAMETERS: u64 = 1 << 32;
 
 /// The six released BiT architectures (`KNOWN_MODELS` of the reference code).
 ///
@@ -170,14 +175,70 @@ impl ResNetV2Config {
         2048 * self.width_factor
     }
 
+    /// Number of parameters of the model this configuration builds (saturating at
+    /// `u64::MAX`), computed from the sizes alone: nothing is allocated.
+    ///
+    /// ```
+    /// use bit_model::ResNetV2Config;
+    /// use burn::module::Module;
+    /// use burn::tensor::Device;
+    ///
+    /// let config = ResNetV2Config::new([1, 1, 1, 1], 1, 10);
+    /// let model = config.init(&Device::flex());
+    /// assert_eq!(config.parameter_count(), model.num_params() as u64);
+    /// // BiT-M-R50x1 with an ImageNet-1k head: 25.5 million, as timm counts it.
+    /// assert_eq!(ResNetV2Config::named("R50x1", 1000).unwrap().parameter_count(), 25_549_352);
+    /// ```
+    pub fn parameter_count(&self) -> u64 {
+        let n = |v: usize| v as u64;
+        let (wf, mut channels) = (n(self.width_factor), n(self.in_channels));
+        let root_out = (64u64).saturating_mul(wf);
+        let mut total = channels.saturating_mul(root_out).saturating_mul(49);
+        channels = root_out;
+        for (b, &units) in self.block_units.iter().enumerate() {
+            let mid = root_out.saturating_mul(1 << b);
+            let out = mid.saturating_mul(4);
+            // The first unit of a block: GN on its input, projection to `out`; then units
+            // whose input is `out` and that keep the identity shortcut.
+            let unit = |cin: u64, projection: bool| {
+                let convs = cin
+                    .saturating_mul(mid)
+                    .saturating_add(mid.saturating_mul(mid).saturating_mul(9))
+                    .saturating_add(mid.saturating_mul(out));
+                let norms = cin.saturating_add(mid.saturating_mul(2)).saturating_mul(2);
+                let shortcut = if projection {
+                    cin.saturating_mul(out)
+                } else {
+                    0
+                };
+                convs.saturating_add(norms).saturating_add(shortcut)
+            };
+            if units > 0 {
+                let first = unit(channels, b > 0 || channels != out);
+                let rest = unit(out, false).saturating_mul(n(units) - 1);
+                total = total.saturating_add(first).saturating_add(rest);
+                channels = out;
+            }
+        }
+        let features = (2048u64).saturating_mul(wf);
+        let head = features.saturating_add(1).saturating_mul(n(self.head_size));
+        total
+            .saturating_add(features.saturating_mul(2))
+            .saturating_add(head)
+    }
+
     /// Checks the configuration can be built: four non-empty blocks, a positive width, head
-    /// and input channel count, a weight-standardization epsilon in `(0, 1e-3]`.
+    /// and input channel count, a weight-standardization epsilon in `(0, 1e-3]`, at most
+    /// [`MAX_PARAMETERS`](crate::MAX_PARAMETERS) parameters.
     ///
     /// ```
     /// use bit_model::ResNetV2Config;
     ///
     /// assert!(ResNetV2Config::new([1, 1, 1, 1], 1, 10).validate().is_ok());
     /// assert!(ResNetV2Config::new([1, 1, 1, 1], 1, 10).with_std_conv_eps(-1.0).validate().is_err());
+    /// // A forged header's shape: refused before anything is allocated.
+    /// assert!(ResNetV2Config::new([1_000_000_000, 1, 1, 1], 1, 10).validate().is_err());
+    /// assert!(ResNetV2Config::new([1, 1, 1, 1], 1, 100_000_000).validate().is_err());
     /// ```
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |what: &str| Err(Error::InvalidConfig(what.to_string()));
@@ -199,6 +260,16 @@ impl ResNetV2Config {
             return bad(&format!(
                 "std_conv_eps {} must be positive and at most 1e-3 (BiT: 1e-10)",
                 self.std_conv_eps
+            ));
+        }
+        let parameters = self.parameter_count();
+        if parameters > MAX_PARAMETERS {
+            return bad(&format!(
+                "{parameters} parameters ({:.0} GiB of f32 weights) is above the maximum of \
+                 {MAX_PARAMETERS}; check the head size ({}) and the block units ({:?})",
+                parameters as f64 * 4.0 / f64::from(1 << 30),
+                self.head_size,
+                self.block_units,
             ));
         }
         Ok(())

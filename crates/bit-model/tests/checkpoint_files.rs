@@ -294,6 +294,28 @@ fn safetensors_errors_are_typed() {
     model.save_safetensors(&bad_eps).unwrap();
     let refused = ResNetV2::from_safetensors(&bad_eps, &Device::flex()).unwrap_err();
     assert!(refused.to_string().contains("std_conv_eps -1"), "{refused}");
+    // A forged configuration of a trillion parameters is refused before the model is built
+    // (it used to abort on the allocation of a billion units).
+    let forged = scratch("forged-units.safetensors");
+    ResNetV2Config::new([1, 1, 1, 1], 1, 5)
+        .init(&Device::flex())
+        .save_safetensors(&forged)
+        .unwrap();
+    let bytes = std::fs::read(&forged).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    let (units, forged_units) = (
+        r#"\"block_units\": [\n    1,"#,
+        r#"\"block_units\": [\n    1000000000,"#,
+    );
+    assert!(header.contains(units), "{header}");
+    let header = header.replace(units, forged_units);
+    let mut rewritten = (header.len() as u64).to_le_bytes().to_vec();
+    rewritten.extend_from_slice(header.as_bytes());
+    rewritten.extend_from_slice(&bytes[8 + header_len..]);
+    std::fs::write(&forged, rewritten).unwrap();
+    let refused = ResNetV2::from_safetensors(&forged, &Device::flex()).unwrap_err();
+    assert!(refused.to_string().contains("parameters"), "{refused}");
 }
 
 #[test]

@@ -21,6 +21,12 @@ use crate::schedule::WarmupCosine;
 /// instead of running for centuries.
 pub const MAX_STEPS: usize = 100_000_000;
 
+/// The largest `--batch`: 16 times BiT's upstream pre-training batch (4096; fine-tuning uses
+/// 512). A step's images are decoded, augmented and held at once, so a batch is bounded by
+/// memory: a mistyped `--batch 99999999999` is refused here instead of sizing a micro-batch of
+/// tens of thousands of images and aborting on an allocation.
+pub const MAX_BATCH: usize = 65_536;
+
 fn check_steps(steps: usize) -> Result<()> {
     match steps <= MAX_STEPS {
         true => Ok(()),
@@ -169,6 +175,9 @@ impl RunSettings {
             BatchSplit::Fixed(n) => n,
             BatchSplit::Auto => 1,
         };
+        if batch > MAX_BATCH {
+            return bad(format!("--batch {batch}: at most {MAX_BATCH}"));
+        }
         if batch == 0 || split == 0 || !batch.is_multiple_of(split) {
             return bad(format!(
                 "--batch {batch} must be a positive multiple of --batch_split {split}"

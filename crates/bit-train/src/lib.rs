@@ -50,7 +50,7 @@ mod views;
 mod vtab;
 
 pub use bit_infer::{EvalResult, evaluate};
-pub use config::{DistillConfig, MAX_STEPS, RunSettings, TrainConfig};
+pub use config::{DistillConfig, MAX_BATCH, MAX_STEPS, RunSettings, TrainConfig};
 pub use data::TrainingData;
 pub use distill::{DistillEval, DistillOutcome, distill};
 pub use error::{Result, TrainError};

@@ -118,6 +118,35 @@ fn bad_settings_are_refused_before_any_work() {
         Err(TrainError::InvalidConfig(_))
     ));
     let mut c = config("bad");
+    c.run.batch = 99_999_999_999;
+    c.run.batch_split = bit_train::BatchSplit::Auto;
+    assert!(matches!(
+        train(&c, &TrainOptions::default()),
+        Err(TrainError::InvalidConfig(m)) if m.contains("at most 65536")
+    ));
+    let mut c = config("bad");
+    c.resolution = Some((8, 7));
+    assert!(matches!(
+        train(&c, &TrainOptions::default()),
+        Err(TrainError::InvalidConfig(m)) if m.contains("between 8")
+    ));
+    // Refused when the data is read (its classes are counted), before anything is sized by K.
+    let mut c = config("bad-k");
+    c.examples_per_class = Some(999_999_999);
+    assert!(matches!(
+        train(
+            &c,
+            &TrainOptions {
+                quiet: true,
+                ..Default::default()
+            }
+        ),
+        Err(TrainError::Data(
+            bit_data::DataError::NotEnoughExamples { .. }
+        ))
+    ));
+    std::fs::remove_dir_all(c.run_dir()).ok();
+    let mut c = config("bad");
     c.run.max_eval_examples = Some(0);
     assert!(matches!(
         train(&c, &TrainOptions::default()),
