@@ -7,7 +7,8 @@
 //! then renames the file into place. A transfer that stalls fails after an idle timeout
 //! ([`IDLE_TIMEOUT_ENV`], 60 s by default) and is resumed by the next attempt. A [`Cache`]
 //! (`$BIT_HOME`) keeps verified files and fetches a damaged one again. All of that is the
-//! default feature `download`; without it the crate is [`write_atomically`] and
+//! default feature `download`; without it the crate is [`write_atomically`], the SHA-256
+//! digests the project's own files carry ([`sha256_file`], [`sha256_hex`]) and
 //! [`progress_style`], which every crate of the project uses, and no HTTP client.
 //!
 //! ```no_run
@@ -26,6 +27,7 @@ mod atomic;
 mod cache;
 #[cfg(feature = "download")]
 mod check;
+mod digest;
 #[cfg(feature = "download")]
 mod download;
 #[cfg(feature = "download")]
@@ -36,6 +38,7 @@ pub use atomic::write_atomically;
 pub use cache::{BIT_HOME_ENV, Cache};
 #[cfg(feature = "download")]
 pub use check::{verify_lines, verify_npz};
+pub use digest::{sha256_file, sha256_hex};
 #[cfg(feature = "download")]
 pub use download::{IDLE_TIMEOUT_ENV, RemoteFile, md5_file};
 #[cfg(feature = "download")]

@@ -43,7 +43,8 @@ pub use bottleneck::{PreActBottleneck, PreActBottleneckConfig};
 pub use error::{Error, Result};
 pub use group_norm::{GN_EPS, GROUPS, GroupNormRelu, GroupNormReluConfig};
 pub use native::{
-    CLASSES_METADATA_KEY, CONFIG_METADATA_KEY, RESOLUTION_METADATA_KEY, run_metadata,
+    CLASSES_METADATA_KEY, CONFIG_METADATA_KEY, RESOLUTION_METADATA_KEY, SHA256_METADATA_KEY,
+    run_metadata,
 };
 pub use npz::NpzCheckpoint;
 pub use precision::Precision;

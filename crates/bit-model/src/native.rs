@@ -17,6 +17,11 @@ pub const CONFIG_METADATA_KEY: &str = "bit_model.config";
 pub const RESOLUTION_METADATA_KEY: &str = "bit.resolution";
 /// Metadata key holding the class names (a JSON array, in head order).
 pub const CLASSES_METADATA_KEY: &str = "bit.classes";
+/// Metadata key holding the SHA-256 (hex) of the file's tensor data, everything after the
+/// header: written with every file and checked on load, so that a bit flipped on disk is an
+/// error naming the file, not predictions that shift silently. Files of other tools (or of
+/// earlier versions) carry none and load unchecked.
+pub const SHA256_METADATA_KEY: &str = "bit_model.data_sha256";
 
 /// The metadata entries for a model of `resolution` with `classes`, to pass to
 /// [`ResNetV2::save_safetensors_with_metadata`]: `bit predict` and `bit eval` read them back.
@@ -93,6 +98,7 @@ impl ResNetV2 {
         }
         self.save_into(&mut store).map_err(|e| failed(e.into()))?;
         let bytes = store.get_bytes().map_err(|e| failed(e.into()))?;
+        let bytes = with_data_digest(bytes).map_err(|e| failed(e.into()))?;
         bit_hub::write_atomically(path, |file| std::io::Write::write_all(file, &bytes))
             .map_err(|e| failed(e.into()))
     }
@@ -119,6 +125,15 @@ impl ResNetV2 {
         let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| corrupt(format!("not a safetensors file: {e}")))?;
         let metadata = metadata.metadata().clone().unwrap_or_default();
+        if let Some(recorded) = metadata.get(SHA256_METADATA_KEY) {
+            let found = bit_hub::sha256_hex(&bytes[data_start(&bytes)..]);
+            if found != *recorded {
+                return Err(corrupt(format!(
+                    "its tensor data was damaged after it was written (SHA-256 {found}, the \
+                     file records {recorded}); restore it from a copy or export it again"
+                )));
+            }
+        }
         let config = metadata.get(CONFIG_METADATA_KEY).ok_or_else(|| {
             corrupt(format!(
                 "no `{CONFIG_METADATA_KEY}` metadata; not saved by bit-model"
@@ -133,6 +148,37 @@ impl ResNetV2 {
             .map_err(|e| corrupt(e.to_string()))?;
         Ok((refuse_non_finite(path, model)?, metadata))
     }
+}
+
+/// Where a safetensors file's tensor data starts: after the 8-byte header length and the
+/// header (only called on bytes `read_metadata` accepted).
+fn data_start(bytes: &[u8]) -> usize {
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[..8]);
+    8 + u64::from_le_bytes(len) as usize
+}
+
+/// `bytes` (a safetensors file) with the SHA-256 of its tensor data added to the header's
+/// metadata. The data's offsets are relative to its own start, so only the header changes; it
+/// stays padded to 8 bytes with spaces, as the format recommends.
+fn with_data_digest(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    let start = data_start(&bytes);
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..start]).map_err(|e| e.to_string())?;
+    let digest = bit_hub::sha256_hex(&bytes[start..]);
+    header
+        .entry("__metadata__")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()))
+        .as_object_mut()
+        .ok_or("the header's __metadata__ is not an object")?
+        .insert(SHA256_METADATA_KEY.into(), digest.into());
+    let mut header = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + bytes.len() - start);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[start..]);
+    Ok(out)
 }
 
 /// `model`, or [`Error::NonFinite`] naming the parameters of `path` with NaN or infinite values:

@@ -319,6 +319,32 @@ fn safetensors_errors_are_typed() {
 }
 
 #[test]
+fn a_bit_flipped_in_a_safetensors_body_is_refused_naming_the_file() {
+    let path = scratch("flipped.safetensors");
+    let model = ResNetV2Config::new([1, 1, 1, 1], 1, 5).init(&Device::flex());
+    model.save_safetensors(&path).unwrap();
+    let intact = std::fs::read(&path).unwrap();
+    let mut flipped = intact.clone();
+    let middle = flipped.len() - 1000; // the tensor data, after the header
+    flipped[middle] ^= 0x01;
+    std::fs::write(&path, &flipped).unwrap();
+    match ResNetV2::from_safetensors(&path, &Device::flex()) {
+        Err(e @ Error::Corrupt { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains(&path.display().to_string()) && message.contains("damaged"),
+                "{message}"
+            );
+        }
+        other => panic!("expected Corrupt, got {:?}", other.map(|m| m.config())),
+    }
+    // The intact file loads, and its digest is in its metadata.
+    std::fs::write(&path, &intact).unwrap();
+    let (_, metadata) = ResNetV2::from_safetensors_with_metadata(&path, &Device::flex()).unwrap();
+    assert_eq!(metadata[bit_model::SHA256_METADATA_KEY].len(), 64);
+}
+
+#[test]
 fn npz_save_failure_is_typed_and_leaves_no_file() {
     let dst = scratch("no-such-dir").join("model.npz");
     assert!(matches!(

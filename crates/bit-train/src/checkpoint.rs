@@ -3,8 +3,11 @@
 //! written to a temporary directory, renamed to a name no other checkpoint has (saving the same
 //! step twice makes two directories), and only then is `checkpoint.json` replaced atomically to
 //! point at it; older directories are removed after that. So at every moment, a crash or a full
-//! disk included, the pointer names a complete checkpoint.
+//! disk included, the pointer names a complete checkpoint. `state.json` also records the
+//! SHA-256 of both tensor files, checked before they are loaded: a bit flipped on disk is an
+//! error naming the file, not a resumed run with silently different weights.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bit_data::ImageDataset;
@@ -26,6 +29,16 @@ const OPTIMIZER: &str = "optim.bpk";
 const STATE: &str = "state.json";
 /// Suffix of a checkpoint directory being written.
 const TMP: &str = ".tmp";
+
+/// What `state.json` holds: the state, and the SHA-256 of each tensor file by name (absent in
+/// checkpoints written before digests were recorded, which load unchecked).
+#[derive(Serialize, Deserialize)]
+struct StateFile<S> {
+    #[serde(flatten)]
+    state: S,
+    #[serde(default)]
+    sha256: BTreeMap<String, String>,
+}
 
 /// Everything besides tensors that a resumed run needs to continue exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,8 +228,14 @@ pub fn save(
         optim
             .save(tmp.join(OPTIMIZER))
             .map_err(failed(tmp.join(OPTIMIZER)))?;
+        let mut sha256 = BTreeMap::new();
+        for file in [MODEL, OPTIMIZER] {
+            let path = tmp.join(file);
+            let digest = bit_hub::sha256_file(&path).map_err(TrainError::io(&path))?;
+            sha256.insert(file.to_string(), digest);
+        }
         // Last: a directory with a state file is complete.
-        write_json(&tmp.join(STATE), state)?;
+        write_json(&tmp.join(STATE), &StateFile { state, sha256 })?;
         std::fs::rename(&tmp, &dir).map_err(TrainError::io(&dir))?;
         write_json(
             &run_dir.join(POINTER),
@@ -247,12 +266,30 @@ pub struct Saved {
     pub dir: PathBuf,
     /// The loop's state.
     pub state: TrainState,
+    /// The SHA-256 of each tensor file, by name, as written.
+    sha256: BTreeMap<String, String>,
 }
 
 impl Saved {
+    /// `{dir}/{file}`, after checking it still has the digest recorded when it was written.
+    fn intact(&self, file: &str) -> Result<PathBuf> {
+        let path = self.dir.join(file);
+        if let Some(recorded) = self.sha256.get(file) {
+            let found = bit_hub::sha256_file(&path).map_err(TrainError::io(&path))?;
+            if found != *recorded {
+                return Err(TrainError::Damaged {
+                    path,
+                    recorded: recorded.clone(),
+                    found,
+                });
+            }
+        }
+        Ok(path)
+    }
+
     /// The model, on `device`.
     pub fn model(&self, device: &Device) -> Result<ResNetV2> {
-        let path = self.dir.join(MODEL);
+        let path = self.intact(MODEL)?;
         self.state
             .model
             .try_init(device)?
@@ -265,7 +302,7 @@ impl Saved {
 
     /// The optimizer state, loaded into `optim`.
     pub fn optimizer(&self, optim: ModuleOptimizer) -> Result<ModuleOptimizer> {
-        let path = self.dir.join(OPTIMIZER);
+        let path = self.intact(OPTIMIZER)?;
         optim.load(&path).map_err(|e| TrainError::Io {
             path,
             source: Box::new(e),
@@ -284,8 +321,8 @@ pub fn find(run_dir: &Path) -> Result<Option<Saved>> {
         pointer: pointer.clone(),
         dir: named,
     })?;
-    let state = read_json(&dir.join(STATE))?;
-    Ok(Some(Saved { dir, state }))
+    let StateFile { state, sha256 } = read_json(&dir.join(STATE))?;
+    Ok(Some(Saved { dir, state, sha256 }))
 }
 
 /// `{run_dir}/checkpoints/NAME` for a pointer's `checkpoints/NAME`, where NAME is a plain

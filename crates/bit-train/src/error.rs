@@ -175,6 +175,21 @@ pub enum TrainError {
         teacher_head: usize,
     },
 
+    /// A checkpoint file no longer has the SHA-256 recorded when it was written.
+    #[error(
+        "{path} was damaged after it was written (SHA-256 {found}, the checkpoint recorded \
+         {recorded}); the run cannot resume from it: restore the file, or start a new run with \
+         another --name"
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// The digest recorded in `state.json`.
+        recorded: String,
+        /// The digest of the file as it is now.
+        found: String,
+    },
+
     /// A setting out of range.
     #[error("invalid setting: {0}")]
     InvalidConfig(String),

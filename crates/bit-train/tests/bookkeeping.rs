@@ -304,6 +304,32 @@ fn impossible_checkpoint_states_are_refused_by_field() {
     std::fs::remove_dir_all(&run).ok();
 }
 
+/// A bit flipped in either tensor file of a checkpoint is an error naming the file, not a
+/// resume with silently different weights or momentum; the intact checkpoint resumes.
+#[test]
+fn a_damaged_checkpoint_file_is_refused_naming_it() {
+    let (short, quiet, _) = one_step("damaged");
+    let run = short.run_dir();
+    let saved = checkpoint::find(&run).unwrap().unwrap();
+    for file in ["model.bpk", "optim.bpk"] {
+        let path = saved.dir.join(file);
+        let intact = std::fs::read(&path).unwrap();
+        let mut flipped = intact.clone();
+        let last = flipped.len() - 3; // in the tensor data, which every reader takes as is
+        flipped[last] ^= 0x10;
+        std::fs::write(&path, flipped).unwrap();
+        match train(&short, &quiet) {
+            Err(e @ TrainError::Damaged { .. }) => {
+                assert!(e.to_string().contains(&path.display().to_string()), "{e}")
+            }
+            other => panic!("{file}: expected Damaged, got {:?}", other.map(|o| o.steps)),
+        }
+        std::fs::write(&path, intact).unwrap();
+    }
+    assert_eq!(train(&short, &quiet).unwrap().steps, 1);
+    std::fs::remove_dir_all(&run).ok();
+}
+
 /// A pointer that leads outside the run's own checkpoints is refused before anything is read.
 #[test]
 fn a_checkpoint_pointer_cannot_lead_outside_the_run() {
