@@ -21,6 +21,7 @@ use crate::config::{MAX_STEPS, RunSettings};
 use crate::error::{Result, TrainError};
 use crate::log::RunLog;
 use crate::loss_scale::LossScale;
+use crate::memory::BatchSplit;
 use crate::run::{Position, Start};
 
 const POINTER: &str = "checkpoint.json";
@@ -77,6 +78,8 @@ pub(crate) struct Bookmark {
     pub train_examples: usize,
     /// Global batch size.
     pub batch: usize,
+    /// The `--batch_split` asked for.
+    pub split: BatchSplit,
 }
 
 impl Bookmark {
@@ -87,6 +90,7 @@ impl Bookmark {
             classes: train.classes().to_vec(),
             train_examples: train.len(),
             batch: settings.batch,
+            split: settings.batch_split,
         }
     }
 
@@ -116,6 +120,7 @@ impl Bookmark {
         log: &mut RunLog,
     ) -> Result<Start> {
         self.check(saved)?;
+        let batch_split = self.split_of(&saved.state)?;
         log.info(&format!(
             "Found saved model to resume from at '{}'",
             saved.dir.display()
@@ -142,9 +147,38 @@ impl Bookmark {
                 next_batch: saved.state.next_batch,
                 loss_scale: saved.state.loss_scale,
             },
-            batch_split: saved.state.batch_split,
+            batch_split,
             bookmark: self,
         })
+    }
+
+    /// The micro-batches per step `state` was trained with: recorded, or for a checkpoint
+    /// written before splits were recorded, the `--batch_split` given if the stream position
+    /// agrees with it (every step reads `split` micro-batches). `auto` is refused there: a
+    /// probe could choose another split and the data stream would no longer line up.
+    fn split_of(&self, state: &TrainState) -> Result<Option<usize>> {
+        if state.batch_split.is_some() || state.step == 0 {
+            return Ok(state.batch_split);
+        }
+        let steps = state.step as u64;
+        let implied = (state.next_batch.is_multiple_of(steps))
+            .then(|| state.next_batch / steps)
+            .and_then(|k| usize::try_from(k).ok())
+            .filter(|&k| k >= 1 && self.batch.is_multiple_of(k));
+        match (self.split, implied) {
+            (BatchSplit::Fixed(n), Some(k)) if n == k => Ok(Some(n)),
+            (setting, Some(k)) => Err(TrainError::InvalidConfig(format!(
+                "--batch_split {setting}: the checkpoint being resumed does not record its \
+                 split, and its stream position (micro-batch {} after {} steps) implies {k}; \
+                 pass --batch_split {k}",
+                state.next_batch, state.step
+            ))),
+            (_, None) => Err(TrainError::InvalidConfig(format!(
+                "the checkpoint being resumed does not record its --batch_split, and its \
+                 stream position (micro-batch {} after {} steps) fits none of batch {}",
+                state.next_batch, state.step, self.batch
+            ))),
+        }
     }
 
     /// Refuses to continue a saved run with different data or batch settings, or from a state

@@ -133,6 +133,22 @@ pub enum TrainError {
         reason: String,
     },
 
+    /// A panic after which every device still answers (see
+    /// [`DeviceFailed`](Self::DeviceFailed)): a bug, in this project or a library it uses. The
+    /// checkpoints written before are intact.
+    #[error(
+        "internal error at step {step}: {reason}; the last checkpoint is intact. Every device \
+         still answers, so this is a bug, not a device failure: please report it with the \
+         panic's location printed above and the run's train.log at \
+         https://github.com/big-transfer-rs/big-transfer-rs/issues"
+    )]
+    Internal {
+        /// The optimizer step that was under way.
+        step: usize,
+        /// The panic's message.
+        reason: String,
+    },
+
     /// The training stream ran dry although the schedule has steps left (a loader bug: the
     /// stream is endless).
     #[error("the training data stream ended at step {step}")]

@@ -32,6 +32,7 @@ mod config;
 mod data;
 mod distill;
 mod error;
+mod failure;
 mod finetune;
 mod gradients;
 mod log;

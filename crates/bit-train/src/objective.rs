@@ -73,7 +73,7 @@ impl EvalData {
     /// use bit_train::EvalData;
     ///
     /// let valid = InMemoryDataset::new(vec!["a".into()], [8, 8, 3], vec![0; 2 * 192], vec![0, 0]).unwrap();
-    /// let eval = EvalData::new(Arc::new(valid), 4, LoaderConfig::new(1));
+    /// let eval = EvalData::new(Arc::new(valid), 8, LoaderConfig::new(1));
     /// assert_eq!(eval.stream().unwrap().count(), 2);
     /// ```
     pub fn new(valid: Arc<dyn ImageDataset>, crop: usize, loader: LoaderConfig) -> Self {

@@ -24,6 +24,7 @@ use crate::checkpoint::{self, Bookmark, RunLock, Saved};
 use crate::config::RunSettings;
 use crate::data::TrainingData;
 use crate::error::{Result, TrainError};
+use crate::failure;
 use crate::gradients::clip_global_norm;
 use crate::log::{RunLog, python_exp};
 use crate::loss_scale::{LossScale, Scaled};
@@ -231,7 +232,9 @@ impl Run {
     ///
     /// Burn reports a device that stops answering (a dead `bit serve` worker, a broken
     /// connection) by panicking where a tensor is read; that becomes
-    /// [`TrainError::DeviceFailed`] here, with the checkpoints written before untouched.
+    /// [`TrainError::DeviceFailed`] here when a device then fails a liveness check, any other
+    /// panic [`TrainError::Internal`] (a bug), the checkpoints written before untouched either
+    /// way.
     pub fn fit<O: Objective>(
         mut self,
         start: Start,
@@ -285,9 +288,19 @@ impl Run {
             let reason = bit_data::panic_message(&*panic);
             self.log.finish_progress();
             let step = pass.position.step;
-            self.log
-                .warn(&format!("[step {step}]: device failure: {reason}"));
-            Err(TrainError::DeviceFailed { step, reason })
+            match failure::first_unresponsive(pass.parallel.devices().as_slice()) {
+                Some(device) => {
+                    let reason = format!("{device:?} does not answer: {reason}");
+                    self.log
+                        .warn(&format!("[step {step}]: device failure: {reason}"));
+                    Err(TrainError::DeviceFailed { step, reason })
+                }
+                None => {
+                    self.log
+                        .warn(&format!("[step {step}]: internal error: {reason}"));
+                    Err(TrainError::Internal { step, reason })
+                }
+            }
         })?;
         let steps = pass.position.step;
         let exported = pass.objective.export();

@@ -3,10 +3,12 @@
 
 use std::sync::atomic::Ordering;
 
+use bit_data::{Batch, Preprocess};
 use bit_hyperrule::HyperRule;
+use bit_model::ResNetV2;
 use bit_train::{
-    TrainConfig, TrainError, TrainOptions, TrainOutcome, bit_optimizer, checkpoint, python_exp,
-    train,
+    DataParallel, EvalData, EvalResult, Export, FineTune, Objective, Run, RunLog, TrainConfig,
+    TrainError, TrainOptions, TrainOutcome, bit_optimizer, checkpoint, python_exp, train,
 };
 use burn::module::Param;
 
@@ -302,6 +304,136 @@ fn impossible_checkpoint_states_are_refused_by_field() {
         }
     }
     std::fs::remove_dir_all(&run).ok();
+}
+
+/// A checkpoint written before the split was recorded resumes only on the split its stream
+/// position implies, named; `auto` could probe another one and misalign the data stream.
+#[test]
+fn a_checkpoint_without_its_split_resumes_only_on_the_split_it_implies() {
+    let (mut short, quiet, outcome) = one_step("legacy-split");
+    let run = short.run_dir();
+    let saved = checkpoint::find(&run).unwrap().unwrap();
+    assert_eq!(
+        (
+            saved.state.step,
+            saved.state.next_batch,
+            saved.state.batch_split
+        ),
+        (1, 2, Some(2))
+    );
+    let mut legacy = saved.state.clone();
+    legacy.batch_split = None;
+    checkpoint::save(&run, &outcome.model, &bit_optimizer(), &legacy).unwrap();
+    for (setting, says) in [
+        (bit_train::BatchSplit::Auto, "--batch_split auto:"),
+        (4.into(), "--batch_split 4:"),
+    ] {
+        short.run.batch_split = setting;
+        match train(&short, &quiet) {
+            Err(TrainError::InvalidConfig(m)) => {
+                assert!(
+                    m.contains(says) && m.contains("pass --batch_split 2"),
+                    "{m}"
+                )
+            }
+            other => panic!(
+                "{setting}: expected a refusal, got {:?}",
+                other.map(|o| o.steps)
+            ),
+        }
+    }
+    short.run.batch_split = 2.into();
+    assert_eq!(train(&short, &quiet).unwrap().steps, 1);
+    std::fs::remove_dir_all(&run).ok();
+}
+
+/// Fine-tuning with a bug: its backward panics at step 2, in this file.
+struct Buggy(FineTune);
+
+impl Objective for Buggy {
+    type Eval = EvalResult;
+
+    fn preprocess(&self) -> Preprocess {
+        self.0.preprocess()
+    }
+
+    fn backward(
+        &mut self,
+        parallel: &mut DataParallel,
+        batch: &Batch,
+        step: usize,
+        scale: f32,
+    ) -> bit_train::Result<f32> {
+        assert!(step < 2, "a bug in this objective at step {step}");
+        self.0.backward(parallel, batch, step, scale)
+    }
+
+    fn evaluate(&mut self, model: &ResNetV2, valid: &EvalData) -> bit_train::Result<EvalResult> {
+        self.0.evaluate(model, valid)
+    }
+
+    fn eval_loss(eval: &EvalResult) -> f64 {
+        FineTune::eval_loss(eval)
+    }
+
+    fn log_eval(eval: &EvalResult, at: &str, log: &mut RunLog) {
+        FineTune::log_eval(eval, at, log)
+    }
+
+    fn export(&self) -> Export {
+        self.0.export()
+    }
+}
+
+/// Only a panic after which a device no longer answers is a device failure ("rerun once the
+/// device is back"); a bug is reported as one, with its message, after the last checkpoint.
+#[test]
+fn a_panic_outside_the_backends_is_an_internal_error_not_a_device_failure() {
+    let mut config = config("buggy");
+    std::fs::remove_dir_all(config.run_dir()).ok();
+    config.run.eval_every = Some(1);
+    let options = TrainOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let mut run = Run::open(&config.run, &options, &config).unwrap();
+    let data = run.load_data(Some((2, 0))).unwrap();
+    let classes = data.classes().to_vec();
+    let golden = bit_testkit::golden_file("tiny.weights.npz");
+    let start = run
+        .start(&data, bit_optimizer(), |device, _| {
+            Ok(ResNetV2::from_npz_with_zero_head(
+                &golden,
+                classes.len(),
+                device,
+            )?)
+        })
+        .unwrap();
+    let mut rule = HyperRule::new((28, 28), data.train.len())
+        .with_batch(config.run.batch)
+        .with_total_steps(10);
+    (rule.precrop, rule.crop) = (36, 32);
+    let mut buggy = Buggy(FineTune::new(rule.clone(), 0, run.main_device(), classes).unwrap());
+    match run.fit(start, &mut buggy, data, &rule, None) {
+        Err(e @ TrainError::Internal { step: 2, .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("a bug in this objective at step 2")
+                    && message.contains("not a device failure"),
+                "{message}"
+            );
+        }
+        other => panic!(
+            "expected Internal at step 2, got {:?}",
+            other.map(|o| o.steps)
+        ),
+    }
+    let saved = checkpoint::find(&config.run_dir()).unwrap().unwrap();
+    assert_eq!(
+        saved.state.step, 2,
+        "the checkpoint written just before the panic is intact"
+    );
+    std::fs::remove_dir_all(config.run_dir()).ok();
 }
 
 /// A bit flipped in either tensor file of a checkpoint is an error naming the file, not a
