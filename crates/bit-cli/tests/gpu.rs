@@ -230,3 +230,38 @@ fn distillation_runs_on_the_gpu() {
     let student = parameters(&run.join("model.safetensors"));
     assert!(student.iter().all(|v| v.is_finite()));
 }
+
+/// Replicas on devices that round differently (the CPU, the GPU with its fused multiply-adds)
+/// hold the main device's weights bit for bit after every step: the updated weights are
+/// copied to them, not recomputed by each device's own optimizer, so they cannot drift apart.
+#[test]
+fn replicas_on_other_kinds_of_device_hold_the_main_weights_exactly() {
+    use bit_train::{DataParallel, Devices, Targets, bit_optimizer};
+    use burn::tensor::{Distribution, Int, Tensor};
+
+    let devices = Devices::new(bit_device::devices_from_spec("cpu,wgpu").unwrap()).unwrap();
+    let main = devices.main().clone();
+    let model = bit_model::ResNetV2Config::new([1, 1, 1, 1], 1, 4).init(&main);
+    let mut parallel = DataParallel::new(devices, model, bit_optimizer());
+    for step in 0..3 {
+        let images = Tensor::<4>::random([4, 3, 32, 32], Distribution::Default, &main);
+        let labels = Tensor::<1, Int>::from_ints([0, 1, 2, 3], &main);
+        let loss = parallel.backward(
+            images,
+            &Targets {
+                labels,
+                mixed: None,
+            },
+            1.0,
+        );
+        assert!(loss.is_finite());
+        let grads = parallel.all_reduce();
+        parallel.step(0.1, grads);
+        let on_gpu = parallel.replica(1).unwrap();
+        assert!(
+            bit_testkit::parameter_values(on_gpu)
+                == bit_testkit::parameter_values(parallel.model()),
+            "step {step}: the GPU replica drifted from the main weights"
+        );
+    }
+}

@@ -186,6 +186,17 @@ pub fn peak_resident_memory() -> Option<u64> {
 /// The most resident memory this process used while `work` ran, in bytes above what it held
 /// before: the kernel's peak (reset first) where it can be reset, else sampled every 2 ms.
 pub fn peak_while<T>(work: impl FnOnce() -> T) -> (T, Option<u64>) {
+    let before = resident_memory();
+    let (out, peak) = peak_resident_while(work);
+    (
+        out,
+        peak.zip(before)
+            .map(|(peak, before)| peak.saturating_sub(before)),
+    )
+}
+
+/// The most resident memory this process used while `work` ran, in bytes.
+fn peak_resident_while<T>(work: impl FnOnce() -> T) -> (T, Option<u64>) {
     let Some(before) = resident_memory() else {
         return (work(), None);
     };
@@ -211,7 +222,7 @@ pub fn peak_while<T>(work: impl FnOnce() -> T) -> (T, Option<u64>) {
     if reset && let Some(hwm) = peak_resident_memory() {
         peak = peak.max(hwm);
     }
-    (out, Some(peak.saturating_sub(before)))
+    (out, Some(peak))
 }
 
 /// The split a run uses: an explicit number, the checkpoint's when resuming with `auto`, else
@@ -224,7 +235,7 @@ pub(crate) fn resolve_split(
     (batch, devices): (usize, usize),
     (resumed, reserve): (Option<usize>, u64),
     on_host: bool,
-    mut probe: impl FnMut(usize) -> Result<()>,
+    probe: impl FnMut(usize) -> Result<()>,
 ) -> Result<(usize, String)> {
     let (split, memory, free) = match (setting, resumed) {
         (BatchSplit::Fixed(n), Some(saved)) if n != saved => {
@@ -249,18 +260,21 @@ pub(crate) fn resolve_split(
             ));
         }
         (BatchSplit::Auto, None) => {
-            let mut measure = |images: usize| -> Result<f64> {
-                let (done, bytes) = peak_while(|| probe(images));
-                done?;
-                Ok(bytes.unwrap_or(0) as f64)
-            };
-            // The first micro-batch also allocates what stays for the run (gradient buffers,
-            // kernel caches, thread pools): a warm-up, kept out of the fit.
-            measure(devices.min(batch))?;
-            let Some(free) = available_memory() else {
+            // Gradients and momentum alone: if they cannot fit, say so instead of letting the
+            // warm-up meet the OOM killer.
+            if let Some(free) = available_memory()
+                && reserve > free
+            {
+                return Err(TrainError::InvalidConfig(format!(
+                    "the model's gradients and optimizer state alone need {} and {} is free: \
+                     use a smaller model or fewer replicas on this machine",
+                    gib(reserve as f64),
+                    gib(free as f64)
+                )));
+            }
+            let Some((memory, free)) = probe_memory(batch, devices, probe)? else {
                 return Ok((1, "--batch_split auto: 1 (free memory unknown)".into()));
             };
-            let memory = fit_probes(&mut measure, batch, devices, free as f64)?;
             let budget = free.saturating_sub(reserve) as f64 * MEMORY_MARGIN;
             let split = memory.smallest_split(batch, budget).ok_or_else(|| {
                 TrainError::InvalidConfig(format!(
@@ -287,6 +301,32 @@ pub(crate) fn resolve_split(
             MEMORY_MARGIN * 100.0
         ),
     ))
+}
+
+/// What micro-batches cost, from `probe(images)` runs (see [`fit_probes`]), and the memory free
+/// after the first; `None` where free memory is unknown. The first micro-batch also allocates
+/// what stays for the run (gradient buffers, kernel caches, thread pools): a warm-up, kept out
+/// of the fit. Every probe is then measured from the one baseline after it: memory the
+/// allocator keeps from an earlier probe counts against a later one (an over-estimate, the
+/// safe side), where a baseline per probe would hide it and under-estimate the slope.
+fn probe_memory(
+    batch: usize,
+    devices: usize,
+    mut probe: impl FnMut(usize) -> Result<()>,
+) -> Result<Option<(MicroBatchMemory, u64)>> {
+    peak_resident_while(|| probe(devices.min(batch))).0?;
+    let baseline = resident_memory();
+    let Some(free) = available_memory() else {
+        return Ok(None);
+    };
+    let mut measure = |images: usize| -> Result<f64> {
+        let (done, peak) = peak_resident_while(|| probe(images));
+        done?;
+        let above = peak.zip(baseline).map(|(p, b)| p.saturating_sub(b));
+        Ok(above.unwrap_or(0) as f64)
+    };
+    let memory = fit_probes(&mut measure, batch, devices, free as f64)?;
+    Ok(Some((memory, free)))
 }
 
 /// [`MicroBatchMemory`] of micro-batches from `measure(images)` (bytes above what the process
@@ -392,6 +432,42 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("trained with 8"));
         let gpu = resolve_split(BatchSplit::Auto, (512, 2), (None, 0), false, never).unwrap();
         assert_eq!(gpu.0, 1);
+    }
+
+    /// Small allocations (below glibc's mmap threshold) that the allocator keeps after a probe
+    /// (here pinned by the last chunk of each probe) are reused by the next one: measured from
+    /// a baseline of its own, each probe would see only its growth over the last, half the
+    /// true cost per image.
+    #[test]
+    fn probes_of_small_allocations_are_measured_from_one_baseline() {
+        const PER_IMAGE: usize = 8 << 20;
+        const CHUNK: usize = 64 << 10;
+        let mut pinned = Vec::new();
+        let probe = |images: usize| -> Result<()> {
+            let mut chunks: Vec<Vec<u8>> = (0..images * PER_IMAGE / CHUNK)
+                .map(|i| vec![i as u8 | 1; CHUNK])
+                .collect();
+            std::hint::black_box(&chunks);
+            pinned.push(chunks.pop());
+            Ok(())
+        };
+        let (memory, _) = probe_memory(64, 1, probe).unwrap().unwrap();
+        assert!(
+            memory.per_image >= 0.9 * PER_IMAGE as f64,
+            "{:.1} MiB per image measured, {} allocated",
+            memory.per_image / (1u64 << 20) as f64,
+            PER_IMAGE >> 20
+        );
+    }
+
+    #[test]
+    fn a_model_whose_optimizer_state_cannot_fit_is_refused_before_any_probe() {
+        let never = |_: usize| -> Result<()> { panic!("no probe can fit") };
+        let reserve = available_memory().unwrap() + (1 << 30);
+        let err = resolve_split(BatchSplit::Auto, (512, 1), (None, reserve), true, never)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("optimizer state alone need"), "{err}");
     }
 
     #[test]

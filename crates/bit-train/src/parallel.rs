@@ -1,22 +1,25 @@
 //! Data parallelism over every device of the run, as `torch.nn.parallel.DistributedDataParallel`:
-//! each device keeps its own replica of the model and of the optimizer for the whole run. Each
-//! micro-batch is split into one shard per device; each device computes the gradients of its
-//! shard on its replica and accumulates them locally. At the end of an optimizer step the
-//! gradients are summed across devices (an all-reduce: gathered on the main device and summed
-//! there, since Burn 0.22's collective `all_reduce` exists only on CUDA, and through Burn Remote
-//! only among one server's devices, while a gather works on every backend and across servers),
-//! and every replica applies the same update with the summed gradients. Shard losses are
-//! weighted by their share of the micro-batch, so the sum is exactly the gradient of the
-//! micro-batch mean, whatever the number of devices. GroupNorm has no batch statistics, so
-//! nothing else needs synchronising.
+//! each device keeps its own replica of the model for the whole run. Each micro-batch is split
+//! into one shard per device; each device computes the gradients of its shard on its replica
+//! and accumulates them locally. At the end of an optimizer step the gradients are summed
+//! across devices (an all-reduce: gathered on the main device and summed there, since Burn
+//! 0.22's collective `all_reduce` exists only on CUDA, and through Burn Remote only among one
+//! server's devices, while a gather works on every backend and across servers), the main
+//! device's optimizer applies the update, and its new weights are copied to every replica
+//! (the same bytes the gradients were). Copying the weights rather than having each device
+//! apply the same update keeps replicas bit-identical when devices round differently (a CPU
+//! beside a GPU with fused multiply-adds), and leaves replicas no optimizer state. Shard
+//! losses are weighted by their share of the micro-batch, so the sum is exactly the gradient
+//! of the micro-batch mean, whatever the number of devices. GroupNorm has no batch
+//! statistics, so nothing else needs synchronising.
 //!
 //! The devices can be anything Burn runs on: GPUs of this machine, the CPU named several times,
 //! or devices served by other processes and machines (`bit serve`, Burn Remote), which then
-//! receive their shard of each micro-batch, send back its loss, and exchange gradients with the
-//! main device once per optimizer step.
+//! receive their shard of each micro-batch, send back its loss, and exchange gradients and
+//! weights with the main device once per optimizer step.
 
 use bit_model::ResNetV2;
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 
@@ -115,8 +118,11 @@ impl std::fmt::Debug for Devices {
     }
 }
 
-/// A model and its optimizer on every device of the run: the main device's replica is the
-/// model the run checkpoints and evaluates, the others stay in step with it.
+/// A model on every device of the run and the optimizer of the main one: the main device's
+/// replica is the model the run checkpoints and evaluates; after each optimizer step its
+/// weights are copied to the others (the same bytes as the gradients were), so replicas on
+/// devices whose arithmetic rounds differently (a CPU and a GPU, FMA or not) never drift apart,
+/// and need no optimizer state of their own.
 ///
 /// One optimizer step over two CPU replicas, the same update as on one device:
 ///
@@ -142,50 +148,44 @@ impl std::fmt::Debug for Devices {
 pub struct DataParallel {
     devices: Devices,
     /// One per device, in the order of `devices`: `replicas[0]` is the main model.
-    replicas: Vec<Replica>,
+    replicas: Vec<ResNetV2>,
+    /// The main model's optimizer (momentum buffers included).
+    optim: ModuleOptimizer,
     /// The gradients each device has accumulated since the last all-reduce.
     pending: Vec<Option<GradientsAccumulator<ResNetV2>>>,
 }
 
-/// A device's copy of the model and of its optimizer.
-struct Replica {
-    model: ResNetV2,
-    optim: ModuleOptimizer,
-}
-
 impl DataParallel {
-    /// Places `model` (on the main device) and its optimizer `optim` (momentum buffers
-    /// included) on every device, where the copies stay for the run.
+    /// Places `model` (on the main device) on every device, where the copies stay for the run;
+    /// `optim` (momentum buffers included) updates the main one.
     pub fn new(devices: Devices, model: ResNetV2, optim: ModuleOptimizer) -> Self {
-        let mut replicas: Vec<Replica> = devices.devices[1..]
+        let copies: Vec<ResNetV2> = devices.devices[1..]
             .iter()
-            .map(|device| Replica {
-                model: model.clone().fork(device),
-                optim: optim.clone(),
-            })
+            .map(|device| model.clone().fork(device))
             .collect();
-        replicas.insert(0, Replica { model, optim });
+        let replicas: Vec<ResNetV2> = std::iter::once(model).chain(copies).collect();
         Self {
             pending: replicas.iter().map(|_| None).collect(),
             devices,
             replicas,
+            optim,
         }
     }
 
     /// The main device's model: what the run evaluates and checkpoints.
     pub fn model(&self) -> &ResNetV2 {
-        &self.replicas[0].model
+        &self.replicas[0]
     }
 
     /// The main device's optimizer.
     pub fn optimizer(&self) -> &ModuleOptimizer {
-        &self.replicas[0].optim
+        &self.optim
     }
 
     /// The model of device `index` (0 is the main model), to check that the replicas stay in
     /// step.
     pub fn replica(&self, index: usize) -> Option<&ResNetV2> {
-        self.replicas.get(index).map(|r| &r.model)
+        self.replicas.get(index)
     }
 
     /// The devices, main first.
@@ -205,8 +205,8 @@ impl DataParallel {
 
     /// The devices, the main model and its optimizer: the replicas are dropped.
     pub fn into_parts(mut self) -> (Devices, ResNetV2, ModuleOptimizer) {
-        let Replica { model, optim } = self.replicas.swap_remove(0);
-        (self.devices, model, optim)
+        let model = self.replicas.swap_remove(0);
+        (self.devices, model, self.optim)
     }
 
     /// Forward and backward of `scale * loss(micro-batch)`: each device runs its shard on its
@@ -223,7 +223,7 @@ impl DataParallel {
         let shard = |i: usize| {
             let (a, b) = bounds[i];
             let device = &devices[i];
-            let replica = &replicas[i].model;
+            let replica = &replicas[i];
             let x = images.clone().narrow(0, a, b - a).to_device(device);
             let loss = targets.shard_loss(replica, x, (a, b), device);
             let weight = (b - a) as f32 / n as f32;
@@ -257,7 +257,7 @@ impl DataParallel {
         {
             pending
                 .get_or_insert_with(GradientsAccumulator::new)
-                .accumulate(&replica.model, grads);
+                .accumulate(replica, grads);
             loss += value;
         }
         loss
@@ -267,7 +267,7 @@ impl DataParallel {
     /// device: the gradients of the optimizer step.
     pub fn all_reduce(&mut self) -> GradientsParams {
         let main = self.devices.main().clone();
-        let model = &self.replicas[0].model;
+        let model = &self.replicas[0];
         let mut sum = GradientsAccumulator::<ResNetV2>::new();
         for pending in &mut self.pending {
             if let Some(mut acc) = pending.take() {
@@ -278,36 +278,27 @@ impl DataParallel {
     }
 
     /// The optimizer step with `grads` (the all-reduced gradients, on the main device) at
-    /// learning rate `rate` on every device at once, each replica with its own optimizer.
+    /// learning rate `rate` on the main model, whose new weights then replace every replica's
+    /// (copied to each device at once).
     pub fn step(&mut self, rate: f64, grads: GradientsParams) {
-        let mut copies: Vec<GradientsParams> = self.replicas[1..]
-            .iter()
-            .zip(&self.devices.devices[1..])
-            .map(|(replica, device)| copy_to(&grads, &replica.model, device))
-            .collect();
-        copies.insert(0, grads);
-        let replicas = std::mem::take(&mut self.replicas);
-        self.replicas =
-            std::thread::scope(|s| {
-                let mut updates = replicas.into_iter().zip(copies).map(
-                    |(Replica { model, mut optim }, grads)| {
-                        move || {
-                            let model = optim.step(rate, model, grads);
-                            Replica { model, optim }
-                        }
-                    },
-                );
-                // The main device's update runs on this thread, the replicas' beside it.
-                let main = updates.next().expect("the main replica");
-                let others: Vec<_> = updates.map(|update| s.spawn(update)).collect();
-                let mut replicas = vec![main()];
-                replicas.extend(
-                    others
-                        .into_iter()
-                        .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
-                );
-                replicas
-            });
+        let mut replicas = std::mem::take(&mut self.replicas).into_iter();
+        let main = replicas.next().expect("the main replica");
+        let main = self.optim.step(rate, main, grads);
+        let others = &self.devices.devices[1..];
+        let copies: Vec<ResNetV2> = std::thread::scope(|s| {
+            let handles: Vec<_> = others
+                .iter()
+                .map(|device| {
+                    let main = &main;
+                    s.spawn(move || main.clone().fork(device))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        self.replicas = std::iter::once(main).chain(copies).collect();
     }
 }
 
@@ -317,30 +308,6 @@ impl std::fmt::Debug for DataParallel {
             .field("devices", &self.devices)
             .finish_non_exhaustive()
     }
-}
-
-/// A copy of `grads` (the gradients of `model`'s parameters) on `device`: the broadcast half
-/// of the all-reduce.
-fn copy_to(grads: &GradientsParams, model: &ResNetV2, device: &Device) -> GradientsParams {
-    struct Copy<'a> {
-        from: &'a GradientsParams,
-        to: GradientsParams,
-        device: &'a Device,
-    }
-    impl ModuleVisitor for Copy<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.from.get::<D>(param.id) {
-                self.to.register(param.id, g.to_device(self.device));
-            }
-        }
-    }
-    let mut copy = Copy {
-        from: grads,
-        to: GradientsParams::new(),
-        device,
-    };
-    model.visit(&mut copy);
-    copy.to
 }
 
 /// The value of a one-element tensor.

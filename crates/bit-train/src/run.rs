@@ -329,9 +329,9 @@ impl Run {
         crop: usize,
     ) -> Result<usize> {
         let sizes = (self.settings.batch, parallel.len());
-        // Momentum (SGD) or two moments (Adam) per parameter on every device, made at the
-        // first update.
-        let reserve = 2 * 4 * (parallel.model().num_params() * parallel.len()) as u64;
+        // Momentum (SGD) or two moments (Adam) per parameter on the main device, made at the
+        // first update (replicas get weights, not optimizer state).
+        let reserve = 2 * 4 * parallel.model().num_params() as u64;
         let on_host = parallel.devices().on_host();
         let probe = |images: usize| -> Result<()> {
             let batch = Batch {

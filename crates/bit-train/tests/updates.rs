@@ -134,7 +134,8 @@ fn batch_split_gives_the_update_of_one_big_batch() {
 #[test]
 fn replicas_that_stay_put_give_the_update_of_one_device() {
     let before = before();
-    // Two steps: the second runs on the replicas' own updated weights and momentum.
+    // Two steps: the second runs on the weights the first copied to every replica, and the
+    // main device's momentum.
     let one = train("cpu", 1, None, 2);
     for devices in ["cpu,cpu", "cpu,cpu,cpu"] {
         // 8 examples over 3 devices: shards of 2, 3 and 3, weighted by size.

@@ -25,6 +25,7 @@
 //! Burn's composed ops, for tests and benchmarks.
 
 mod autodiff;
+mod check;
 mod composed;
 #[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
 mod cube;
@@ -281,6 +282,29 @@ pub fn group_norm_relu(
         options,
     );
     Tensor::from_dispatch(out.output)
+}
+
+/// Forgets the standardized kernels cached per weight version, on the CPU and the GPU; each is
+/// recomputed when next needed. An entry already goes by itself when its weights are dropped
+/// (an optimizer step, a model that goes out of scope); this frees the entries of weights that
+/// live on but are done with, such as a frozen teacher after distillation, or a model kept
+/// around while another one runs.
+///
+/// ```
+/// use bit_model::ResNetV2Config;
+/// use burn::tensor::{Device, Tensor};
+///
+/// let device = Device::flex();
+/// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 3).init(&device);
+/// let before = model.forward(Tensor::zeros([1, 3, 32, 32], &device));
+/// bit_model::ops::clear_kernel_cache();
+/// let after = model.forward(Tensor::zeros([1, 3, 32, 32], &device));
+/// assert_eq!(before.into_data(), after.into_data());
+/// ```
+pub fn clear_kernel_cache() {
+    flex::clear_kernel_cache();
+    #[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
+    cube::clear_kernel_cache();
 }
 
 /// The same operations written with Burn's composed tensor ops (autodiff through every

@@ -67,6 +67,11 @@ fn lock() -> MutexGuard<'static, Vec<Entry>> {
     CACHE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Forgets every cached kernel (they are recomputed when next asked for).
+pub(in crate::ops) fn clear() {
+    lock().clear();
+}
+
 /// The standardized `weight` (`[out, in, kh, kw]`), from the cache or computed now.
 pub(in crate::ops) fn standardized(weight: CubeTensor, eps: f64) -> Standardized {
     let key = eps.to_bits();

@@ -6,6 +6,8 @@
 //! forward and both gradients of a training step, as on the CPU.
 
 mod cache;
+
+pub(super) use cache::clear as clear_kernel_cache;
 mod conv;
 mod kernels;
 
@@ -20,6 +22,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
+use super::check;
 use super::composed::cast_like;
 use super::{BitOps, GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, StdConvOptions};
 use cache::Standardized;
@@ -30,6 +33,7 @@ impl BitOps for Cube {
         weight: FloatTensor<Self>,
         options: StdConvOptions,
     ) -> FloatTensor<Self> {
+        check::conv("std_conv2d", &x.shape(), &weight.shape(), &options);
         let w_hat = cast_like::<Cube>(cache::standardized(weight, options.eps).w_hat, &x);
         conv::conv2d(x, w_hat, options)
     }
@@ -40,6 +44,9 @@ impl BitOps for Cube {
         residual: FloatTensor<Self>,
         options: StdConvOptions,
     ) -> FloatTensor<Self> {
+        let op = "std_conv2d_add";
+        let checked = check::conv(op, &x.shape(), &weight.shape(), &options);
+        check::conv_output(op, "the residual", &checked, &residual.shape());
         Self::float_add(Self::std_conv2d(x, weight, options), residual)
     }
 
@@ -49,6 +56,9 @@ impl BitOps for Cube {
         output_grad: FloatTensor<Self>,
         options: StdConvOptions,
     ) -> FloatTensor<Self> {
+        let op = "std_conv2d_x_backward";
+        let checked = check::conv(op, &x.shape(), &weight.shape(), &options);
+        check::conv_output(op, "the output gradient", &checked, &output_grad.shape());
         let w_hat = cast_like::<Cube>(cache::standardized(weight, options.eps).w_hat, &output_grad);
         conv::conv2d_x_backward(x, w_hat, output_grad, options)
     }
@@ -59,6 +69,9 @@ impl BitOps for Cube {
         output_grad: FloatTensor<Self>,
         options: StdConvOptions,
     ) -> FloatTensor<Self> {
+        let op = "std_conv2d_weight_backward";
+        let checked = check::conv(op, &x.shape(), &weight.shape(), &options);
+        check::conv_output(op, "the output gradient", &checked, &output_grad.shape());
         let shape = weight.shape();
         let Standardized { w_hat, rstd } = cache::standardized(weight, options.eps);
         // In mixed precision the convolution's gradient is half, the closed form f32.
@@ -94,6 +107,13 @@ impl BitOps for Cube {
         beta: FloatTensor<Self>,
         options: GroupNormOptions,
     ) -> GroupNormReluOutput<Self> {
+        check::norm(
+            "group_norm_relu",
+            &x.shape(),
+            &gamma.shape(),
+            &beta.shape(),
+            &options,
+        );
         let x = into_contiguous(x);
         let g = Geometry::of(&x, options.groups);
         let output = empty_like(&x, x.shape());
@@ -131,6 +151,10 @@ impl BitOps for Cube {
         output_grad: FloatTensor<Self>,
         options: GroupNormOptions,
     ) -> GroupNormReluGrads<Self> {
+        let op = "group_norm_relu_backward";
+        check::norm(op, &x.shape(), &gamma.shape(), &beta.shape(), &options);
+        let stats = (&*mean.shape(), &*rstd.shape());
+        check::norm_backward(op, &x.shape(), stats, &output_grad.shape(), &options);
         let [x, gamma, beta, mean, rstd, output_grad] =
             [x, gamma, beta, mean, rstd, output_grad].map(into_contiguous);
         let g = Geometry::of(&x, options.groups);
@@ -204,10 +228,7 @@ impl Geometry {
     fn of(x: &CubeTensor, groups: usize) -> Self {
         let shape = x.shape();
         let [batch, h, w, channels] = [shape[0], shape[1], shape[2], shape[3]];
-        assert!(
-            groups > 0 && channels.is_multiple_of(groups),
-            "GroupNorm: {channels} channels do not split into {groups} groups"
-        );
+        // Checked by `check::norm` before any kernel is launched.
         Self {
             batch,
             positions: h * w,

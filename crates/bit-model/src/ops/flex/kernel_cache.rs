@@ -7,8 +7,12 @@
 //! still upgrades to the same allocation, the weights have not changed. After an optimizer step
 //! the weights live in a new allocation and the old entry dies with the old weights.
 //!
-//! An entry holds the filters' moments and the kernel in each layout asked for (a training step
-//! asks for both: HWIO in the forward, O-HWI for the input gradient; inference only for HWIO).
+//! An entry holds the filters' moments and the kernel in each layout asked for, and only those:
+//! a training step asks for both (HWIO in the forward, O-HWI for the input gradient, made from
+//! the cached HWIO by a transpose), inference only for HWIO, so `bit predict` holds one copy.
+//! Entries whose weights are gone are dropped before anything is budgeted, on every call;
+//! [`clear`] drops the rest (a model that is done with, a frozen teacher that filled the
+//! budget).
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -102,12 +106,18 @@ impl Key {
     }
 }
 
-/// The entry of `key`, created empty if there is none (after clearing out the dead ones).
+/// Forgets every cached kernel (they are recomputed when next asked for).
+pub(in crate::ops) fn clear() {
+    lock().clear();
+}
+
+/// The entry of `key`, created empty if there is none; entries of dropped weights are cleared
+/// out first, so they never count against the budget.
 fn entry<'a>(cache: &'a mut Vec<Entry>, key: &Key) -> &'a mut Entry {
+    cache.retain(Entry::is_alive);
     if let Some(i) = cache.iter().position(|e| key.matches(e)) {
         return &mut cache[i];
     }
-    cache.retain(Entry::is_alive);
     cache.push(Entry {
         raw: Arc::downgrade(&key.raw),
         offset: key.offset,
@@ -165,18 +175,15 @@ pub(super) fn standardized(weight: &FlexTensor, eps: f64, layout: KernelLayout) 
         KernelLayout::Hwio => Arc::new(standardize::transpose(&rows, c_out, fan_in)),
     };
     let mut cache = lock();
-    let mut budget = BUDGET_FLOATS.saturating_sub(cache.iter().map(Entry::floats).sum());
+    cache.retain(Entry::is_alive);
+    let budget = BUDGET_FLOATS.saturating_sub(cache.iter().map(Entry::floats).sum());
     if let Some(e) = cache.iter_mut().find(|e| key.matches(e)) {
         if e.moments.is_none() {
             e.moments = moments;
         }
-        // The layout asked for first, then the rows (the next request's other layout).
-        for (layout, value) in [(layout, &kernel), (KernelLayout::Ohwi, &rows)] {
-            let slot = e.slot(layout);
-            if slot.is_none() && value.len() <= budget {
-                budget -= value.len();
-                *slot = Some(value.clone());
-            }
+        let slot = e.slot(layout);
+        if slot.is_none() && kernel.len() <= budget {
+            *slot = Some(kernel.clone());
         }
     }
     kernel
@@ -188,6 +195,13 @@ mod tests {
 
     use super::*;
 
+    /// The tests that look at the shared cache's state (one of them clears it) run one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn weight(values: Vec<f32>) -> FlexTensor {
         FlexTensor::from_data(TensorData::new(values, [2, 3, 1, 2]))
     }
@@ -198,6 +212,7 @@ mod tests {
 
     #[test]
     fn one_standardization_per_weight_version() {
+        let _serial = serial();
         let w = weight(filter_values(0.0));
         let first = standardized(&w, 1e-10, KernelLayout::Hwio);
         assert!(Arc::ptr_eq(
@@ -215,8 +230,40 @@ mod tests {
         ));
     }
 
+    /// The cached floats of entries of this `shape` (unique to a test: tests share the cache).
+    fn cached(shape: [usize; 4]) -> Option<(bool, bool)> {
+        lock()
+            .iter()
+            .find(|e| e.shape == shape)
+            .map(|e| (e.hwio.is_some(), e.ohwi.is_some()))
+    }
+
+    #[test]
+    fn only_the_layout_asked_for_is_kept_and_dead_entries_go_first() {
+        let _serial = serial();
+        let shape = [7, 5, 1, 3];
+        let values: Vec<f32> = (0..105).map(|i| (i as f32 * 0.3).cos()).collect();
+        let w = FlexTensor::from_data(TensorData::new(values.clone(), shape));
+        standardized(&w, 1e-10, KernelLayout::Hwio);
+        // Inference asks for HWIO only: no O-HWI copy is held for a backward that never comes.
+        assert_eq!(cached(shape), Some((true, false)));
+        standardized(&w, 1e-10, KernelLayout::Ohwi);
+        assert_eq!(cached(shape), Some((true, true)));
+        // Weights that are gone leave the cache at the next call, before any budgeting.
+        drop(w);
+        standardized(&weight(filter_values(3.0)), 1e-10, KernelLayout::Hwio);
+        assert_eq!(cached(shape), None);
+        // And `clear` empties it.
+        let w = FlexTensor::from_data(TensorData::new(values, shape));
+        standardized(&w, 1e-10, KernelLayout::Hwio);
+        assert!(cached(shape).is_some());
+        clear();
+        assert_eq!(cached(shape), None);
+    }
+
     #[test]
     fn changed_weights_are_standardized_again() {
+        let _serial = serial();
         // A copy-on-write change of shared weights (an optimizer step): new storage.
         let shared = weight(filter_values(1.0));
         let before = standardized(&shared, 1e-10, KernelLayout::Ohwi);

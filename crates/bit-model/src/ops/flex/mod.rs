@@ -18,14 +18,16 @@ use burn::backend::TensorMetadata;
 use burn::tensor::{DType, Shape, TensorData};
 use burn_flex::FlexTensor;
 
-use super::composed;
 use super::{
     BitOps, GroupNormOptions, GroupNormReluGrads, GroupNormReluOutput, PoolOptions, StdConvOptions,
 };
+use super::{check, composed};
 use conv::ConvGeometry;
 use norm::NormGeometry;
 use pool::PoolGeometry;
 use standardize::KernelLayout;
+
+pub(super) use kernel_cache::clear as clear_kernel_cache;
 
 /// Output side of a square window of `kernel` sliding by `stride` over `size` values with
 /// `padding` on both ends (convolutions and the root pool alike).
@@ -59,27 +61,47 @@ fn tensor(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape.into()))
 }
 
-fn conv_geometry(x: &FlexTensor, weight: &FlexTensor, options: &StdConvOptions) -> ConvGeometry {
-    let [batch, height, width, c_in] = dims4(x);
-    let [c_out, w_in, kh, kw] = dims4(weight);
-    assert_eq!(
-        c_in, w_in,
-        "std_conv2d: input has {c_in} channels, kernel expects {w_in}"
-    );
-    assert_eq!(kh, kw, "std_conv2d: square kernels only");
+/// The convolution's geometry, after [`check::conv`] (and the shape of `output`, the
+/// gradient or residual that must match its output, when given).
+fn conv_geometry(
+    op: &str,
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    output: Option<(&str, &FlexTensor)>,
+    options: &StdConvOptions,
+) -> ConvGeometry {
+    let checked = check::conv(op, &x.shape(), &weight.shape(), options);
+    if let Some((what, t)) = output {
+        check::conv_output(op, what, &checked, &t.shape());
+    }
+    let [batch, height, width, c_in] = checked.input;
     ConvGeometry {
         batch,
         height,
         width,
         c_in,
-        c_out,
-        kernel: kh,
+        c_out: checked.kernel[0],
+        kernel: checked.kernel[2],
         stride: options.stride,
         padding: options.padding,
     }
 }
 
-fn pool_geometry(x: &FlexTensor, options: &PoolOptions) -> PoolGeometry {
+/// The pool's geometry, after [`check::pool`] (and the output gradient's shape, when given).
+fn pool_geometry(
+    op: &str,
+    x: &FlexTensor,
+    output_grad: Option<&FlexTensor>,
+    options: &PoolOptions,
+) -> PoolGeometry {
+    let out = check::pool(op, &x.shape(), options);
+    if let Some(grad) = output_grad {
+        assert_eq!(
+            *grad.shape(),
+            out,
+            "{op}: the output gradient must have the output's shape"
+        );
+    }
     let [batch, height, width, channels] = dims4(x);
     PoolGeometry {
         batch,
@@ -92,14 +114,14 @@ fn pool_geometry(x: &FlexTensor, options: &PoolOptions) -> PoolGeometry {
     }
 }
 
-fn norm_geometry(x: &FlexTensor, options: &GroupNormOptions) -> NormGeometry {
+/// The GroupNorm's geometry, after [`check::norm`].
+fn norm_geometry(
+    op: &str,
+    [x, gamma, beta]: [&FlexTensor; 3],
+    options: &GroupNormOptions,
+) -> NormGeometry {
+    check::norm(op, &x.shape(), &gamma.shape(), &beta.shape(), options);
     let [batch, h, w, channels] = dims4(x);
-    assert_eq!(
-        channels % options.groups,
-        0,
-        "group_norm_relu: {channels} channels in {} groups",
-        options.groups
-    );
     NormGeometry {
         batch,
         positions: h * w,
@@ -110,10 +132,10 @@ fn norm_geometry(x: &FlexTensor, options: &GroupNormOptions) -> NormGeometry {
 
 impl BitOps for Flex {
     fn std_conv2d(x: FlexTensor, weight: FlexTensor, options: StdConvOptions) -> FlexTensor {
+        let g = conv_geometry("std_conv2d", &x, &weight, None, &options);
         if !is_f32(&[&x, &weight]) {
             return composed::std_conv2d::<Flex>(x, weight, options);
         }
-        let g = conv_geometry(&x, &weight, &options);
         let kernel = kernel_cache::standardized(&weight, options.eps, KernelLayout::Hwio);
         let mut out = vec![0.0f32; g.positions() * g.c_out];
         conv::forward(&g, &contiguous(&x), &kernel, &mut out, false);
@@ -126,12 +148,12 @@ impl BitOps for Flex {
         mut residual: FlexTensor,
         options: StdConvOptions,
     ) -> FlexTensor {
+        let op = "std_conv2d_add";
+        let g = conv_geometry(op, &x, &weight, Some(("the residual", &residual)), &options);
         if !is_f32(&[&x, &weight, &residual]) {
             return composed::std_conv2d_add::<Flex>(x, weight, residual, options);
         }
-        let g = conv_geometry(&x, &weight, &options);
         let out_dims = [g.batch, g.out_height(), g.out_width(), g.c_out];
-        assert_eq!(dims4(&residual), out_dims, "std_conv2d_add: residual shape");
         let kernel = kernel_cache::standardized(&weight, options.eps, KernelLayout::Hwio);
         let x = contiguous(&x);
         let len = g.positions() * g.c_out;
@@ -154,10 +176,12 @@ impl BitOps for Flex {
         output_grad: FlexTensor,
         options: StdConvOptions,
     ) -> FlexTensor {
+        let op = "std_conv2d_x_backward";
+        let grad = Some(("the output gradient", &output_grad));
+        let g = conv_geometry(op, &x, &weight, grad, &options);
         if !is_f32(&[&x, &weight, &output_grad]) {
             return composed::std_conv2d_x_backward::<Flex>(x, weight, output_grad, options);
         }
-        let g = conv_geometry(&x, &weight, &options);
         let kernel = kernel_cache::standardized(&weight, options.eps, KernelLayout::Ohwi);
         let mut dx = vec![0.0f32; g.batch * g.height * g.width * g.c_in];
         conv::backward_input(&g, &kernel, &contiguous(&output_grad), &mut dx);
@@ -170,10 +194,12 @@ impl BitOps for Flex {
         output_grad: FlexTensor,
         options: StdConvOptions,
     ) -> FlexTensor {
+        let op = "std_conv2d_weight_backward";
+        let grad = Some(("the output gradient", &output_grad));
+        let g = conv_geometry(op, &x, &weight, grad, &options);
         if !is_f32(&[&x, &weight, &output_grad]) {
             return composed::std_conv2d_weight_backward::<Flex>(x, weight, output_grad, options);
         }
-        let g = conv_geometry(&x, &weight, &options);
         let (grad_hat, layout) =
             conv::backward_weight(&g, &contiguous(&x), &contiguous(&output_grad));
         let shape = dims4(&weight);
@@ -184,10 +210,10 @@ impl BitOps for Flex {
     }
 
     fn zero_pad_max_pool2d(x: FlexTensor, options: PoolOptions) -> FlexTensor {
+        let g = pool_geometry("zero_pad_max_pool2d", &x, None, &options);
         if !is_f32(&[&x]) {
             return composed::zero_pad_max_pool2d::<Flex>(x, options);
         }
-        let g = pool_geometry(&x, &options);
         let dims = [g.batch, g.out_height(), g.out_width(), g.channels];
         let mut y = vec![0.0f32; dims.iter().product()];
         pool::forward(&g, &contiguous(&x), &mut y);
@@ -199,10 +225,11 @@ impl BitOps for Flex {
         output_grad: FlexTensor,
         options: PoolOptions,
     ) -> FlexTensor {
+        let op = "zero_pad_max_pool2d_backward";
+        let g = pool_geometry(op, &x, Some(&output_grad), &options);
         if !is_f32(&[&x, &output_grad]) {
             return composed::zero_pad_max_pool2d_backward::<Flex>(x, output_grad, options);
         }
-        let g = pool_geometry(&x, &options);
         let mut dx = vec![0.0f32; g.batch * g.height * g.width * g.channels];
         pool::backward(&g, &contiguous(&x), &contiguous(&output_grad), &mut dx);
         tensor(dx, dims4(&x))
@@ -214,10 +241,10 @@ impl BitOps for Flex {
         beta: FlexTensor,
         options: GroupNormOptions,
     ) -> GroupNormReluOutput<Flex> {
+        let g = norm_geometry("group_norm_relu", [&x, &gamma, &beta], &options);
         if !is_f32(&[&x, &gamma, &beta]) {
             return composed::group_norm_relu::<Flex>(x, gamma, beta, options);
         }
-        let g = norm_geometry(&x, &options);
         let mut y = vec![0.0f32; g.batch * g.positions * g.channels];
         let (mean, rstd) = norm::forward(
             &g,
@@ -243,6 +270,10 @@ impl BitOps for Flex {
         output_grad: FlexTensor,
         options: GroupNormOptions,
     ) -> GroupNormReluGrads<Flex> {
+        let op = "group_norm_relu_backward";
+        let g = norm_geometry(op, [&x, &gamma, &beta], &options);
+        let stats = (&*mean.shape(), &*rstd.shape());
+        check::norm_backward(op, &x.shape(), stats, &output_grad.shape(), &options);
         if !is_f32(&[&x, &gamma, &beta, &mean, &rstd, &output_grad]) {
             return composed::group_norm_relu_backward::<Flex>(
                 x,
@@ -254,7 +285,6 @@ impl BitOps for Flex {
                 options,
             );
         }
-        let g = norm_geometry(&x, &options);
         let mut dx = vec![0.0f32; g.batch * g.positions * g.channels];
         let (dgamma, dbeta) = norm::backward(
             &g,
@@ -310,6 +340,121 @@ mod tests {
             "{what}: relative error {:e}",
             err / scale
         );
+    }
+
+    /// The panic message of `f`, which must panic.
+    fn panic_of(f: impl FnOnce()) -> String {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .expect_err("a wrong shape must panic");
+        message_of(&*payload)
+    }
+
+    fn message_of(payload: &(dyn std::any::Any + Send)) -> String {
+        match (
+            payload.downcast_ref::<String>(),
+            payload.downcast_ref::<&str>(),
+        ) {
+            (Some(s), _) => s.clone(),
+            (_, Some(s)) => s.to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// Every public op checks what it is handed before a kernel sees it: a 1x1 stride-1
+    /// convolution used to pass a short output gradient to the GEMM as `positions x c_out`,
+    /// pool and norm backwards truncated through `zip`, a zero stride divided by zero.
+    #[test]
+    fn wrong_shapes_and_geometry_panic_before_any_kernel_runs() {
+        let options = StdConvOptions {
+            stride: 1,
+            padding: 0,
+            eps: 1e-10,
+        };
+        let x = random(1, [2, 4, 4, 8], 0.0);
+        let weight = random(2, [16, 8, 1, 1], 0.2);
+        let short = random(3, [2, 4, 4, 4], 0.0);
+        let messages = [
+            panic_of(|| {
+                drop(Flex::std_conv2d_x_backward(
+                    x.clone(),
+                    weight.clone(),
+                    short.clone(),
+                    options,
+                ))
+            }),
+            panic_of(|| {
+                drop(Flex::std_conv2d_weight_backward(
+                    x.clone(),
+                    weight.clone(),
+                    short.clone(),
+                    options,
+                ))
+            }),
+            panic_of(|| {
+                drop(Flex::std_conv2d_add(
+                    x.clone(),
+                    weight.clone(),
+                    short.clone(),
+                    options,
+                ))
+            }),
+            panic_of(|| {
+                let zero_stride = StdConvOptions {
+                    stride: 0,
+                    ..options
+                };
+                drop(Flex::std_conv2d(x.clone(), weight.clone(), zero_stride))
+            }),
+            panic_of(|| {
+                drop(Flex::std_conv2d(
+                    random(4, [2, 0, 4, 8], 0.0),
+                    weight.clone(),
+                    options,
+                ))
+            }),
+            panic_of(|| {
+                let pool = PoolOptions {
+                    kernel: 3,
+                    stride: 2,
+                    padding: 1,
+                };
+                drop(Flex::zero_pad_max_pool2d_backward(
+                    x.clone(),
+                    short.clone(),
+                    pool,
+                ))
+            }),
+            panic_of(|| {
+                let norm = GroupNormOptions {
+                    groups: 4,
+                    eps: 1e-5,
+                };
+                let gamma = tensor(vec![1.0; 8], [8]);
+                let beta = tensor(vec![0.0; 8], [8]);
+                let stats = tensor(vec![0.0; 4], [1, 4]); // one image's, for two
+                drop(Flex::group_norm_relu_backward(
+                    x.clone(),
+                    gamma,
+                    beta,
+                    stats.clone(),
+                    stats,
+                    x.clone(),
+                    norm,
+                ))
+            }),
+        ];
+        let ops = [
+            "std_conv2d_x_backward: the output gradient",
+            "std_conv2d_weight_backward: the output gradient",
+            "std_conv2d_add: the residual",
+            "std_conv2d: kernel 1 and stride 0",
+            "std_conv2d: the input [2, 0, 4, 8] has an empty dimension",
+            "zero_pad_max_pool2d_backward: the output gradient",
+            "group_norm_relu_backward: mean",
+        ];
+        for (message, op) in messages.iter().zip(ops) {
+            assert!(message.starts_with(op), "{message}");
+        }
     }
 
     #[test]
