@@ -166,6 +166,73 @@ fn a_worker_killed_mid_run_is_a_clear_error_and_the_run_resumes() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("after {} steps", saved + 2)));
 }
 
+/// A worker that stops answering without its connection closing (SIGSTOP: as a machine that
+/// loses power or its network) ends the run after `--device_timeout` as a device failure,
+/// instead of blocking it forever; the checkpoint written before is intact and resumes.
+#[test]
+fn a_stopped_worker_ends_the_run_after_the_device_timeout_and_the_run_resumes() {
+    let logs = ScratchDir::new("scale-out-stopped");
+    let run_dir: PathBuf = logs.join("r");
+    let (_kept, kept) = bit_serve(bit(), None);
+    let (stopped, address) = bit_serve(bit(), None);
+    let devices = format!("{kept},{address}");
+    let mut child = KillOnDrop(
+        train(&logs, "r", &devices, 400)
+            .args(["--device_timeout", "3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    while checkpoint_step(&run_dir).is_none() {
+        assert!(child.0.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = stopped.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let paused = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(60),
+            "the run waits forever on a stopped worker"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    drop(stopped);
+    let mut stderr = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("a device failed at step") && stderr.contains("--device_timeout"),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(run_dir.join("train.log")).unwrap();
+    assert!(log.contains("(--device_timeout)"), "{log}");
+    let saved = checkpoint_step(&run_dir).unwrap();
+
+    let (_new, replacement) = bit_serve(bit(), None);
+    let devices = format!("{kept},{replacement}");
+    run(&mut train(&logs, "r", &devices, saved + 2));
+    let log = std::fs::read_to_string(run_dir.join("train.log")).unwrap();
+    assert!(log.contains(&format!("Resumed at step {saved}")), "{log}");
+}
+
 #[test]
 fn anything_but_a_worker_is_refused_by_name() {
     let logs = ScratchDir::new("scale-out-refused");

@@ -102,6 +102,18 @@ pub struct RunSettings {
     #[cfg_attr(feature = "cli", command(flatten))]
     #[serde(flatten)]
     pub compute: Compute,
+    /// Seconds a training step may wait on devices other than this process's CPU (`bit serve`
+    /// workers, GPUs) before the run ends as a device failure; 0 waits forever. A worker that
+    /// stops answering without its connection closing (a stopped process, a machine that lost
+    /// power or its network) would otherwise block the run for good: nothing can interrupt
+    /// Burn's wait, so the process exits (status 1, the failure in train.log) and the last
+    /// checkpoint is intact: rerun the same command once the devices are back.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "device_timeout", default_value_t = Self::DEVICE_TIMEOUT_SECS)
+    )]
+    #[serde(default = "RunSettings::default_device_timeout")]
+    pub device_timeout: u64,
     /// Recompute GroupNorm+ReLU outputs in the backward instead of keeping them (Burn's
     /// balanced gradient checkpointing): less activation memory for some extra compute.
     #[cfg_attr(feature = "cli", arg(long = "grad_checkpointing"))]
@@ -118,6 +130,15 @@ pub struct RunSettings {
 impl RunSettings {
     /// Default loader threads.
     pub const WORKERS: usize = 8;
+
+    /// The default `--device_timeout`: 10 minutes. One micro-batch on a GPU or a `bit serve`
+    /// worker takes seconds; a default this long never cuts a slow step short.
+    pub const DEVICE_TIMEOUT_SECS: u64 = 600;
+
+    /// [`DEVICE_TIMEOUT_SECS`](Self::DEVICE_TIMEOUT_SECS), for settings saved without it.
+    pub fn default_device_timeout() -> u64 {
+        Self::DEVICE_TIMEOUT_SECS
+    }
 
     /// The probes' default shots per class, 1 and 5.
     pub fn default_fewshot_shots() -> Vec<usize> {
@@ -151,6 +172,7 @@ impl RunSettings {
             workers: Self::WORKERS,
             save: true,
             compute: Compute::default(),
+            device_timeout: Self::DEVICE_TIMEOUT_SECS,
             grad_checkpointing: false,
             seed: 0,
             skip_non_images: false,

@@ -49,6 +49,7 @@ pub mod throughput;
 mod timings;
 mod views;
 mod vtab;
+mod watchdog;
 
 pub use bit_infer::{EvalResult, evaluate};
 pub use config::{DistillConfig, MAX_BATCH, MAX_STEPS, RunSettings, TrainConfig};

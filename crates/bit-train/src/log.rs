@@ -76,8 +76,7 @@ impl RunLog {
     }
 
     fn line(&mut self, level: &str, message: &str) {
-        let stamp = chrono::Local::now().format("%Y-%m-%d %H:%M:%S,%3f");
-        let line = format!("{stamp} [{level}] bit_common: {message}");
+        let line = format_line(level, message);
         // A full disk must not kill a training run over a log line; the metrics say the rest.
         append_line(&mut self.text, &line).ok();
         if !self.quiet {
@@ -85,9 +84,43 @@ impl RunLog {
         }
     }
 
+    /// A handle that writes warnings to `train.log` from another thread (the device
+    /// watchdog, whose last word it is); `None` if the file cannot be shared.
+    pub(crate) fn warner(&self) -> Option<LogWarner> {
+        let text = self.text.try_clone().ok()?;
+        Some(LogWarner {
+            text,
+            quiet: self.quiet,
+        })
+    }
+
     /// One JSON object per line in `metrics.jsonl`.
     pub fn metric(&mut self, record: Value) {
         append_line(&mut self.metrics, &record.to_string()).ok();
+    }
+}
+
+/// A line of `train.log`: time, level, the reference's logger name, the message.
+fn format_line(level: &str, message: &str) -> String {
+    let stamp = chrono::Local::now().format("%Y-%m-%d %H:%M:%S,%3f");
+    format!("{stamp} [{level}] bit_common: {message}")
+}
+
+/// Writes warnings to a run's `train.log` (and the terminal, unless quiet) from another
+/// thread: [`RunLog::warner`].
+pub(crate) struct LogWarner {
+    text: File,
+    quiet: bool,
+}
+
+impl LogWarner {
+    /// A warning line.
+    pub(crate) fn warn(&mut self, message: &str) {
+        let line = format_line("WARNING", message);
+        append_line(&mut self.text, &line).ok();
+        if !self.quiet {
+            eprintln!("{line}");
+        }
     }
 }
 

@@ -434,12 +434,21 @@ mod tests {
         assert_eq!(gpu.0, 1);
     }
 
+    /// Tests that measure this process's memory run one at a time: the peak is process-wide,
+    /// and one test resetting it (or allocating) would falsify another's measurement.
+    static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn measuring() -> std::sync::MutexGuard<'static, ()> {
+        MEASURING.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Small allocations (below glibc's mmap threshold) that the allocator keeps after a probe
     /// (here pinned by the last chunk of each probe) are reused by the next one: measured from
     /// a baseline of its own, each probe would see only its growth over the last, half the
     /// true cost per image.
     #[test]
     fn probes_of_small_allocations_are_measured_from_one_baseline() {
+        let _alone = measuring();
         const PER_IMAGE: usize = 8 << 20;
         const CHUNK: usize = 64 << 10;
         let mut pinned = Vec::new();
@@ -472,6 +481,7 @@ mod tests {
 
     #[test]
     fn auto_fits_what_the_probes_measure_into_free_memory() {
+        let _alone = measuring();
         // Each probe holds 16 MiB per image until it returns: 32 GiB for the whole batch of
         // 2048, more than this machine has free, so the batch must be split.
         let per_image = 16.0 * (1u64 << 20) as f64;

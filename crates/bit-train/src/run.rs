@@ -11,7 +11,7 @@ use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bit_data::{Batch, BatchStream, DatasetName};
 use bit_model::ResNetV2;
@@ -34,6 +34,7 @@ use crate::parallel::{DataParallel, Devices};
 use crate::probe::FewShotProbe;
 use crate::schedule::Schedule;
 use crate::timings::Timings;
+use crate::watchdog::Watchdog;
 
 /// How a run is driven from outside.
 #[derive(Debug, Clone, Default)]
@@ -268,6 +269,13 @@ impl Run {
             start.batch_split,
             views.output_size(),
         )?;
+        let watchdog = match (parallel.devices().on_host(), self.settings.device_timeout) {
+            (false, secs) if secs > 0 => self
+                .log
+                .warner()
+                .map(|log| Watchdog::start(Duration::from_secs(secs), log)),
+            _ => None,
+        };
         let loader = self.settings.loader(split);
         let probe = FewShotProbe::new(&self.settings, &data, views.output_size(), loader)?;
         let mut pass = Loop {
@@ -281,6 +289,7 @@ impl Run {
             position,
             bookmark: start.bookmark,
             probe,
+            watchdog,
         };
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drive(&mut pass)));
@@ -377,6 +386,9 @@ impl Run {
                 pass.parallel.step(rate, grads);
                 self.timings.add("update", start);
             }
+            if let Some(watchdog) = &pass.watchdog {
+                watchdog.idle();
+            }
             pass.position.step += 1;
             let step = pass.position.step;
             self.log.progress(step, String::new());
@@ -412,6 +424,9 @@ impl Run {
         let step = pass.position.step;
         let split = pass.split;
         for micro in 1..=split {
+            if let Some(watchdog) = &pass.watchdog {
+                watchdog.waiting(step);
+            }
             let start = Instant::now();
             let batch = pass
                 .batches
@@ -443,6 +458,9 @@ impl Run {
                 .info(&format!("[step {step}{of}]: loss={loss:.5} (lr={lr})"));
             self.log.metric(json!({"event": "train", "step": step, "micro_batch": micro, "loss": loss, "lr": rate}));
             self.log.progress(step, format!("loss {loss:.4} lr {lr}"));
+        }
+        if let Some(watchdog) = &pass.watchdog {
+            watchdog.waiting(step);
         }
         let start = Instant::now();
         let grads = pass.parallel.all_reduce();
@@ -589,4 +607,7 @@ struct Loop<'a, O: Objective> {
     bookmark: Bookmark,
     /// `--fewshot_every`'s probes.
     probe: Option<FewShotProbe>,
+    /// Ends the process when a step waits on devices other than this process's CPU for longer
+    /// than `--device_timeout`.
+    watchdog: Option<Watchdog>,
 }

@@ -222,7 +222,8 @@ mod tests {
             }),
         ];
         for case in cases {
-            assert!(panics(case).starts_with("op: "));
+            let message = panics(case);
+            assert!(message.contains("op: "), "{message}");
         }
     }
 }
