@@ -10,6 +10,7 @@ use bit_data::{
 };
 use bit_device::Compute;
 use bit_infer::{Feed, FewShotConfig, InferenceModel, LoadOptions, Relabelled};
+use bit_model::Stage;
 use bit_zoo::PretrainedDir;
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
@@ -170,12 +171,33 @@ pub struct EmbedArgs {
     /// Image files to embed instead of a dataset.
     #[arg(long, num_args = 1.., conflicts_with = "dataset")]
     images: Vec<PathBuf>,
-    /// Where to write the float32 features, shape [images, 2048 * width].
+    /// Where to write the float32 features, shape [images, 2048 * width]; with several
+    /// --layer, one file each, the layer's name before the extension (out.stage3.npy).
     #[arg(long)]
     out: PathBuf,
     /// Where to write the int64 labels of a dataset (default: beside --out, `.labels.npy`).
     #[arg(long = "labels_out")]
     labels_out: Option<PathBuf>,
+    /// The representations to write, comma-separated: stem, stage1 ... stage4 (the blocks'
+    /// outputs, strides 4, 4, 8, 16, 32), final (the pre-logits after the last GroupNorm+ReLU,
+    /// the default). Each is globally averaged unless --maps.
+    #[arg(long = "layer", value_delimiter = ',')]
+    layers: Vec<Stage>,
+    /// Write whole activation maps, [images, channels, height, width] (NCHW), instead of their
+    /// global average: backbone features for detection or segmentation heads.
+    #[arg(long)]
+    maps: bool,
+}
+
+impl EmbedArgs {
+    /// The file of `stage`'s features: --out itself for a single layer.
+    fn out_of(&self, stage: Stage) -> PathBuf {
+        if self.layers.len() <= 1 {
+            return self.out.clone();
+        }
+        let stem = self.out.file_stem().unwrap_or_default().to_string_lossy();
+        self.out.with_file_name(format!("{stem}.{stage}.npy"))
+    }
 }
 
 pub fn embed(args: EmbedArgs) -> CliResult {
@@ -186,21 +208,45 @@ pub fn embed(args: EmbedArgs) -> CliResult {
     } else {
         Arc::new(ImageFiles::new(args.images.clone())?)
     };
-    let emb = bit_infer::embed(&m.model, dataset, &feed, &device)?;
-    emb.save_features(&args.out)?;
-    writeln!(
-        out,
-        "wrote {} features of {} dims to {}",
-        emb.len(),
-        emb.dim,
-        args.out.display()
-    )?;
+    let labels = if args.layers.is_empty() && !args.maps {
+        let emb = bit_infer::embed(&m.model, dataset, &feed, &device)?;
+        emb.save_features(&args.out)?;
+        writeln!(
+            out,
+            "wrote {} features of {} dims to {}",
+            emb.len(),
+            emb.dim,
+            args.out.display()
+        )?;
+        emb.labels
+    } else {
+        let stages = match args.layers.is_empty() {
+            true => vec![Stage::Final],
+            false => args.layers.clone(),
+        };
+        let (layers, labels) =
+            bit_infer::embed_stages(&m.model, dataset, &stages, args.maps, &feed, &device)?;
+        for layer in &layers {
+            let path = args.out_of(layer.stage);
+            layer.save(&path)?;
+            writeln!(
+                out,
+                "wrote {} {} {} of shape {:?} to {}",
+                layer.len(),
+                layer.stage,
+                if args.maps { "maps" } else { "features" },
+                layer.shape,
+                path.display()
+            )?;
+        }
+        labels
+    };
     if args.images.is_empty() {
-        let labels = args
+        let path = args
             .labels_out
             .unwrap_or_else(|| args.out.with_extension("labels.npy"));
-        emb.save_labels(&labels)?;
-        writeln!(out, "wrote their labels to {}", labels.display())?;
+        bit_infer::save_labels(&path, &labels)?;
+        writeln!(out, "wrote their labels to {}", path.display())?;
     }
     Ok(())
 }

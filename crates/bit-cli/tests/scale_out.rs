@@ -5,8 +5,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bit_model::ResNetV2;
@@ -114,56 +114,66 @@ fn checkpoint_step(run: &Path) -> Option<usize> {
     Some(saved.state.step)
 }
 
-#[test]
-fn a_worker_killed_mid_run_is_a_clear_error_and_the_run_resumes() {
-    let logs = ScratchDir::new("scale-out-dead");
-    let run_dir: PathBuf = logs.join("r");
-    let (_kept, kept) = bit_serve(bit(), None);
-    let (doomed, address) = bit_serve(bit(), None);
-    let devices = format!("{kept},{address}");
+/// A run of `bit train` that would take 400 steps on the workers `kept` and `second`, once it
+/// has written its first checkpoint.
+fn run_until_checkpoint(logs: &Path, kept: &str, second: &str, extra: &[&str]) -> KillOnDrop {
     let mut child = KillOnDrop(
-        train(&logs, "r", &devices, 400)
+        train(logs, "r", &format!("{kept},{second}"), 400)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    while checkpoint_step(&run_dir).is_none() {
+    while checkpoint_step(&logs.join("r")).is_none() {
         assert!(child.0.try_wait().unwrap().is_none(), "the run ended early");
         std::thread::sleep(Duration::from_millis(20));
     }
-    drop(doomed); // SIGKILL the second worker mid-run
-    let killed = Instant::now();
+    child
+}
+
+/// The status and stderr of `child`, which must end within `limit` seconds with a device
+/// failure (a hang fails the test saying `hangs`).
+fn device_failure(mut child: KillOnDrop, limit: u64, hangs: &str) -> (ExitStatus, String) {
+    let since = Instant::now();
     let status = loop {
         if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "the run hangs on a dead worker"
-        );
+        assert!(since.elapsed() < Duration::from_secs(limit), "{hangs}");
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(!status.success());
+    let mut pipe = child.0.stderr.take().unwrap();
+    pipe.read_to_string(&mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("a device failed at step"), "{stderr}");
     assert!(stderr.contains("rerun the same command"), "{stderr}");
-    let saved = checkpoint_step(&run_dir).unwrap();
+    (status, stderr)
+}
 
-    // A new worker in the dead one's place: the same command resumes at the checkpoint.
+/// With a new worker in the failed one's place beside `kept`, the same command resumes at the
+/// run's checkpoint and finishes two steps later.
+fn resumes_with_a_new_worker(logs: &Path, kept: &str) {
+    let run_dir = logs.join("r");
+    let saved = checkpoint_step(&run_dir).unwrap();
     let (_new, replacement) = bit_serve(bit(), None);
     let devices = format!("{kept},{replacement}");
-    let out = run(train(&logs, "r", &devices, saved + 2).stderr(Stdio::piped()));
+    let out = run(train(logs, "r", &devices, saved + 2).stderr(Stdio::piped()));
     let log = std::fs::read_to_string(run_dir.join("train.log")).unwrap();
     assert!(log.contains(&format!("Resumed at step {saved}")), "{log}");
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("after {} steps", saved + 2)));
+}
+
+#[test]
+fn a_worker_killed_mid_run_is_a_clear_error_and_the_run_resumes() {
+    let logs = ScratchDir::new("scale-out-dead");
+    let (_kept, kept) = bit_serve(bit(), None);
+    let (doomed, address) = bit_serve(bit(), None);
+    let child = run_until_checkpoint(&logs, &kept, &address, &[]);
+    drop(doomed); // SIGKILL the second worker mid-run
+    device_failure(child, 30, "the run hangs on a dead worker");
+    resumes_with_a_new_worker(&logs, &kept);
 }
 
 /// A worker that stops answering without its connection closing (SIGSTOP: as a machine that
@@ -172,22 +182,9 @@ fn a_worker_killed_mid_run_is_a_clear_error_and_the_run_resumes() {
 #[test]
 fn a_stopped_worker_ends_the_run_after_the_device_timeout_and_the_run_resumes() {
     let logs = ScratchDir::new("scale-out-stopped");
-    let run_dir: PathBuf = logs.join("r");
     let (_kept, kept) = bit_serve(bit(), None);
     let (stopped, address) = bit_serve(bit(), None);
-    let devices = format!("{kept},{address}");
-    let mut child = KillOnDrop(
-        train(&logs, "r", &devices, 400)
-            .args(["--device_timeout", "3"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    while checkpoint_step(&run_dir).is_none() {
-        assert!(child.0.try_wait().unwrap().is_none(), "the run ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = run_until_checkpoint(&logs, &kept, &address, &["--device_timeout", "3"]);
     let pid = stopped.0.id().to_string();
     assert!(
         Command::new("kill")
@@ -196,41 +193,14 @@ fn a_stopped_worker_ends_the_run_after_the_device_timeout_and_the_run_resumes() 
             .unwrap()
             .success()
     );
-    let paused = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            paused.elapsed() < Duration::from_secs(60),
-            "the run waits forever on a stopped worker"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (status, stderr) = device_failure(child, 60, "the run waits forever on a stopped worker");
     Command::new("kill").args(["-CONT", &pid]).status().unwrap();
     drop(stopped);
-    let mut stderr = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("a device failed at step") && stderr.contains("--device_timeout"),
-        "{stderr}"
-    );
-    let log = std::fs::read_to_string(run_dir.join("train.log")).unwrap();
+    assert!(stderr.contains("(--device_timeout)"), "{stderr}");
+    let log = std::fs::read_to_string(logs.join("r").join("train.log")).unwrap();
     assert!(log.contains("(--device_timeout)"), "{log}");
-    let saved = checkpoint_step(&run_dir).unwrap();
-
-    let (_new, replacement) = bit_serve(bit(), None);
-    let devices = format!("{kept},{replacement}");
-    run(&mut train(&logs, "r", &devices, saved + 2));
-    let log = std::fs::read_to_string(run_dir.join("train.log")).unwrap();
-    assert!(log.contains(&format!("Resumed at step {saved}")), "{log}");
+    resumes_with_a_new_worker(&logs, &kept);
 }
 
 #[test]

@@ -171,6 +171,71 @@ fn embed_eval_and_export_on_a_class_folder() {
         npyz::NpyFile::new(std::fs::File::open(dir.join("features.labels.npy")).unwrap()).unwrap();
     assert_eq!(labels.into_vec::<i64>().unwrap(), vec![0, 0, 0, 1, 1, 1]);
 
+    // Inner layers: several at once, one file each, pooled or whole maps (NCHW).
+    let embed = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "embed",
+            "--model",
+            s(&tiny),
+            "--dataset",
+            "folder",
+            "--datadir",
+            s(&root),
+            "--resolution",
+            "64",
+            "--batch",
+            "4",
+            "--out",
+            s(out),
+        ];
+        args.extend_from_slice(extra);
+        ok(bit(&home, base, &args))
+    };
+    let read = |path: &Path| {
+        let npy = npyz::NpyFile::new(std::fs::File::open(path).unwrap()).unwrap();
+        (npy.shape().to_vec(), npy.into_vec::<f32>().unwrap())
+    };
+    let layers = dir.join("layers.npy");
+    let out = embed(&layers, &["--layer", "stage3,final"]);
+    assert!(
+        out.contains("wrote 6 stage3 features of shape [1024]"),
+        "{out}"
+    );
+    let (shape, stage3) = read(&dir.join("layers.stage3.npy"));
+    assert_eq!(shape, [6, 1024]);
+    // `final` pooled is the pre-logits `bit embed` writes by default.
+    let (shape, last) = read(&dir.join("layers.final.npy"));
+    let (_, default) = read(&feats);
+    assert_eq!(shape, [6, 2048]);
+    assert!(bit_testkit::max_relative_gap(&last, &default) < 1e-5);
+    // Whole maps at stride 16: 64 px -> 4 x 4, whose averages are the pooled features.
+    let maps = dir.join("maps.npy");
+    let out = embed(&maps, &["--layer", "stage3", "--maps"]);
+    assert!(out.contains("stage3 maps of shape [1024, 4, 4]"), "{out}");
+    let (shape, values) = read(&maps);
+    assert_eq!(shape, [6, 1024, 4, 4]);
+    let averaged: Vec<f32> = values
+        .chunks(16)
+        .map(|m| m.iter().sum::<f32>() / 16.0)
+        .collect();
+    assert!(bit_testkit::max_relative_gap(&averaged, &stage3) < 1e-5);
+    let err = failed(bit(
+        &home,
+        base,
+        &[
+            "embed",
+            "--model",
+            s(&tiny),
+            "--images",
+            s(&feats),
+            "--out",
+            s(&maps),
+            "--layer",
+            "stage9",
+        ],
+    ));
+    assert!(err.contains("stage9"), "{err}");
+
     // The tiny head has 10 unnamed classes: folders need a class map.
     let eval = |extra: &[&str]| {
         let mut args = vec![

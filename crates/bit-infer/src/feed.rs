@@ -196,9 +196,15 @@ impl Embeddings {
 
     /// Writes the labels as an int64 `.npy` of shape `[len]` (atomically).
     pub fn save_labels(&self, path: &Path) -> Result<()> {
-        let labels: Vec<i64> = self.labels.iter().map(|&l| l as i64).collect();
-        write_npy(path, &[self.len() as u64], &labels)
+        save_labels(path, &self.labels)
     }
+}
+
+/// Writes `labels` as an int64 `.npy` of shape `[len]` (atomically), beside features of
+/// [`embed`] or [`embed_stages`].
+pub fn save_labels(path: &Path, labels: &[usize]) -> Result<()> {
+    let labels: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    write_npy(path, &[labels.len() as u64], &labels)
 }
 
 /// The features of every image of `dataset`, in order, at the feed's representation.
@@ -241,6 +247,104 @@ pub fn embed(
         dim,
         labels,
     })
+}
+
+/// One representation of every image of a dataset, from [`embed_stages`]: the stage's pooled
+/// features (rows of `[channels]`), or its whole activation maps (rows of
+/// `[channels, height, width]`, NCHW), in dataset order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageFeatures {
+    /// Where in the network.
+    pub stage: Stage,
+    /// The shape of one image's features.
+    pub shape: Vec<usize>,
+    /// Row-major `[images, shape...]`.
+    pub features: Vec<f32>,
+}
+
+impl StageFeatures {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.features.len() / self.shape.iter().product::<usize>().max(1)
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.features.is_empty()
+    }
+
+    /// Writes the features as a float32 `.npy` of shape `[images, shape...]` (atomically).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut shape = vec![self.len() as u64];
+        shape.extend(self.shape.iter().map(|&d| d as u64));
+        write_npy(path, &shape, &self.features)
+    }
+}
+
+/// The activations of several `stages` for every image of `dataset`, with the dataset's labels:
+/// each stage's global average (`maps` false: the inputs of probes and retrieval), or its whole
+/// maps (`maps` true: what detection and segmentation heads read, as timm's
+/// `forward_intermediates`). One forward pass per batch serves every stage, and runs only as
+/// deep as the deepest one asked for.
+///
+/// ```
+/// use std::sync::Arc;
+/// use bit_data::InMemoryDataset;
+/// use bit_infer::{Feed, embed_stages};
+/// use bit_model::{ResNetV2Config, Stage};
+/// use burn::tensor::Device;
+///
+/// let device = Device::flex();
+/// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 4).init(&device);
+/// let data = InMemoryDataset::new(vec!["a".into()], [8, 8, 3], vec![9; 2 * 8 * 8 * 3], vec![0, 0])?;
+/// let feed = Feed::new(64);
+/// let (maps, labels) = embed_stages(&model, Arc::new(data), &[Stage::Stage3, Stage::Stem], true, &feed, &device)?;
+/// assert_eq!((maps[0].shape.clone(), maps[0].len()), (vec![1024, 4, 4], 2));
+/// assert_eq!(maps[1].shape, [64, 16, 16]);
+/// assert_eq!(labels, [0, 0]);
+/// # Ok::<(), bit_infer::InferError>(())
+/// ```
+pub fn embed_stages(
+    model: &ResNetV2,
+    dataset: Arc<dyn ImageDataset>,
+    stages: &[Stage],
+    maps: bool,
+    feed: &Feed,
+    device: &Device,
+) -> Result<(Vec<StageFeatures>, Vec<usize>)> {
+    if stages.is_empty() {
+        return Err(InferError::InvalidArgument(
+            "no stage to embed: name at least one".into(),
+        ));
+    }
+    let mut out: Vec<StageFeatures> = stages
+        .iter()
+        .map(|&stage| StageFeatures {
+            stage,
+            shape: Vec::new(),
+            features: Vec::new(),
+        })
+        .collect();
+    let mut labels = Vec::with_capacity(dataset.len());
+    let (batches, bar) = feed.batches(dataset, "embed")?;
+    for batch in batches {
+        let batch = batch?;
+        let (x, _) = batch.to_tensors(device);
+        for (stage, map) in out.iter_mut().zip(model.forward_intermediates(x, stages)) {
+            let [n, c, h, w] = map.dims();
+            let (shape, values) = if maps {
+                (vec![c, h, w], map)
+            } else {
+                let pooled = map.reshape([n, c, h * w]).mean_dim(2).reshape([n, c, 1, 1]);
+                (vec![c], pooled)
+            };
+            stage.shape = shape;
+            stage.features.extend(host_values(values));
+        }
+        labels.extend_from_slice(&batch.labels);
+    }
+    bar.finish_and_clear();
+    Ok((out, labels))
 }
 
 /// Writes a C-order `.npy` atomically ([`bit_hub::write_atomically`]).
