@@ -144,34 +144,6 @@ fn embed_eval_and_export_on_a_class_folder() {
     let tiny = golden_file("tiny.weights.npz");
     let base = "http://127.0.0.1:9";
 
-    let feats = dir.join("features.npy");
-    let out = ok(bit(
-        &home,
-        base,
-        &[
-            "embed",
-            "--model",
-            s(&tiny),
-            "--dataset",
-            "folder",
-            "--datadir",
-            s(&root),
-            "--out",
-            s(&feats),
-            "--resolution",
-            "64",
-            "--batch",
-            "4",
-        ],
-    ));
-    assert!(out.contains("wrote 6 features of 2048 dims"), "{out}");
-    let npy = npyz::NpyFile::new(std::fs::File::open(&feats).unwrap()).unwrap();
-    assert_eq!(npy.shape(), &[6, 2048]);
-    let labels =
-        npyz::NpyFile::new(std::fs::File::open(dir.join("features.labels.npy")).unwrap()).unwrap();
-    assert_eq!(labels.into_vec::<i64>().unwrap(), vec![0, 0, 0, 1, 1, 1]);
-
-    // Inner layers: several at once, one file each, pooled or whole maps (NCHW).
     let embed = |out: &Path, extra: &[&str]| {
         let mut args = vec![
             "embed",
@@ -191,6 +163,16 @@ fn embed_eval_and_export_on_a_class_folder() {
         args.extend_from_slice(extra);
         ok(bit(&home, base, &args))
     };
+    let feats = dir.join("features.npy");
+    let out = embed(&feats, &[]);
+    assert!(out.contains("wrote 6 features of 2048 dims"), "{out}");
+    let npy = npyz::NpyFile::new(std::fs::File::open(&feats).unwrap()).unwrap();
+    assert_eq!(npy.shape(), &[6, 2048]);
+    let labels =
+        npyz::NpyFile::new(std::fs::File::open(dir.join("features.labels.npy")).unwrap()).unwrap();
+    assert_eq!(labels.into_vec::<i64>().unwrap(), vec![0, 0, 0, 1, 1, 1]);
+
+    // Inner layers: several at once, one file each, pooled or whole maps (NCHW).
     let read = |path: &Path| {
         let npy = npyz::NpyFile::new(std::fs::File::open(path).unwrap()).unwrap();
         (npy.shape().to_vec(), npy.into_vec::<f32>().unwrap())
