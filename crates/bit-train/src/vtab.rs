@@ -364,3 +364,23 @@ pub fn vtab_released(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registry's class counts (the heads `bit vtab` fine-tunes) and the catalog's (the
+    /// heads of BiT's released VTAB fine-tunes, `--mode released`) are written in two crates:
+    /// they must agree for every task, or a released model would be scored against the wrong
+    /// number of classes.
+    #[test]
+    fn every_task_has_the_class_count_of_its_released_fine_tunes() {
+        for task in VtabTask::ALL {
+            for arch in ["R50x1", "R101x3"] {
+                let name = format!("vtab/BiT-M-{arch}-run0-{task}");
+                let released = bit_zoo::find(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(released.head_size, task.classes(), "{name}");
+            }
+        }
+    }
+}
