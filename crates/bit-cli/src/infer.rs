@@ -9,7 +9,7 @@ use bit_data::{
     load_train_valid,
 };
 use bit_device::Compute;
-use bit_infer::{Feed, FewShotConfig, InferenceModel, LoadOptions, Relabelled};
+use bit_infer::{ExportFormat, Feed, FewShotConfig, InferenceModel, LoadOptions, Relabelled};
 use bit_model::Stage;
 use bit_zoo::PretrainedDir;
 use burn::tensor::Device;
@@ -395,15 +395,20 @@ pub struct ExportArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The output: `.npz` (the official layout) or `.safetensors` (with resolution and class
-    /// names in its metadata).
+    /// names in its metadata); a directory for `--format timm|hf`.
     #[arg(long)]
     out: PathBuf,
+    /// npz, safetensors, timm (a directory timm's `create_model` loads: model.safetensors and
+    /// config.json) or hf (a directory transformers' `from_pretrained` loads). Default: from
+    /// the extension of --out.
+    #[arg(long)]
+    format: Option<ExportFormat>,
 }
 
 pub fn export(args: ExportArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
     let (m, _, _) = args.model.load(false)?;
-    m.export(&args.out)?;
+    m.export(&args.out, args.format)?;
     writeln!(out, "wrote {}", args.out.display())?;
     Ok(())
 }

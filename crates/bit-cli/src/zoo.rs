@@ -38,10 +38,14 @@ pub fn models(filter: &[String], urls: bool) -> CliResult {
         if urls {
             writeln!(out, "    {}", m.url(hub.base_url()))?;
         }
+        for alias in m.hub_names() {
+            writeln!(out, "    = {alias}")?;
+        }
     }
     writeln!(
         out,
-        "{} models; * = derived from the dataset, not stated by the release. Cache: {}",
+        "{} models; * = derived from the dataset, not stated by the release; = the same \
+         weights on the Hugging Face hub (timm, transformers). Cache: {}",
         found.len(),
         hub.cache().root().display()
     )?;

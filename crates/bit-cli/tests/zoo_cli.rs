@@ -359,6 +359,95 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
     for class in ["T-shirt/top", "Ankle boot", "Sneaker"] {
         assert!(out.contains(class), "{class} missing from {out}");
     }
+
+    // Converted to timm's and transformers' layouts, the trained model keeps its class names
+    // and resolution and evaluates the same (their StdConv eps, 1e-8 against BiT's 1e-10,
+    // moves logits by ~1e-6: the same predictions, the loss within 1e-4).
+    let data = scratch("train-eval");
+    images(&data, &["shirts", "boots"], 4);
+    let map = data.join("map.txt");
+    std::fs::write(&map, "shirts 0\nboots 9\n").unwrap();
+    let eval = |model: &Path| -> (String, f64) {
+        let out = ok(bit(
+            &home,
+            server.base_url(),
+            &[
+                "eval",
+                "--model",
+                s(model),
+                "--dataset",
+                "folder",
+                "--datadir",
+                s(&data),
+                "--class_map",
+                s(&map),
+            ],
+        ));
+        let (_, scores) = out.split_once(": ").unwrap();
+        let (accuracy, rest) = scores.split_once(", loss ").unwrap();
+        let (loss, size) = rest.split_once(' ').unwrap();
+        assert!(size.ends_with("on 8 images at 32 px\n"), "{out}");
+        (accuracy.to_string(), loss.parse().unwrap())
+    };
+    let (accuracy, loss) = eval(&model);
+    for format in ["timm", "hf"] {
+        let dir = logdir.join(format!("dl-{format}"));
+        ok(bit(
+            &home,
+            server.base_url(),
+            &[
+                "export",
+                "--model",
+                s(&model),
+                "--format",
+                format,
+                "--out",
+                s(&dir),
+            ],
+        ));
+        let (again, again_loss) = eval(&dir);
+        assert_eq!(again, accuracy, "{format}");
+        assert!(
+            (again_loss - loss).abs() < 1e-4,
+            "{format}: {again_loss} vs {loss}"
+        );
+        let out = ok(bit(
+            &home,
+            server.base_url(),
+            &["predict", "--model", s(&dir), "--top", "10", s(&img)],
+        ));
+        assert!(out.contains("Ankle boot"), "{format}: {out}");
+    }
+
+    // And fine-tuning starts from a hub directory as from a release.
+    let out = ok(bit(
+        &home,
+        server.base_url(),
+        &[
+            "train",
+            "--name",
+            "from-timm",
+            "--model",
+            s(&logdir.join("dl-timm")),
+            "--logdir",
+            s(&logdir),
+            "--dataset",
+            "fashion_mnist",
+            "--examples_per_class",
+            "1",
+            "--batch",
+            "4",
+            "--steps",
+            "1",
+            "--resolution",
+            "40,32",
+            "--max_eval_examples",
+            "8",
+            "--workers",
+            "2",
+        ],
+    ));
+    assert!(out.contains("done after 1 steps"), "{out}");
 }
 
 #[test]
@@ -481,4 +570,90 @@ fn outputs_never_replace_links_directories_or_devices() {
     assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
     assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     assert!(sub.is_dir());
+}
+
+#[test]
+fn hf_names_download_a_hub_repository_once_and_predict_with_its_class_names() {
+    let home = scratch("hf");
+    let work = scratch("hf-work");
+    let hf_home = work.join("hf-home");
+    // The repository: the golden tiny network as `bit export --format timm` writes it, with
+    // its class names, served as the hub serves it (API listing + resolve URLs).
+    let names = work.join("names.txt");
+    let classes: Vec<String> = (0..10).map(|i| format!("kind {i}")).collect();
+    std::fs::write(&names, classes.join("\n")).unwrap();
+    let repo = work.join("repo");
+    ok(bit(
+        &home,
+        "x",
+        &[
+            "export",
+            "--model",
+            s(&golden_file("tiny.weights.npz")),
+            "--resolution",
+            "64",
+            "--labels",
+            s(&names),
+            "--format",
+            "timm",
+            "--out",
+            s(&repo),
+        ],
+    ));
+    let server = HttpServer::start();
+    let commit = "feedfacefeedfacefeedfacefeedfacefeedface";
+    let mut siblings = Vec::new();
+    for file in ["config.json", "model.safetensors"] {
+        let body = std::fs::read(repo.join(file)).unwrap();
+        siblings.push(serde_json::json!({
+            "rfilename": file, "size": body.len(), "blobId": format!("{:040}", siblings.len()),
+            "lfs": {"sha256": bit_hub::sha256_hex(&body), "size": body.len()},
+        }));
+        server.put(&format!("someone/tiny-bit/resolve/{commit}/{file}"), body);
+    }
+    let listing = serde_json::json!({"sha": commit, "siblings": siblings});
+    server.put(
+        "api/models/someone/tiny-bit/revision/main?blobs=true",
+        listing.to_string().into_bytes(),
+    );
+    let img = images(&work, &["x"], 1).remove(0);
+    let predict = || {
+        Command::new(env!("CARGO_BIN_EXE_bit"))
+            .args([
+                "predict",
+                "--model",
+                "hf:someone/tiny-bit",
+                "--top",
+                "10",
+                s(&img),
+            ])
+            .env("BIT_HOME", &home)
+            .env("BIT_MODELS_URL", "http://127.0.0.1:9")
+            .env("HF_HOME", &hf_home)
+            .env("HF_ENDPOINT", server.base_url())
+            .env("HF_TOKEN", "hf_test")
+            .output()
+            .unwrap()
+    };
+    let out = ok(predict());
+    assert!(out.contains("kind 3") && out.contains("kind 9"), "{out}");
+    let snapshot = hf_home.join(format!("hub/models--someone--tiny-bit/snapshots/{commit}"));
+    assert!(snapshot.join("model.safetensors").is_file());
+    // Cached: the second run only asks for the listing; the token went with every request.
+    let before = server.hits();
+    ok(predict());
+    assert_eq!(server.hits(), before + 1);
+    assert!(
+        server
+            .authorizations()
+            .iter()
+            .all(|a| a.as_deref() == Some("Bearer hf_test"))
+    );
+
+    // `bit models` names the hub copies of the releases.
+    let listed = ok(bit(&home, "x", &["models", "google/bit-50"]));
+    assert!(
+        listed.contains("BiT-M-R50x1-ILSVRC2012") && listed.contains("= hf:google/bit-50"),
+        "{listed}"
+    );
 }

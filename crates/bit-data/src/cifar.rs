@@ -42,6 +42,7 @@ impl Cifar {
             url: format!("{}/{}", base_url.trim_end_matches('/'), self.archive_name()),
             size: Some(size),
             md5: Some(md5.to_string()),
+            ..Default::default()
         }
     }
 

@@ -117,6 +117,7 @@ fn remote_for(base: &str, name: &str, body: &[u8]) -> RemoteFile {
         url: format!("{base}/{name}"),
         size: Some(body.len() as u64),
         md5: Some(md5),
+        ..Default::default()
     }
 }
 
@@ -157,6 +158,7 @@ fn downloads_verifies_extracts_and_parses_cifar10() {
         url: "http://127.0.0.1:9/none".into(),
         size: None,
         md5: None,
+        ..Default::default()
     };
     assert_eq!(
         Cifar::Cifar10
@@ -257,6 +259,7 @@ fn truncated_archive_is_reported() {
         url: "http://127.0.0.1:9/x".into(),
         size: None,
         md5: None,
+        ..Default::default()
     };
     let err = Cifar::Cifar10
         .load_from(&dir, Split::Train, &remote)
@@ -278,6 +281,7 @@ fn path_traversal_is_refused() {
         url: "http://127.0.0.1:9/x".into(),
         size: None,
         md5: None,
+        ..Default::default()
     };
     let err = Cifar::Cifar10
         .load_from(&inner, Split::Train, &remote)
@@ -297,6 +301,7 @@ fn offline_error_names_url_and_destination() {
         url: "http://127.0.0.1:9/cifar-10-binary.tar.gz".into(),
         size: Some(10),
         md5: None,
+        ..Default::default()
     };
     let err = Cifar::Cifar10
         .load_from(&dir, Split::Train, &remote)
@@ -336,6 +341,7 @@ fn corrupt_record_file_is_a_format_error() {
         url: "http://127.0.0.1:9/x".into(),
         size: None,
         md5: None,
+        ..Default::default()
     };
     let load = || Cifar::Cifar10.load_from(&dir, Split::Train, &remote);
     match load().unwrap_err() {

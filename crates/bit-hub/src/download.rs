@@ -17,7 +17,7 @@ use crate::progress_style;
 pub const IDLE_TIMEOUT_ENV: &str = "BIT_DOWNLOAD_IDLE_TIMEOUT";
 
 /// The idle timeout of downloads: [`IDLE_TIMEOUT_ENV`], else 60 seconds.
-fn idle_timeout() -> Duration {
+pub(crate) fn idle_timeout() -> Duration {
     std::env::var(IDLE_TIMEOUT_ENV)
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -34,7 +34,7 @@ fn idle_timeout() -> Duration {
 /// labels.fetch("labels/ilsvrc2012_wordnet_lemmas.txt".as_ref())?;
 /// # Ok::<(), bit_hub::FetchError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteFile {
     /// Where to get it.
     pub url: String,
@@ -42,6 +42,11 @@ pub struct RemoteFile {
     pub size: Option<u64>,
     /// Its published MD5, lowercase hex, if known.
     pub md5: Option<String>,
+    /// Its published SHA-256, lowercase hex, if known (the Hugging Face hub publishes one
+    /// for every large file).
+    pub sha256: Option<String>,
+    /// Sent as `Authorization: Bearer <token>` (a Hugging Face token for private repos).
+    pub auth_token: Option<String>,
 }
 
 impl RemoteFile {
@@ -49,12 +54,11 @@ impl RemoteFile {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
-            size: None,
-            md5: None,
+            ..Self::default()
         }
     }
 
-    /// Checks a local copy against the published size and MD5.
+    /// Checks a local copy against the published size, MD5 and SHA-256.
     pub fn verify(&self, path: &Path) -> Result<()> {
         let len = std::fs::metadata(path).map_err(FetchError::io(path))?.len();
         if let Some(size) = self.size.filter(|&s| s != len) {
@@ -64,6 +68,12 @@ impl RemoteFile {
             let found = md5_file(path)?;
             if !found.eq_ignore_ascii_case(md5) {
                 return Err(integrity(path, "MD5", md5.clone(), found));
+            }
+        }
+        if let Some(sha256) = &self.sha256 {
+            let found = crate::sha256_file(path).map_err(FetchError::io(path))?;
+            if !found.eq_ignore_ascii_case(sha256) {
+                return Err(integrity(path, "SHA-256", sha256.clone(), found));
             }
         }
         Ok(())
@@ -93,7 +103,7 @@ impl RemoteFile {
             .size
             .is_some_and(|s| std::fs::metadata(&part).is_ok_and(|m| m.len() == s));
         if !complete {
-            download(&self.url, &part, dest).map_err(|source| FetchError::Download {
+            download(self, &part, dest).map_err(|source| FetchError::Download {
                 url: self.url.clone(),
                 dest: dest.to_path_buf(),
                 source: Box::new(source),
@@ -125,10 +135,14 @@ pub(crate) fn part_path(dest: &Path) -> PathBuf {
 
 /// Streams `url` into `part`, appending to what an earlier attempt left there when the server
 /// honours a range request.
-fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), TransferError> {
+fn download(
+    remote: &RemoteFile,
+    part: &Path,
+    dest: &Path,
+) -> std::result::Result<(), TransferError> {
     let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let idle = idle_timeout();
-    let mut response = request(url, have, idle)?;
+    let mut response = request(&remote.url, remote.auth_token.as_deref(), have, idle)?;
     let status = response.status().as_u16();
     if status == 416 {
         // Not a prefix of what the server has now (it changed, or the part is already longer):
@@ -205,8 +219,9 @@ fn download(url: &str, part: &Path, dest: &Path) -> std::result::Result<(), Tran
 
 /// The GET of `url`, from byte `have` on. Generous limits for slow links, but a dead server must
 /// not hang a training run forever: a body that stops fails after `idle`, keeping what came.
-fn request(
+pub(crate) fn request(
     url: &str,
+    auth_token: Option<&str>,
     have: u64,
     idle: Duration,
 ) -> std::result::Result<ureq::http::Response<ureq::Body>, TransferError> {
@@ -220,6 +235,9 @@ fn request(
     let mut request = agent.get(url);
     if have > 0 {
         request = request.header("Range", format!("bytes={have}-"));
+    }
+    if let Some(token) = auth_token {
+        request = request.header("Authorization", format!("Bearer {token}"));
     }
     Ok(request.call()?)
 }

@@ -45,9 +45,41 @@ pub enum FetchError {
         found: String,
     },
 
-    /// Neither `$BIT_HOME` nor a user cache directory is known.
-    #[error("no cache directory: set BIT_HOME to a writable directory")]
+    /// Neither `$BIT_HOME` (`$HF_HOME` for the Hugging Face hub) nor a user cache directory
+    /// is known.
+    #[error("no cache directory: set BIT_HOME (HF_HOME for hf: models) to a writable directory")]
     NoCacheDir,
+
+    /// A Hugging Face repository name that is not `ORG/NAME[@REVISION]`.
+    #[error("`{0}` is not a Hugging Face model name: expected ORG/NAME or ORG/NAME@REVISION")]
+    BadRepo(String),
+
+    /// The Hugging Face hub did not list a repository's revision.
+    #[error(
+        "the Hugging Face hub could not list {repo}{}: {reason}",
+        status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+    )]
+    Hub {
+        /// `ORG/NAME@REVISION`.
+        repo: String,
+        /// The HTTP status, if the hub answered.
+        status: Option<u16>,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A file a model needs is not in its repository.
+    #[error("{repo} has no file `{file}`")]
+    NotInRepo {
+        /// `ORG/NAME`.
+        repo: String,
+        /// The file.
+        file: String,
+    },
+
+    /// `HF_HUB_OFFLINE` is set and the revision was never downloaded.
+    #[error("HF_HUB_OFFLINE is set and {0} is not in the cache")]
+    Offline(String),
 }
 
 impl FetchError {

@@ -6,8 +6,9 @@
 //! size and MD5 and a format check (a full CRC read of an `.npz`: [`verify_npz`]), and only
 //! then renames the file into place. A transfer that stalls fails after an idle timeout
 //! ([`IDLE_TIMEOUT_ENV`], 60 s by default) and is resumed by the next attempt. A [`Cache`]
-//! (`$BIT_HOME`) keeps verified files and fetches a damaged one again. All of that is the
-//! default feature `download`; without it the crate is [`write_atomically`], the SHA-256
+//! (`$BIT_HOME`) keeps verified files and fetches a damaged one again; an [`HfHub`] fetches
+//! model repositories of the Hugging Face hub into the cache its Python tools share. All of
+//! that is the default feature `download`; without it the crate is [`write_atomically`], the SHA-256
 //! digests the project's own files carry ([`sha256_file`], [`sha256_hex`]) and
 //! [`progress_style`], which every crate of the project uses, and no HTTP client.
 //!
@@ -32,6 +33,8 @@ mod digest;
 mod download;
 #[cfg(feature = "download")]
 mod error;
+#[cfg(feature = "download")]
+mod hf;
 
 pub use atomic::write_atomically;
 #[cfg(feature = "download")]
@@ -43,6 +46,8 @@ pub use digest::{sha256_file, sha256_hex};
 pub use download::{IDLE_TIMEOUT_ENV, RemoteFile, md5_file};
 #[cfg(feature = "download")]
 pub use error::{FetchError, Result, TransferError};
+#[cfg(feature = "download")]
+pub use hf::{HF_ENDPOINT, HfFile, HfHub, HfRepo};
 
 /// The look of every progress bar of the project (downloads, data passes, training steps):
 /// `template` in indicatif's syntax, with a `=> ` bar.

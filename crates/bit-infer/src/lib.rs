@@ -44,4 +44,4 @@ pub use fewshot::{
     BIAS_FEATURE, DEFAULT_L2, FewShotConfig, FewShotScore, RidgeProbe, STD_EPS, fewshot,
 };
 pub use labels::{Relabelled, map_classes, read_class_map, read_label_file};
-pub use model::{DEFAULT_RESOLUTION, InferenceModel, LoadOptions, metadata};
+pub use model::{DEFAULT_RESOLUTION, ExportFormat, InferenceModel, LoadOptions, metadata};

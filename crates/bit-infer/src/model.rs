@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use bit_model::{CLASSES_METADATA_KEY, Precision, RESOLUTION_METADATA_KEY, ResNetV2, run_metadata};
+use bit_model::{
+    CLASSES_METADATA_KEY, HubInfo, HubLayout, NORMALIZATION_METADATA_KEY, Precision,
+    RESOLUTION_METADATA_KEY, ResNetV2, run_metadata,
+};
 use bit_zoo::{LabelSet, LoadedModel, ModelHub, PretrainedModel};
 use burn::tensor::Device;
 
@@ -99,6 +102,15 @@ impl InferenceModel {
                 |e| e.resolution,
             ),
         };
+        // Images are fed in BiT's [-1, 1]; a model that asks for another normalization
+        // (a hub checkpoint's config) would see inputs it was not trained on.
+        if let Some(normalization) = metadata.get(NORMALIZATION_METADATA_KEY) {
+            return Err(InferError::InvalidArgument(format!(
+                "{}: its configuration normalizes images with {normalization} (on the [0, 1] \
+                 scale), but bit feeds BiT's [-1, 1] (mean = std = 0.5)",
+                path.display()
+            )));
+        }
         bit_data::Preprocess::Eval { crop: resolution }
             .validate()
             .map_err(|e| InferError::InvalidArgument(format!("{}: {e}", path.display())))?;
@@ -157,19 +169,75 @@ impl InferenceModel {
         metadata(self.resolution, self.class_names.as_deref())
     }
 
-    /// Writes the model to `out`: `.npz` in the official layout (weights only), anything else
-    /// as safetensors with [`metadata`](Self::metadata).
-    pub fn export(&self, out: &Path) -> Result<()> {
-        let npz = out
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
-        if npz {
-            self.model.save_npz(out)?;
-        } else {
-            self.model
-                .save_safetensors_with_metadata(out, &self.metadata())?;
+    /// Writes the model to `out` in `format`, or (`None`) as `out`'s extension says: `.npz`
+    /// in the official layout (weights only), anything else as safetensors with
+    /// [`metadata`](Self::metadata). The hub layouts write a directory `out` that timm or
+    /// transformers load as it is, with the resolution and class names in its configuration
+    /// ([`ResNetV2::save_hub`]).
+    pub fn export(&self, out: &Path, format: Option<ExportFormat>) -> Result<()> {
+        let format = format.unwrap_or_else(|| {
+            if out
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+            {
+                ExportFormat::Npz
+            } else {
+                ExportFormat::Safetensors
+            }
+        });
+        match format {
+            ExportFormat::Npz => self.model.save_npz(out)?,
+            ExportFormat::Safetensors => self
+                .model
+                .save_safetensors_with_metadata(out, &self.metadata())?,
+            ExportFormat::Hub(layout) => {
+                let info = HubInfo {
+                    resolution: Some(self.resolution),
+                    class_names: self.class_names.clone(),
+                    mean_std: None,
+                };
+                self.model.save_hub(out, layout, &info)?;
+            }
         }
         Ok(())
+    }
+}
+
+/// What [`InferenceModel::export`] writes.
+///
+/// ```
+/// use bit_infer::ExportFormat;
+/// use bit_model::HubLayout;
+///
+/// assert_eq!("timm".parse::<ExportFormat>()?, ExportFormat::Hub(HubLayout::Timm));
+/// assert_eq!("npz".parse::<ExportFormat>()?, ExportFormat::Npz);
+/// assert!("onnx".parse::<ExportFormat>().is_err());
+/// # Ok::<(), bit_infer::InferError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// The official release layout.
+    Npz,
+    /// This crate's safetensors, with resolution and class names.
+    Safetensors,
+    /// A timm or transformers directory.
+    Hub(HubLayout),
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = InferError;
+
+    /// `npz`, `safetensors`, `timm`, or `hf` (`transformers`).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "npz" => Ok(Self::Npz),
+            "safetensors" => Ok(Self::Safetensors),
+            other => other.parse().map(Self::Hub).map_err(|_| {
+                InferError::InvalidArgument(format!(
+                    "unknown export format `{s}`: expected npz, safetensors, timm or hf"
+                ))
+            }),
+        }
     }
 }
 

@@ -106,6 +106,51 @@ pub enum Error {
         parameters: Vec<String>,
     },
 
+    /// A weights file in none of the layouts this crate reads (the release's `.npz`, this
+    /// crate's safetensors, timm's or transformers' state dicts).
+    #[error(
+        "{path} is in no BiT checkpoint layout this crate knows: its first tensor `{key}` is \
+         none of timm's (`stem.conv.weight`, `stages.N.blocks.N.*`, `head.fc.*`) or \
+         transformers' (`bit.embedder.convolution.weight`, `bit.encoder.stages.N.layers.N.*`, \
+         `classifier.1.*`)"
+    )]
+    UnknownLayout {
+        /// The file.
+        path: PathBuf,
+        /// Its first tensor name.
+        key: String,
+    },
+
+    /// A tensor of a hub-layout checkpoint that BiT's ResNetV2 has no place for (BatchNorm
+    /// statistics of a non-BiT ResNetV2, another stem, ...): loading the rest would compute a
+    /// different network.
+    #[error(
+        "{path}: tensor `{key}` has no place in BiT's ResNetV2 ({layout} layout); is it another \
+         ResNetV2 variant (BatchNorm, a deep stem)?"
+    )]
+    UnexpectedKey {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        key: String,
+        /// The layout the file was read in.
+        layout: String,
+    },
+
+    /// A weight stored in a type that is not floating point.
+    #[error(
+        "tensor `{key}` in {path} has element type {found}, expected a float type (f32, f16, \
+         bf16 or f64)"
+    )]
+    NotFloat {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        key: String,
+        /// The type found.
+        found: String,
+    },
+
     /// A model whose input is not an RGB image.
     #[error(
         "{path}: the model's root convolution takes {channels} input channels, but images have 3 \

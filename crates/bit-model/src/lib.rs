@@ -30,18 +30,23 @@
 
 pub mod backend;
 mod bottleneck;
+mod checkpoint;
 mod error;
 mod group_norm;
+mod hub_layout;
 mod native;
 mod npz;
 pub mod ops;
 mod precision;
 mod resnet;
+mod slots;
 mod std_conv;
 
 pub use bottleneck::{PreActBottleneck, PreActBottleneckConfig};
+pub use checkpoint::{CheckpointFormat, NORMALIZATION_METADATA_KEY};
 pub use error::{Error, Result};
 pub use group_norm::{GN_EPS, GROUPS, GroupNormRelu, GroupNormReluConfig};
+pub use hub_layout::{HUB_STD_CONV_EPS, HUB_WEIGHT_FILES, HubCheckpoint, HubInfo, HubLayout};
 pub use native::{
     CLASSES_METADATA_KEY, CONFIG_METADATA_KEY, RESOLUTION_METADATA_KEY, SHA256_METADATA_KEY,
     run_metadata,

@@ -11,17 +11,16 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use npyz::npz::NpzArchive;
 use npyz::{DType, NpyFile, Order, WriterBuilder};
 
 use crate::backend::host_values;
-use crate::bottleneck::PreActBottleneck;
 use crate::error::{Error, Result};
 use crate::group_norm::GroupNormRelu;
 use crate::resnet::{Architecture, ResNetV2, ResNetV2Config};
+use crate::slots::{MAX_WIDTH_FACTOR, Place, Slot, body_slots, set_param};
 use crate::std_conv::StdConv2d;
 
 const ROOT_KERNEL: &str = "resnet/root_block/standardized_conv2d/kernel";
@@ -206,7 +205,8 @@ impl NpzCheckpoint {
     }
 
     fn load_body(&mut self, model: &mut ResNetV2, used: &mut BTreeSet<String>) -> Result<()> {
-        for (key, slot) in body_slots(model) {
+        for (place, slot) in body_slots(model) {
+            let key = npz_key(place);
             match slot {
                 Slot::Conv(conv) => self.load_conv(conv, &key, used)?,
                 Slot::Norm(gn) => self.load_group_norm(gn, &key, used)?,
@@ -467,7 +467,8 @@ impl ResNetV2 {
         // The same table of keys as loading reads, walked over a (cheap, shared-storage) clone.
         let mut model = self.clone();
         let mut arrays = Vec::new();
-        for (key, slot) in body_slots(&mut model) {
+        for (place, slot) in body_slots(&mut model) {
+            let key = npz_key(place);
             match slot {
                 Slot::Conv(c) => arrays.push(conv(key, c)),
                 Slot::Norm(gn) => arrays.extend(norm(&key, gn)),
@@ -490,61 +491,36 @@ impl ResNetV2 {
     }
 }
 
-/// The widest ResNetV2 a checkpoint may describe: BiT's widest is x4; far beyond, the sizes
-/// derived from the width stop making sense (and would overflow).
-const MAX_WIDTH_FACTOR: usize = 64;
-
-/// What a key of the release's `.npz` holds in the body (everything but the head).
-enum Slot<'a> {
-    /// A standardized convolution: the key is its kernel, HWIO in the file.
-    Conv(&'a mut StdConv2d),
-    /// A GroupNorm: the key is the prefix of its `gamma` and `beta`.
-    Norm(&'a mut GroupNormRelu),
-}
-
-/// Every body array of `model` under its BiT key, in the release's order: the one table of the
-/// layout, which loading and saving both walk.
-fn body_slots(model: &mut ResNetV2) -> Vec<(String, Slot<'_>)> {
-    let mut slots = vec![(ROOT_KERNEL.to_string(), Slot::Conv(&mut model.root.conv))];
-    for (b, block) in model.body.iter_mut().enumerate() {
-        for (u, unit) in block.units.iter_mut().enumerate() {
-            let p = format!("resnet/block{}/unit{:02}", b + 1, u + 1);
-            let PreActBottleneck {
-                gn1,
-                conv1,
-                gn2,
-                conv2,
-                gn3,
-                conv3,
-                downsample,
-                ..
-            } = unit;
-            slots.push((format!("{p}/a/group_norm"), Slot::Norm(gn1)));
-            slots.push((
-                format!("{p}/a/standardized_conv2d/kernel"),
-                Slot::Conv(conv1),
-            ));
-            slots.push((format!("{p}/b/group_norm"), Slot::Norm(gn2)));
-            slots.push((
-                format!("{p}/b/standardized_conv2d/kernel"),
-                Slot::Conv(conv2),
-            ));
-            slots.push((format!("{p}/c/group_norm"), Slot::Norm(gn3)));
-            slots.push((
-                format!("{p}/c/standardized_conv2d/kernel"),
-                Slot::Conv(conv3),
-            ));
-            if let Some(proj) = downsample {
-                let key = format!("{p}/a/proj/standardized_conv2d/kernel");
-                slots.push((key, Slot::Conv(proj)));
-            }
+/// A body place's key in the release: its conv kernel, or its norm's prefix (of `gamma` and
+/// `beta`).
+fn npz_key(place: Place) -> String {
+    let unit = |block: usize, unit: usize| format!("resnet/block{}/unit{:02}", block + 1, unit + 1);
+    let abc = |layer: usize| ["a", "b", "c"][layer - 1];
+    match place {
+        Place::Root => ROOT_KERNEL.to_string(),
+        Place::Norm {
+            block,
+            unit: u,
+            layer,
+        } => {
+            format!("{}/{}/group_norm", unit(block, u), abc(layer))
         }
+        Place::Conv {
+            block,
+            unit: u,
+            layer,
+        } => {
+            format!(
+                "{}/{}/standardized_conv2d/kernel",
+                unit(block, u),
+                abc(layer)
+            )
+        }
+        Place::Projection { block, unit: u } => {
+            format!("{}/a/proj/standardized_conv2d/kernel", unit(block, u))
+        }
+        Place::PreHeadNorm => "resnet/group_norm".to_string(),
     }
-    slots.push((
-        "resnet/group_norm".to_string(),
-        Slot::Norm(&mut model.head.gn),
-    ));
-    slots
 }
 
 /// Room for an `.npy` header (they are a few hundred bytes).
@@ -586,13 +562,6 @@ fn fortran_to_c(data: Vec<f32>, shape: &[usize]) -> Vec<f32> {
         // One axis (or none): both orders are the same.
         _ => data,
     }
-}
-
-/// Replaces a (possibly still lazy) parameter's value, keeping its id, device and
-/// trainability.
-fn set_param<const D: usize>(param: &mut Param<Tensor<D>>, data: TensorData) {
-    let tensor = Tensor::from_data(data, &param.lazy_device());
-    *param = param.clone().transform_for_load(tensor, param.id);
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ struct State {
     ignore_ranges: bool,
     /// Request lines and their `Range` header, in arrival order.
     requests: Vec<(String, Option<u64>)>,
+    /// The `Authorization` header of each request, in arrival order.
+    authorizations: Vec<Option<String>>,
 }
 
 /// See the module documentation.
@@ -92,6 +94,21 @@ impl HttpServer {
         self.hits.load(Ordering::SeqCst)
     }
 
+    /// The `Authorization` headers received so far, one per request (`None`: without).
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.state.lock().unwrap().authorizations.clone()
+    }
+
+    /// The paths requested so far, in order (with their query strings).
+    pub fn paths(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        state
+            .requests
+            .iter()
+            .map(|(line, _)| line.split_whitespace().nth(1).unwrap_or("").to_string())
+            .collect()
+    }
+
     /// The byte offsets of the `Range` requests received so far (`None`: a plain GET).
     pub fn ranges(&self) -> Vec<Option<u64>> {
         let state = self.state.lock().unwrap();
@@ -106,6 +123,7 @@ fn respond(mut stream: TcpStream, state: &Mutex<State>) {
         return;
     }
     let mut from = None;
+    let mut authorization = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -113,6 +131,9 @@ fn respond(mut stream: TcpStream, state: &Mutex<State>) {
         }
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
             from = v.trim().trim_end_matches('-').parse::<u64>().ok();
+        }
+        if line.to_ascii_lowercase().starts_with("authorization:") {
+            authorization = Some(line["authorization:".len()..].trim().to_string());
         }
     }
     let path = request_line
@@ -124,6 +145,7 @@ fn respond(mut stream: TcpStream, state: &Mutex<State>) {
     let (body, cut, stall) = {
         let mut s = state.lock().unwrap();
         s.requests.push((request_line.trim().to_string(), from));
+        s.authorizations.push(authorization);
         let body = s.files.get(&path).cloned();
         let cut = body.is_some() && s.cut > 0;
         if cut {

@@ -200,7 +200,7 @@ fn hyper_rule(config: &TrainConfig, train: &dyn ImageDataset) -> HyperRule {
 fn fresh(path: &Path, classes: usize, device: &Device, log: &mut RunLog) -> Result<ResNetV2> {
     log.info(&format!("Loading model from {}", path.display()));
     log.info("Fine-tuning from BiT");
-    let model = ResNetV2::from_npz_with_zero_head(path, classes, device)?;
+    let model = ResNetV2::open_any_with_zero_head(path, classes, device)?;
     model.check_rgb(path)?;
     Ok(model)
 }

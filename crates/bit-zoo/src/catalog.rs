@@ -168,6 +168,86 @@ impl PretrainedModel {
     pub fn config(&self) -> ResNetV2Config {
         self.architecture.config(self.head_size)
     }
+
+    /// The same weights on the Hugging Face hub, as `hf:` names (converted by timm, or by
+    /// transformers for `google/bit-50`), loadable wherever a model is.
+    ///
+    /// ```
+    /// let m = bit_zoo::find("BiT-M-R50x1-ILSVRC2012")?;
+    /// assert_eq!(m.hub_names(), ["hf:timm/resnetv2_50x1_bit.goog_in21k_ft_in1k", "hf:google/bit-50"]);
+    /// # Ok::<(), bit_zoo::Error>(())
+    /// ```
+    pub fn hub_names(&self) -> Vec<String> {
+        HUB_ALIASES
+            .iter()
+            .filter(|(name, _)| *name == self.name)
+            .map(|(_, repo)| format!("hf:{repo}"))
+            .collect()
+    }
+}
+
+/// Released models and the hub repositories holding them converted: timm's `goog_*` weights
+/// (converted from these very files) and transformers' one BiT, `google/bit-50` (converted
+/// from timm's BiT-M R50x1 ILSVRC-2012 fine-tune).
+const HUB_ALIASES: [(&str, &str); 16] = [
+    ("BiT-M-R50x1", "timm/resnetv2_50x1_bit.goog_in21k"),
+    ("BiT-M-R50x3", "timm/resnetv2_50x3_bit.goog_in21k"),
+    ("BiT-M-R101x1", "timm/resnetv2_101x1_bit.goog_in21k"),
+    ("BiT-M-R101x3", "timm/resnetv2_101x3_bit.goog_in21k"),
+    ("BiT-M-R152x2", "timm/resnetv2_152x2_bit.goog_in21k"),
+    ("BiT-M-R152x4", "timm/resnetv2_152x4_bit.goog_in21k"),
+    (
+        "BiT-M-R50x1-ILSVRC2012",
+        "timm/resnetv2_50x1_bit.goog_in21k_ft_in1k",
+    ),
+    ("BiT-M-R50x1-ILSVRC2012", "google/bit-50"),
+    (
+        "BiT-M-R50x3-ILSVRC2012",
+        "timm/resnetv2_50x3_bit.goog_in21k_ft_in1k",
+    ),
+    (
+        "BiT-M-R101x1-ILSVRC2012",
+        "timm/resnetv2_101x1_bit.goog_in21k_ft_in1k",
+    ),
+    (
+        "BiT-M-R101x3-ILSVRC2012",
+        "timm/resnetv2_101x3_bit.goog_in21k_ft_in1k",
+    ),
+    (
+        "BiT-M-R152x2-ILSVRC2012",
+        "timm/resnetv2_152x2_bit.goog_in21k_ft_in1k",
+    ),
+    (
+        "BiT-M-R152x4-ILSVRC2012",
+        "timm/resnetv2_152x4_bit.goog_in21k_ft_in1k",
+    ),
+    (
+        "distill/R50x1_224",
+        "timm/resnetv2_50x1_bit.goog_distilled_in1k",
+    ),
+    (
+        "distill/R152x2_T_224",
+        "timm/resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k",
+    ),
+    (
+        "distill/R152x2_T_384",
+        "timm/resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k_384",
+    ),
+];
+
+/// The released model an `hf:` repository (`ORG/NAME[@REVISION]`) holds, if it is one.
+///
+/// ```
+/// let m = bit_zoo::find_hub_alias("timm/resnetv2_50x1_bit.goog_in21k").unwrap();
+/// assert_eq!(m.name, "BiT-M-R50x1");
+/// assert!(bit_zoo::find_hub_alias("someone/else").is_none());
+/// ```
+pub fn find_hub_alias(repo: &str) -> Option<PretrainedModel> {
+    let id = repo.split_once('@').map_or(repo, |(id, _)| id);
+    HUB_ALIASES
+        .iter()
+        .find(|(_, alias)| alias.eq_ignore_ascii_case(id))
+        .and_then(|(name, _)| find(name).ok())
 }
 
 /// A VTAB-1k task: BiT file suffix, classes, HyperRule resolution.
@@ -386,7 +466,9 @@ pub fn search(filter: &str) -> Vec<PretrainedModel> {
     catalog()
         .into_iter()
         .filter(|m| {
-            let text = format!("{} {} {}", m.name, m.family, m.description).to_lowercase();
+            let aliases = m.hub_names().join(" ");
+            let text =
+                format!("{} {} {} {aliases}", m.name, m.family, m.description).to_lowercase();
             words.iter().all(|w| text.contains(w))
         })
         .collect()

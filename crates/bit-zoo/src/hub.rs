@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use bit_hub::{Cache, RemoteFile, verify_lines, verify_npz};
+use bit_hub::{Cache, HfFile, HfHub, HfRepo, RemoteFile, verify_lines, verify_npz};
 use burn::tensor::Device;
 
-use bit_model::{NpzCheckpoint, ResNetV2};
+use bit_model::{CheckpointFormat, NpzCheckpoint, ResNetV2};
 
-use crate::catalog::{BIT_MODELS_URL, BIT_MODELS_URL_ENV, LabelSet, PretrainedModel, find};
+use crate::catalog::{
+    BIT_MODELS_URL, BIT_MODELS_URL_ENV, LabelSet, PretrainedModel, find, find_hub_alias,
+};
 use crate::error::{Error, Result};
 
 /// A model as [`ModelHub::load_with_metadata`] found it.
@@ -148,18 +150,26 @@ impl ModelHub {
             })
     }
 
-    /// The checkpoint file `model` names, the first of: `model` itself if it is a file (any
-    /// `.npz`/`.safetensors`); `{pretrained_dir}/{model}.npz` if the hub has a pre-trained
+    /// The checkpoint file `model` names: `hf:ORG/NAME[@REVISION]`, a model repository of the
+    /// Hugging Face hub (timm's or transformers' layout) downloaded into its cache
+    /// ([`HfHub::from_env`]: `HF_HOME`, `HF_ENDPOINT`, `HF_TOKEN`), with the catalog entry of
+    /// the release it holds, if any ([`find_hub_alias`]); else the first of: `model` itself if it is a file or a
+    /// directory (any [`CheckpointFormat`](bit_model::CheckpointFormat): `.npz`,
+    /// `.safetensors`, a timm or transformers directory or state dict);
+    /// `{pretrained_dir}/{model}.npz` if the hub has a pre-trained
     /// directory and the file is there; the released model of that name from the cache,
     /// downloaded and verified if needed. The catalog entry comes along when the name or the
     /// file's stem is a released model, so a hand-placed `BiT-M-R50x1.npz` keeps its metadata.
     pub fn locate(&self, model: &str) -> Result<(PathBuf, Option<PretrainedModel>)> {
+        if let Some(repo) = model.strip_prefix(HF_PREFIX) {
+            return Ok((fetch_hf(repo)?, find_hub_alias(repo)));
+        }
         let placed = self
             .pretrained_dir
             .as_ref()
             .map(|dir| dir.join(format!("{model}.npz")));
         for path in [Some(PathBuf::from(model)), placed].into_iter().flatten() {
-            if path.is_file() {
+            if path.is_file() || path.is_dir() {
                 let entry = path
                     .file_stem()
                     .and_then(|s| s.to_str())
@@ -177,21 +187,18 @@ impl ModelHub {
             .map(|loaded| loaded.model)
     }
 
-    /// [`load`](Self::load), with where the file was found and what it says of itself: the
-    /// one place that tells the two formats apart (`.safetensors` by its extension, with its
-    /// metadata; anything else is read as a release `.npz`, without metadata).
+    /// [`load`](Self::load), with where the file was found and what it says of itself (its
+    /// metadata: none for a release `.npz`; see [`ResNetV2::open_any`] for the others). A
+    /// release `.npz` goes through [`load_npz`](Self::load_npz), which downloads a damaged
+    /// cached copy again.
     pub fn load_with_metadata(&self, model: &str, device: &Device) -> Result<LoadedModel> {
         let (path, entry) = self.locate(model)?;
-        let is_safetensors = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-        let (model, metadata) = if is_safetensors {
-            ResNetV2::from_safetensors_with_metadata(&path, device)?
-        } else {
-            (
+        let (model, metadata) = match CheckpointFormat::of(&path)? {
+            CheckpointFormat::Npz => (
                 self.load_npz(&path, entry.as_ref(), device)?,
                 HashMap::new(),
-            )
+            ),
+            _ => ResNetV2::open_any(&path, device)?,
         };
         Ok(LoadedModel {
             model,
@@ -311,4 +318,38 @@ impl Pretrained for ResNetV2 {
         let path = hub.fetch(&entry)?;
         hub.load_npz(&path, Some(&entry), device)
     }
+}
+
+/// The prefix of model names on the Hugging Face hub: `hf:timm/resnetv2_50x1_bit.goog_in21k`.
+pub const HF_PREFIX: &str = "hf:";
+
+/// The local directory of the hub repository `repo` (`ORG/NAME[@REVISION]`): its configuration
+/// files and one weights file ([`bit_model::HUB_WEIGHT_FILES`], safetensors first).
+fn fetch_hf(repo: &str) -> Result<PathBuf> {
+    let what = format!("{HF_PREFIX}{repo}");
+    let fetch_error = |source| Error::Fetch {
+        what: what.clone(),
+        source,
+    };
+    let parsed: HfRepo = repo.parse().map_err(fetch_error)?;
+    let hub = HfHub::from_env().map_err(fetch_error)?;
+    hub.snapshot(&parsed, &model_files).map_err(fetch_error)
+}
+
+/// What a model needs of a repository: `config.json` and `preprocessor_config.json` where
+/// listed, and the first weights file listed (the missing `model.safetensors` is asked for,
+/// and named in the error, when there is none).
+fn model_files(files: &[HfFile]) -> Vec<String> {
+    let listed = |name: &str| files.iter().any(|f| f.name == name);
+    let mut wanted: Vec<String> = ["config.json", "preprocessor_config.json"]
+        .into_iter()
+        .filter(|name| listed(name))
+        .map(String::from)
+        .collect();
+    let weights = bit_model::HUB_WEIGHT_FILES
+        .into_iter()
+        .find(|name| listed(name))
+        .unwrap_or(bit_model::HUB_WEIGHT_FILES[0]);
+    wanted.push(weights.to_string());
+    wanted
 }

@@ -43,7 +43,7 @@ mod hub;
 
 pub use catalog::{
     BIT_MODELS_URL, BIT_MODELS_URL_ENV, Family, LabelSet, PretrainedModel, Provenance, catalog,
-    find, search,
+    find, find_hub_alias, search,
 };
 pub use error::{Error, Result};
-pub use hub::{LoadedModel, ModelHub, Pretrained, PretrainedDir};
+pub use hub::{HF_PREFIX, LoadedModel, ModelHub, Pretrained, PretrainedDir};
