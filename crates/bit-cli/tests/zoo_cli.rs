@@ -419,7 +419,8 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
         assert!(out.contains("Ankle boot"), "{format}: {out}");
     }
 
-    // And fine-tuning starts from a hub directory as from a release.
+    // And fine-tuning starts from a hub directory as from a release; head-only (`--train
+    // head`) leaves every other weight as it was.
     let out = ok(bit(
         &home,
         server.base_url(),
@@ -438,16 +439,37 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
             "--batch",
             "4",
             "--steps",
-            "1",
+            "2",
             "--resolution",
             "40,32",
             "--max_eval_examples",
             "8",
             "--workers",
             "2",
+            "--train",
+            "head",
         ],
     ));
-    assert!(out.contains("done after 1 steps"), "{out}");
+    assert!(out.contains("done after 2 steps"), "{out}");
+    let log = std::fs::read_to_string(logdir.join("from-timm/train.log")).unwrap();
+    assert!(
+        log.contains("Training head; the rest of the network is frozen"),
+        "{log}"
+    );
+    let device = burn::tensor::Device::flex();
+    let start = bit_model::HubCheckpoint::open(logdir.join("dl-timm"))
+        .unwrap()
+        .load(&device)
+        .unwrap();
+    let tuned =
+        bit_model::ResNetV2::from_safetensors(logdir.join("from-timm/model.safetensors"), &device)
+            .unwrap();
+    use bit_testkit::parameter_values as values;
+    assert_eq!(values(&tuned.root), values(&start.root));
+    for (b, block) in tuned.body.iter().enumerate() {
+        assert_eq!(values(block), values(&start.body[b]), "stage {}", b + 1);
+    }
+    assert_eq!(values(&tuned.head.gn), values(&start.head.gn));
 }
 
 #[test]

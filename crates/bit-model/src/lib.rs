@@ -41,6 +41,7 @@ mod precision;
 mod resnet;
 mod slots;
 mod std_conv;
+mod trainable;
 
 pub use bottleneck::{PreActBottleneck, PreActBottleneckConfig};
 pub use checkpoint::{CheckpointFormat, NORMALIZATION_METADATA_KEY};
@@ -58,3 +59,4 @@ pub use resnet::{
     ROOT_POOL, ResNetV2, ResNetV2Config, RootBlock, Stage,
 };
 pub use std_conv::{StdConv2d, StdConv2dConfig};
+pub use trainable::Trainable;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use bit_data::{Augment, DatasetName, Preprocess};
 use bit_device::Compute;
+use bit_model::Trainable;
 use bit_zoo::{self as zoo, ModelHub, PretrainedDir};
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +115,13 @@ pub struct RunSettings {
     )]
     #[serde(default = "RunSettings::default_device_timeout")]
     pub device_timeout: u64,
+    /// Which part of the network trains: all (BiT's fine-tuning), stage1..stage4 (that stage
+    /// onwards, the earlier ones frozen) or head (the classifier alone on frozen pre-logits,
+    /// BiT's "linear" baseline: the body runs forward only). Frozen parameters get no
+    /// gradients, optimizer state or weight decay.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Trainable::All))]
+    #[serde(default)]
+    pub train: Trainable,
     /// Recompute GroupNorm+ReLU outputs in the backward instead of keeping them (Burn's
     /// balanced gradient checkpointing): less activation memory for some extra compute.
     #[cfg_attr(feature = "cli", arg(long = "grad_checkpointing"))]
@@ -173,6 +181,7 @@ impl RunSettings {
             save: true,
             compute: Compute::default(),
             device_timeout: Self::DEVICE_TIMEOUT_SECS,
+            train: Trainable::All,
             grad_checkpointing: false,
             seed: 0,
             skip_non_images: false,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bit_data::{Batch, BatchStream, DatasetName};
-use bit_model::ResNetV2;
+use bit_model::{ResNetV2, Trainable};
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
@@ -260,7 +260,21 @@ impl Run {
             position.loss_scale.get_or_insert_with(LossScale::default);
         }
         let devices = self.devices.take().expect("a run is fitted once");
-        let model = start.model.with_precision(precision);
+        let trainable = self.settings.train;
+        if trainable != Trainable::All {
+            self.log.info(&format!(
+                "Training {trainable}{}; the rest of the network is frozen",
+                if trainable == Trainable::Head {
+                    ""
+                } else {
+                    " onwards"
+                }
+            ));
+        }
+        let model = start
+            .model
+            .with_trainable(trainable)
+            .with_precision(precision);
         let mut parallel = DataParallel::new(devices, model, start.optim);
         let views = objective.preprocess();
         let split = self.choose_split(

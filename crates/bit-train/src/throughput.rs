@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use bit_device::Compute;
-use bit_model::{Precision, ResNetV2, ResNetV2Config};
+use bit_model::{Precision, ResNetV2, ResNetV2Config, Trainable};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 
 use crate::error::{Result, TrainError};
@@ -35,6 +35,8 @@ pub struct Workload {
     pub batch_split: usize,
     /// What the network computes in.
     pub precision: Precision,
+    /// Training: which part of the network trains (the rest frozen).
+    pub train: Trainable,
 }
 
 /// The outcome of timing a [`Workload`].
@@ -76,7 +78,7 @@ fn images(work: &Workload, batch: usize, device: &Device) -> Tensor<4> {
 /// Times the forward pass on `device`.
 ///
 /// ```
-/// use bit_model::{Precision, ResNetV2Config};
+/// use bit_model::{Precision, ResNetV2Config, Trainable};
 /// use bit_train::throughput::{Workload, measure_inference};
 /// use burn::tensor::Device;
 ///
@@ -88,6 +90,7 @@ fn images(work: &Workload, batch: usize, device: &Device) -> Tensor<4> {
 ///     warmup: 1,
 ///     batch_split: 1,
 ///     precision: Precision::F32,
+///     train: Trainable::All,
 /// };
 /// let m = measure_inference(&work, &Device::flex());
 /// assert_eq!(m.seconds.len(), 2);
@@ -113,7 +116,7 @@ pub fn measure_inference(work: &Workload, device: &Device) -> Measurement {
 /// Times training steps over `devices` (one device, or replicas).
 ///
 /// ```
-/// use bit_model::{Precision, ResNetV2Config};
+/// use bit_model::{Precision, ResNetV2Config, Trainable};
 /// use bit_train::Devices;
 /// use bit_train::throughput::{Workload, measure_training};
 /// use burn::tensor::Device;
@@ -126,6 +129,7 @@ pub fn measure_inference(work: &Workload, device: &Device) -> Measurement {
 ///     warmup: 1,
 ///     batch_split: 2,
 ///     precision: Precision::F32,
+///     train: Trainable::Head,
 /// };
 /// let devices = Devices::new(vec![Device::flex()]).unwrap();
 /// let m = measure_training(&work, devices);
@@ -133,7 +137,11 @@ pub fn measure_inference(work: &Workload, device: &Device) -> Measurement {
 /// ```
 pub fn measure_training(work: &Workload, devices: Devices) -> Measurement {
     let device = devices.main().clone();
-    let model: ResNetV2 = work.model.init(&device).with_precision(work.precision);
+    let model: ResNetV2 = work
+        .model
+        .init(&device)
+        .with_trainable(work.train)
+        .with_precision(work.precision);
     let mut parallel = DataParallel::new(devices, model, bit_optimizer());
     let split = work.batch_split.max(1);
     let micro = work.batch / split;
@@ -201,6 +209,10 @@ pub struct Bench {
         arg(long = "grad_checkpointing", alias = "grad-checkpointing")
     )]
     pub grad_checkpointing: bool,
+    /// Training: which part of the network trains (all, stage1..stage4, head), as `bit train
+    /// --train`.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = Trainable::All))]
+    pub train: Trainable,
 }
 
 /// What [`Bench`] times.
@@ -230,6 +242,7 @@ impl Bench {
     ///     compute: Compute::default(),
     ///     batch_split: 1,
     ///     grad_checkpointing: false,
+    ///     train: bit_model::Trainable::All,
     /// };
     /// assert!(bench.run().unwrap().contains(" img/s"));
     /// ```
@@ -247,6 +260,7 @@ impl Bench {
             warmup: self.warmup,
             batch_split: self.batch_split,
             precision: self.compute.precision,
+            train: self.train,
         };
         let devices = self.compute.devices()?;
         for device in &devices {
@@ -264,11 +278,20 @@ impl Bench {
         };
         let mib = |b: Option<u64>| b.map_or("n/a".to_string(), |b| format!("{} MiB", b >> 20));
         let s = &m.seconds;
-        let levers = match (self.batch_split > 1, self.grad_checkpointing) {
-            (true, true) => format!(" (split {}, grad checkpointing)", self.batch_split),
-            (true, false) => format!(" (split {})", self.batch_split),
-            (false, true) => " (grad checkpointing)".to_string(),
-            (false, false) => String::new(),
+        let mut levers = Vec::new();
+        if self.batch_split > 1 {
+            levers.push(format!("split {}", self.batch_split));
+        }
+        if self.grad_checkpointing {
+            levers.push("grad checkpointing".to_string());
+        }
+        if self.mode == Mode::Train && self.train != Trainable::All {
+            levers.push(format!("training {}", self.train));
+        }
+        let levers = if levers.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", levers.join(", "))
         };
         Ok(format!(
             "{} @{} {} {} batch {}{levers} on {}: {:.2} img/s (median {:.4} s/step of {}, min \
