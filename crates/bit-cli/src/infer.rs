@@ -1,7 +1,7 @@
 //! `bit predict`, `bit embed`, `bit eval`, `bit fewshot` and `bit export`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bit_data::{
@@ -9,8 +9,10 @@ use bit_data::{
     load_train_valid,
 };
 use bit_device::Compute;
-use bit_infer::{ExportFormat, Feed, FewShotConfig, InferenceModel, LoadOptions, Relabelled};
-use bit_model::Stage;
+use bit_infer::{
+    EvalResult, ExportFormat, Feed, FewShotConfig, InferenceModel, LoadOptions, Relabelled,
+};
+use bit_model::{Stage, WeightDType};
 use bit_zoo::PretrainedDir;
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
@@ -18,10 +20,11 @@ use clap::{Args, ValueEnum};
 use crate::{CliResult, printable};
 
 /// Which model, where, and how to feed it.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// A released model name (`bit models` lists them), an official-format .npz or a
-    /// .safetensors written by `bit train`/`bit export`.
+    /// A released model name (`bit models` lists them), an official-format .npz, a
+    /// .safetensors written by `bit train`/`bit export`, a timm or Hugging Face checkpoint (a
+    /// directory, model.safetensors, pytorch_model.bin) or `hf:ORG/NAME[@REVISION]`.
     #[arg(long)]
     model: String,
     #[command(flatten)]
@@ -267,22 +270,7 @@ pub struct EvalArgs {
 pub fn eval(args: EvalArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
     let (m, device, feed) = args.model.load(true)?;
-    let dataset = args.data.open(SplitArg::Valid)?;
-    let head = m.model.config().head_size;
-    let class_map = args
-        .class_map
-        .as_deref()
-        .map(bit_infer::read_class_map)
-        .transpose()?;
-    let map = bit_infer::map_classes(
-        dataset.classes(),
-        head,
-        m.class_names.as_deref(),
-        class_map.as_ref(),
-    )?;
-    let names = (0..head).map(|c| m.class_name(c)).collect();
-    let relabelled = Arc::new(Relabelled::new(dataset, map, names));
-    let result = bit_infer::evaluate_dataset(&m.model, relabelled, &feed, &device)?;
+    let result = evaluate_on(&m, &device, &feed, &args.data, args.class_map.as_deref())?;
     writeln!(
         out,
         "{}: top-1 {:.2}%, top-5 {:.2}%, loss {:.5} on {} images at {} px",
@@ -294,6 +282,31 @@ pub fn eval(args: EvalArgs) -> CliResult {
         m.resolution
     )?;
     Ok(())
+}
+
+/// `m` evaluated on the validation split of `data`, its classes matched to the model's by
+/// name or by `class_map`.
+fn evaluate_on(
+    m: &InferenceModel,
+    device: &Device,
+    feed: &Feed,
+    data: &DataArgs,
+    class_map: Option<&Path>,
+) -> Result<EvalResult, Box<dyn std::error::Error>> {
+    let dataset = data.open(SplitArg::Valid)?;
+    let head = m.model.config().head_size;
+    let class_map = class_map.map(bit_infer::read_class_map).transpose()?;
+    let map = bit_infer::map_classes(
+        dataset.classes(),
+        head,
+        m.class_names.as_deref(),
+        class_map.as_ref(),
+    )?;
+    let names = (0..head).map(|c| m.class_name(c)).collect();
+    let relabelled = Arc::new(Relabelled::new(dataset, map, names));
+    Ok(bit_infer::evaluate_dataset(
+        &m.model, relabelled, feed, device,
+    )?)
 }
 
 /// Arguments of `bit fewshot`.
@@ -403,12 +416,58 @@ pub struct ExportArgs {
     /// the extension of --out.
     #[arg(long)]
     format: Option<ExportFormat>,
+    /// What the weights are stored as: f32, or f16 / bf16 (half the size; every loader here
+    /// reads them back as f32, timm and transformers as their own model's type).
+    #[arg(long, default_value_t = WeightDType::F32)]
+    dtype: WeightDType,
+    /// Evaluate the exported file against the original on this dataset's validation split and
+    /// print the top-1 change (`folder` or a named dataset, with --datadir and --class_map as
+    /// `bit eval` takes them).
+    #[arg(long = "check_on", alias = "check-on")]
+    check_on: Option<String>,
+    /// Where the --check_on dataset is.
+    #[arg(long, requires = "check_on")]
+    datadir: Option<PathBuf>,
+    /// A class map for --check_on, as `bit eval --class_map`.
+    #[arg(long = "class_map", requires = "check_on")]
+    class_map: Option<PathBuf>,
 }
 
 pub fn export(args: ExportArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
-    let (m, _, _) = args.model.load(false)?;
-    m.export(&args.out, args.format)?;
+    let (m, device, feed) = args.model.load(false)?;
+    m.export(&args.out, args.format, args.dtype)?;
     writeln!(out, "wrote {}", args.out.display())?;
+    let Some(dataset) = &args.check_on else {
+        return Ok(());
+    };
+    // The exported file, loaded as any user would load it (its own resolution and names).
+    let exported = ModelArgs {
+        model: args.out.to_string_lossy().into_owned(),
+        labels: None,
+        ..args.model.clone()
+    };
+    let (again, _, _) = exported.load(false)?;
+    let data = DataArgs {
+        dataset: Some(dataset.clone()),
+        datadir: args.datadir.clone(),
+        split: None,
+        skip_non_images: false,
+    };
+    let class_map = args.class_map.as_deref();
+    let before = evaluate_on(&m, &device, &feed, &data, class_map)?;
+    let after = evaluate_on(&again, &device, &feed, &data, class_map)?;
+    writeln!(
+        out,
+        "top-1 on {} images: {:.2}% as f32, {:.2}% as exported ({}, {:+.2} points); loss {:.5} \
+         -> {:.5}",
+        before.examples,
+        100.0 * before.top1,
+        100.0 * after.top1,
+        args.dtype,
+        100.0 * (after.top1 - before.top1),
+        before.loss,
+        after.loss
+    )?;
     Ok(())
 }

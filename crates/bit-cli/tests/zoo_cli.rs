@@ -419,6 +419,61 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
         assert!(out.contains("Ankle boot"), "{format}: {out}");
     }
 
+    // Half precision: half the file, read back as f32 everywhere, checked on the data.
+    for (format, out) in [("safetensors", "dl-f16.safetensors"), ("hf", "dl-f16-hf")] {
+        let out = logdir.join(out);
+        let report = ok(bit(
+            &home,
+            server.base_url(),
+            &[
+                "export",
+                "--model",
+                s(&model),
+                "--format",
+                format,
+                "--dtype",
+                "f16",
+                "--out",
+                s(&out),
+                "--check_on",
+                "folder",
+                "--datadir",
+                s(&data),
+                "--class_map",
+                s(&map),
+            ],
+        ));
+        // "top-1 on 8 images: A% as f32, B% as exported (f16, +C points); loss L0 -> L1"
+        let (_, losses) = report.split_once("; loss ").expect("a check report");
+        let (l0, l1) = losses.trim().split_once(" -> ").unwrap();
+        let (l0, l1): (f64, f64) = (l0.parse().unwrap(), l1.parse().unwrap());
+        assert!((l0 - loss).abs() < 1e-4, "{report}");
+        // f16 keeps 11 significant bits: the loss moves by ~1e-3 relative at most.
+        assert!((l1 - l0).abs() < 1e-2 * l0.max(1.0), "{report}");
+        let weights = if format == "hf" {
+            out.join("model.safetensors")
+        } else {
+            out.clone()
+        };
+        let half = std::fs::metadata(&weights).unwrap().len();
+        let full = std::fs::metadata(&model).unwrap().len();
+        assert!(half < full * 51 / 100, "{half} bytes against {full}");
+    }
+    let err = failed(bit(
+        &home,
+        server.base_url(),
+        &[
+            "export",
+            "--model",
+            s(&model),
+            "--dtype",
+            "bf16",
+            "--out",
+            s(&logdir.join("x.npz")),
+        ],
+    ));
+    assert!(err.contains("float32 weights only"), "{err}");
+
     // And fine-tuning starts from a hub directory as from a release; head-only (`--train
     // head`) leaves every other weight as it was.
     let out = ok(bit(

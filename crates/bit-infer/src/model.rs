@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use bit_model::{
     CLASSES_METADATA_KEY, HubInfo, HubLayout, NORMALIZATION_METADATA_KEY, Precision,
-    RESOLUTION_METADATA_KEY, ResNetV2, run_metadata,
+    RESOLUTION_METADATA_KEY, ResNetV2, WeightDType, run_metadata,
 };
 use bit_zoo::{LabelSet, LoadedModel, ModelHub, PretrainedModel};
 use burn::tensor::Device;
@@ -174,7 +174,15 @@ impl InferenceModel {
     /// [`metadata`](Self::metadata). The hub layouts write a directory `out` that timm or
     /// transformers load as it is, with the resolution and class names in its configuration
     /// ([`ResNetV2::save_hub`]).
-    pub fn export(&self, out: &Path, format: Option<ExportFormat>) -> Result<()> {
+    ///
+    /// `dtype` stores the weights in half precision (`F16`/`Bf16`: half the size, read back
+    /// as f32 by every loader); the release's `.npz` layout is float32 only.
+    pub fn export(
+        &self,
+        out: &Path,
+        format: Option<ExportFormat>,
+        dtype: WeightDType,
+    ) -> Result<()> {
         let format = format.unwrap_or_else(|| {
             if out
                 .extension()
@@ -186,17 +194,24 @@ impl InferenceModel {
             }
         });
         match format {
+            ExportFormat::Npz if dtype != WeightDType::F32 => {
+                return Err(InferError::InvalidArgument(format!(
+                    "the release's .npz layout stores float32 weights only, not {dtype}: write \
+                     .safetensors or a hub layout (--format timm|hf)"
+                )));
+            }
             ExportFormat::Npz => self.model.save_npz(out)?,
-            ExportFormat::Safetensors => self
-                .model
-                .save_safetensors_with_metadata(out, &self.metadata())?,
+            ExportFormat::Safetensors => {
+                self.model
+                    .save_safetensors_as(out, &self.metadata(), dtype)?
+            }
             ExportFormat::Hub(layout) => {
                 let info = HubInfo {
                     resolution: Some(self.resolution),
                     class_names: self.class_names.clone(),
                     mean_std: None,
                 };
-                self.model.save_hub(out, layout, &info)?;
+                self.model.save_hub(out, layout, &info, dtype)?;
             }
         }
         Ok(())

@@ -282,7 +282,7 @@ fn fine_tuned_safetensors_carry_their_resolution_and_classes() {
 
     // Exported to the official layout and back: the same function.
     let npz = dir.join("exported.npz");
-    m.export(&npz, None).unwrap();
+    m.export(&npz, None, bit_model::WeightDType::F32).unwrap();
     let again = NpzCheckpoint::open(&npz).unwrap().load(&device).unwrap();
     let x = Tensor::<4>::random(
         [2, 3, 64, 64],

@@ -22,12 +22,12 @@ pub const NORMALIZATION_METADATA_KEY: &str = "bit.normalization";
 /// The format of a model file.
 ///
 /// ```
-/// use bit_model::{CheckpointFormat, HubInfo, HubLayout, ResNetV2Config};
+/// use bit_model::{CheckpointFormat, HubInfo, HubLayout, ResNetV2Config, WeightDType};
 /// use burn::tensor::Device;
 ///
 /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 2).init(&Device::flex());
 /// let dir = std::env::temp_dir().join("bit_model_doc_format");
-/// model.save_hub(&dir, HubLayout::Timm, &HubInfo::default())?;
+/// model.save_hub(&dir, HubLayout::Timm, &HubInfo::default(), WeightDType::F32)?;
 /// assert_eq!(CheckpointFormat::of(&dir)?, CheckpointFormat::Hub);
 /// model.save_safetensors(dir.join("native.safetensors"))?;
 /// assert_eq!(CheckpointFormat::of(dir.join("native.safetensors"))?, CheckpointFormat::Native);

@@ -39,6 +39,7 @@ use crate::group_norm::{GROUPS, GroupNormRelu};
 use crate::resnet::{Architecture, ResNetV2, ResNetV2Config};
 use crate::slots::{MAX_WIDTH_FACTOR, Place, Slot, body_slots, set_param};
 use crate::std_conv::StdConv2d;
+use crate::storage::WeightDType;
 
 /// The weight-standardization epsilon of timm's and transformers' BiT modules, used for
 /// models loaded from their layouts (see the [module docs](self)).
@@ -589,7 +590,8 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
 
 impl ResNetV2 {
     /// Writes the model in a hub `layout` into the directory `dir` (created if needed):
-    /// `model.safetensors` (f32, `format: pt` as both libraries write it) and `config.json`
+    /// `model.safetensors` (weights as `dtype`, `format: pt` as both libraries write it) and
+    /// `config.json`
     /// (transformers also a `preprocessor_config.json`), with `info`'s resolution (224 if
     /// none) and class names, and BiT's normalization. timm loads the directory with
     /// `create_model("local-dir:DIR", pretrained=True)`, transformers with
@@ -597,19 +599,25 @@ impl ResNetV2 {
     /// check`). Each file is written atomically.
     ///
     /// ```
-    /// use bit_model::{HubCheckpoint, HubInfo, HubLayout, ResNetV2Config};
+    /// use bit_model::{HubCheckpoint, HubInfo, HubLayout, ResNetV2Config, WeightDType};
     /// use burn::tensor::Device;
     ///
     /// let device = Device::flex();
     /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 3).init(&device);
     /// let dir = std::env::temp_dir().join("bit_model_doc_save_hub");
-    /// model.save_hub(&dir, HubLayout::Transformers, &HubInfo::default())?;
+    /// model.save_hub(&dir, HubLayout::Transformers, &HubInfo::default(), WeightDType::F32)?;
     /// let again = HubCheckpoint::open(&dir)?;
     /// assert_eq!((again.layout(), again.head_size()), (HubLayout::Transformers, Some(3)));
     /// # std::fs::remove_dir_all(&dir).ok();
     /// # Ok::<(), bit_model::Error>(())
     /// ```
-    pub fn save_hub(&self, dir: impl AsRef<Path>, layout: HubLayout, info: &HubInfo) -> Result<()> {
+    pub fn save_hub(
+        &self,
+        dir: impl AsRef<Path>,
+        layout: HubLayout,
+        info: &HubInfo,
+        dtype: WeightDType,
+    ) -> Result<()> {
         let dir = dir.as_ref();
         let save_error =
             |path: &Path, source: Box<dyn std::error::Error + Send + Sync>| Error::Save {
@@ -632,6 +640,7 @@ impl ResNetV2 {
         )]));
         let bytes =
             safetensors::serialize(views, metadata).map_err(|e| save_error(dir, e.into()))?;
+        let bytes = crate::storage::narrow(&bytes, dtype).map_err(|e| save_error(dir, e.into()))?;
         let weights = dir.join(HUB_WEIGHT_FILES[0]);
         bit_hub::write_atomically(&weights, |file| std::io::Write::write_all(file, &bytes))
             .map_err(|e| save_error(&weights, e.into()))?;

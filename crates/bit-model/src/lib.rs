@@ -41,6 +41,7 @@ mod precision;
 mod resnet;
 mod slots;
 mod std_conv;
+mod storage;
 mod trainable;
 
 pub use bottleneck::{PreActBottleneck, PreActBottleneckConfig};
@@ -59,4 +60,5 @@ pub use resnet::{
     ROOT_POOL, ResNetV2, ResNetV2Config, RootBlock, Stage,
 };
 pub use std_conv::{StdConv2d, StdConv2dConfig};
+pub use storage::WeightDType;
 pub use trainable::Trainable;

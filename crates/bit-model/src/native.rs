@@ -10,6 +10,7 @@ use burn::tensor::Device;
 
 use crate::error::{Error, Result};
 use crate::resnet::{ResNetV2, ResNetV2Config};
+use crate::storage::WeightDType;
 
 /// Metadata key under which the [`ResNetV2Config`] (JSON) is stored.
 pub const CONFIG_METADATA_KEY: &str = "bit_model.config";
@@ -84,6 +85,32 @@ impl ResNetV2 {
         path: impl AsRef<Path>,
         metadata: &[(&str, String)],
     ) -> Result<()> {
+        self.save_safetensors_as(path, metadata, WeightDType::F32)
+    }
+
+    /// [`save_safetensors_with_metadata`](Self::save_safetensors_with_metadata) with the
+    /// weights stored as `dtype` (half precision: half the size; every loader widens them back
+    /// to f32).
+    ///
+    /// ```
+    /// use bit_model::{ResNetV2, ResNetV2Config, WeightDType};
+    /// use burn::tensor::Device;
+    ///
+    /// let device = Device::flex();
+    /// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 2).init(&device);
+    /// let path = std::env::temp_dir().join("bit_model_doc_f16.safetensors");
+    /// model.save_safetensors_as(&path, &[], WeightDType::F16)?;
+    /// assert!(std::fs::metadata(&path)?.len() < 4 * 8_028_746 / 2 + 100_000);
+    /// assert_eq!(ResNetV2::from_safetensors(&path, &device)?.config(), model.config());
+    /// # std::fs::remove_file(&path).ok();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn save_safetensors_as(
+        &self,
+        path: impl AsRef<Path>,
+        metadata: &[(&str, String)],
+        dtype: WeightDType,
+    ) -> Result<()> {
         let path = path.as_ref();
         let failed = |source: Box<dyn std::error::Error + Send + Sync>| Error::Save {
             path: path.to_path_buf(),
@@ -98,6 +125,7 @@ impl ResNetV2 {
         }
         self.save_into(&mut store).map_err(|e| failed(e.into()))?;
         let bytes = store.get_bytes().map_err(|e| failed(e.into()))?;
+        let bytes = crate::storage::narrow(&bytes, dtype).map_err(|e| failed(e.into()))?;
         let bytes = with_data_digest(bytes).map_err(|e| failed(e.into()))?;
         bit_hub::write_atomically(path, |file| std::io::Write::write_all(file, &bytes))
             .map_err(|e| failed(e.into()))
@@ -142,6 +170,11 @@ impl ResNetV2 {
         let config = ResNetV2Config::load_binary(config.as_bytes())
             .map_err(|e| corrupt(format!("bad `{CONFIG_METADATA_KEY}` metadata: {e}")))?;
         let mut model = config.try_init(device)?;
+        // Half-precision files (`save_safetensors_as`) load as the f32 model they came from.
+        let bytes = match crate::storage::widen(&bytes).map_err(corrupt)? {
+            Some(widened) => widened,
+            None => bytes,
+        };
         let mut store = SafetensorsStore::from_bytes(Some(bytes));
         model
             .load_from(&mut store)
@@ -161,7 +194,7 @@ fn data_start(bytes: &[u8]) -> usize {
 /// `bytes` (a safetensors file) with the SHA-256 of its tensor data added to the header's
 /// metadata. The data's offsets are relative to its own start, so only the header changes; it
 /// stays padded to 8 bytes with spaces, as the format recommends.
-fn with_data_digest(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+pub(crate) fn with_data_digest(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
     let start = data_start(&bytes);
     let mut header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&bytes[8..start]).map_err(|e| e.to_string())?;

@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use bit_model::{Error, HUB_STD_CONV_EPS, HubCheckpoint, HubInfo, HubLayout, ResNetV2};
+use bit_model::{
+    Error, HUB_STD_CONV_EPS, HubCheckpoint, HubInfo, HubLayout, ResNetV2, WeightDType,
+};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde_json::Value;
 
@@ -77,7 +79,9 @@ fn what_we_write_has_the_libraries_names_shapes_and_configs_and_reads_back_exact
             class_names: Some(classes()),
             mean_std: None,
         };
-        model.save_hub(&dir, layout, &info).unwrap();
+        model
+            .save_hub(&dir, layout, &info, WeightDType::F32)
+            .unwrap();
 
         let theirs: BTreeMap<String, Vec<usize>> =
             serde_json::from_value(library(layout)["keys"].clone()).unwrap();
@@ -159,7 +163,7 @@ fn a_zero_head_is_started_and_a_missing_head_is_only_needed_to_load_one() {
     let device = Device::flex();
     let dir = scratch("zero_head");
     golden_model(&device)
-        .save_hub(&dir, HubLayout::Timm, &HubInfo::default())
+        .save_hub(&dir, HubLayout::Timm, &HubInfo::default(), WeightDType::F32)
         .unwrap();
     let fine_tune = HubCheckpoint::open(&dir)
         .unwrap()
@@ -246,7 +250,12 @@ fn foreign_and_damaged_files_are_typed_errors() {
     // transformers' ViT-hybrid flavour pads like TensorFlow: refused, not computed otherwise.
     let hf = dir.join("hf");
     golden_model(&device)
-        .save_hub(&hf, HubLayout::Transformers, &HubInfo::default())
+        .save_hub(
+            &hf,
+            HubLayout::Transformers,
+            &HubInfo::default(),
+            WeightDType::F32,
+        )
         .unwrap();
     let config_path = hf.join("config.json");
     let mut config: Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
