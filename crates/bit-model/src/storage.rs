@@ -128,6 +128,9 @@ pub(crate) fn widen(bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
     .map(Some)
 }
 
+/// A tensor as it will be written: name, type, shape, data (borrowed when unchanged).
+type Converted<'a> = (String, Dtype, Vec<usize>, std::borrow::Cow<'a, [u8]>);
+
 /// The file with each tensor `convert` returns a new type and data for replaced; the others
 /// and the metadata as they were.
 fn rewrite(
@@ -136,7 +139,7 @@ fn rewrite(
 ) -> Result<Vec<u8>, String> {
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
-    let converted: Vec<(String, Dtype, Vec<usize>, std::borrow::Cow<'_, [u8]>)> = tensors
+    let converted: Vec<Converted<'_>> = tensors
         .tensors()
         .into_iter()
         .map(|(name, view)| {
