@@ -411,7 +411,8 @@ pub struct ExportArgs {
     /// names in its metadata); a directory for `--format timm|hf`.
     #[arg(long)]
     out: PathBuf,
-    /// npz, safetensors, timm (a directory timm's `create_model` loads: model.safetensors and
+    /// npz, safetensors, onnx (opset 17, dynamic batch, class names and resolution in its
+    /// metadata), timm (a directory timm's `create_model` loads: model.safetensors and
     /// config.json) or hf (a directory transformers' `from_pretrained` loads). Default: from
     /// the extension of --out.
     #[arg(long)]

@@ -170,7 +170,8 @@ impl InferenceModel {
     }
 
     /// Writes the model to `out` in `format`, or (`None`) as `out`'s extension says: `.npz`
-    /// in the official layout (weights only), anything else as safetensors with
+    /// in the official layout (weights only), `.onnx` as an ONNX model with the resolution and
+    /// class names in its metadata, anything else as safetensors with
     /// [`metadata`](Self::metadata). The hub layouts write a directory `out` that timm or
     /// transformers load as it is, with the resolution and class names in its configuration
     /// ([`ResNetV2::save_hub`]).
@@ -184,13 +185,11 @@ impl InferenceModel {
         dtype: WeightDType,
     ) -> Result<()> {
         let format = format.unwrap_or_else(|| {
-            if out
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
-            {
-                ExportFormat::Npz
-            } else {
-                ExportFormat::Safetensors
+            let extension = out.extension().map(|e| e.to_ascii_lowercase());
+            match extension.as_ref().and_then(|e| e.to_str()) {
+                Some("npz") => ExportFormat::Npz,
+                Some("onnx") => ExportFormat::Onnx,
+                _ => ExportFormat::Safetensors,
             }
         });
         match format {
@@ -204,6 +203,15 @@ impl InferenceModel {
             ExportFormat::Safetensors => {
                 self.model
                     .save_safetensors_as(out, &self.metadata(), dtype)?
+            }
+            ExportFormat::Onnx if dtype != WeightDType::F32 => {
+                return Err(InferError::InvalidArgument(format!(
+                    "the ONNX export stores float32 weights only, not {dtype}"
+                )));
+            }
+            ExportFormat::Onnx => {
+                self.model
+                    .save_onnx(out, self.resolution, self.class_names.as_deref())?;
             }
             ExportFormat::Hub(layout) => {
                 let info = HubInfo {
@@ -226,7 +234,8 @@ impl InferenceModel {
 ///
 /// assert_eq!("timm".parse::<ExportFormat>()?, ExportFormat::Hub(HubLayout::Timm));
 /// assert_eq!("npz".parse::<ExportFormat>()?, ExportFormat::Npz);
-/// assert!("onnx".parse::<ExportFormat>().is_err());
+/// assert_eq!("onnx".parse::<ExportFormat>()?, ExportFormat::Onnx);
+/// assert!("tflite".parse::<ExportFormat>().is_err());
 /// # Ok::<(), bit_infer::InferError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,19 +246,22 @@ pub enum ExportFormat {
     Safetensors,
     /// A timm or transformers directory.
     Hub(HubLayout),
+    /// An ONNX model ([`ResNetV2::save_onnx`]).
+    Onnx,
 }
 
 impl std::str::FromStr for ExportFormat {
     type Err = InferError;
 
-    /// `npz`, `safetensors`, `timm`, or `hf` (`transformers`).
+    /// `npz`, `safetensors`, `onnx`, `timm`, or `hf` (`transformers`).
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "npz" => Ok(Self::Npz),
             "safetensors" => Ok(Self::Safetensors),
+            "onnx" => Ok(Self::Onnx),
             other => other.parse().map(Self::Hub).map_err(|_| {
                 InferError::InvalidArgument(format!(
-                    "unknown export format `{s}`: expected npz, safetensors, timm or hf"
+                    "unknown export format `{s}`: expected npz, safetensors, onnx, timm or hf"
                 ))
             }),
         }

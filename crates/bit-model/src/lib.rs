@@ -36,6 +36,7 @@ mod group_norm;
 mod hub_layout;
 mod native;
 mod npz;
+mod onnx;
 pub mod ops;
 mod precision;
 mod resnet;
@@ -54,6 +55,7 @@ pub use native::{
     run_metadata,
 };
 pub use npz::NpzCheckpoint;
+pub use onnx::ONNX_OPSET;
 pub use precision::Precision;
 pub use resnet::{
     Architecture, BIT_M_HEAD_SIZE, BIT_S_HEAD_SIZE, Block, Head, HeadConfig, MAX_PARAMETERS,
