@@ -684,12 +684,7 @@ impl ResNetV2 {
         };
         let weight = host_values(self.head.fc.weight.val().transpose());
         tensors.push((format!("{head}.weight"), shape, bytes(weight)));
-        let bias = self
-            .head
-            .fc
-            .bias
-            .as_ref()
-            .map_or_else(|| vec![0.0; classes], |b| host_values(b.val()));
+        let bias = self.head.bias_values();
         tensors.push((format!("{head}.bias"), vec![classes], bytes(bias)));
         tensors
     }

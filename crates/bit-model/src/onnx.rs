@@ -83,13 +83,7 @@ impl ResNetV2 {
             &[in_features, classes],
             host_values(self.head.fc.weight.val()),
         );
-        let bias = self
-            .head
-            .fc
-            .bias
-            .as_ref()
-            .map_or_else(|| vec![0.0; classes], |b| host_values(b.val()));
-        let bias = graph.constant("head.bias", &[classes], bias);
+        let bias = graph.constant("head.bias", &[classes], self.head.bias_values());
         graph.nodes.push(NodeProto {
             input: vec![flat, weight, bias],
             output: vec!["logits".into()],

@@ -422,6 +422,16 @@ pub struct Head {
 }
 
 impl Head {
+    /// The classifier's bias on the host (zeros for a head built without one), as the
+    /// exporters write it.
+    pub(crate) fn bias_values(&self) -> Vec<f32> {
+        let classes = self.fc.weight.dims()[1];
+        self.fc.bias.as_ref().map_or_else(
+            || vec![0.0; classes],
+            |b| crate::backend::host_values(b.val()),
+        )
+    }
+
     /// Pooled pre-logits: `mean_hw(relu(gn(x)))`, channels-last `[b, h, w, c]` -> `[b, c]`,
     /// in `f32` (the mean of a half-precision input is taken in `f32`).
     pub fn pre_logits(&self, x: Tensor<4>) -> Tensor<2> {
