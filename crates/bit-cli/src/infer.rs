@@ -417,9 +417,10 @@ pub struct ExportArgs {
     /// the extension of --out.
     #[arg(long)]
     format: Option<ExportFormat>,
-    /// What the weights are stored as: f32, or f16 / bf16 (half the size; every loader here
-    /// reads them back as f32, timm and transformers as their own model's type).
-    #[arg(long, default_value_t = WeightDType::F32)]
+    /// What the weights are stored as: f32, f16 / bf16 (half the size; every loader here
+    /// reads them back as f32, timm and transformers as their own model's type) or int8
+    /// (`--quantize int8`: a quarter, per-channel scales; .safetensors only).
+    #[arg(long, alias = "quantize", default_value_t = WeightDType::F32)]
     dtype: WeightDType,
     /// Evaluate the exported file against the original on this dataset's validation split and
     /// print the top-1 change (`folder` or a named dataset, with --datadir and --class_map as

@@ -419,8 +419,15 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
         assert!(out.contains("Ankle boot"), "{format}: {out}");
     }
 
-    // Half precision: half the file, read back as f32 everywhere, checked on the data.
-    for (format, out) in [("safetensors", "dl-f16.safetensors"), ("hf", "dl-f16-hf")] {
+    // Half precision and int8: a half / a quarter of the file, read back as f32 everywhere,
+    // checked on the data. (format, --dtype, output, size bound in percent, loss tolerance:
+    // f16 keeps 11 significant bits, int8 127 steps of each channel's range.)
+    let cases = [
+        ("safetensors", "f16", "dl-f16.safetensors", 51, 1e-2),
+        ("hf", "f16", "dl-f16-hf", 51, 1e-2),
+        ("safetensors", "int8", "dl-int8.safetensors", 27, 5e-2),
+    ];
+    for (format, dtype, out, percent, tolerance) in cases {
         let out = logdir.join(out);
         let report = ok(bit(
             &home,
@@ -432,7 +439,7 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
                 "--format",
                 format,
                 "--dtype",
-                "f16",
+                dtype,
                 "--out",
                 s(&out),
                 "--check_on",
@@ -448,17 +455,38 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
         let (l0, l1) = losses.trim().split_once(" -> ").unwrap();
         let (l0, l1): (f64, f64) = (l0.parse().unwrap(), l1.parse().unwrap());
         assert!((l0 - loss).abs() < 1e-4, "{report}");
-        // f16 keeps 11 significant bits: the loss moves by ~1e-3 relative at most.
-        assert!((l1 - l0).abs() < 1e-2 * l0.max(1.0), "{report}");
+        assert!(
+            (l1 - l0).abs() < tolerance * l0.max(1.0),
+            "{dtype}: {report}"
+        );
         let weights = if format == "hf" {
             out.join("model.safetensors")
         } else {
             out.clone()
         };
-        let half = std::fs::metadata(&weights).unwrap().len();
+        let small = std::fs::metadata(&weights).unwrap().len();
         let full = std::fs::metadata(&model).unwrap().len();
-        assert!(half < full * 51 / 100, "{half} bytes against {full}");
+        assert!(
+            small < full * percent / 100,
+            "{dtype}: {small} bytes against {full}"
+        );
     }
+    let err = failed(bit(
+        &home,
+        server.base_url(),
+        &[
+            "export",
+            "--model",
+            s(&model),
+            "--quantize",
+            "int8",
+            "--format",
+            "timm",
+            "--out",
+            s(&logdir.join("x")),
+        ],
+    ));
+    assert!(err.contains("int8"), "{err}");
     let err = failed(bit(
         &home,
         server.base_url(),

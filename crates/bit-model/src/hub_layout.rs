@@ -619,6 +619,12 @@ impl ResNetV2 {
         dtype: WeightDType,
     ) -> Result<()> {
         let dir = dir.as_ref();
+        if dtype == WeightDType::Int8 {
+            return Err(Error::InvalidConfig(format!(
+                "{layout} cannot read int8 weights with per-channel scales: write them as f32, \
+                 f16 or bf16"
+            )));
+        }
         let save_error =
             |path: &Path, source: Box<dyn std::error::Error + Send + Sync>| Error::Save {
                 path: path.to_path_buf(),

@@ -49,7 +49,7 @@ impl ResNetV2 {
     /// model.save_onnx(&path, 64, Some(&["a".into(), "b".into(), "c".into()]))?;
     /// assert!(std::fs::metadata(&path)?.len() > 4 * 8_000_000);
     /// # std::fs::remove_file(&path).ok();
-    /// # Ok::<(), bit_model::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn save_onnx(
         &self,
