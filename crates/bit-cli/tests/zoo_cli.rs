@@ -502,51 +502,17 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
     ));
     assert!(err.contains("float32 weights only"), "{err}");
 
-    // ONNX: the fine-tuned model's graph, run by tract, gives the model's logits; its class
-    // names and resolution travel in the metadata.
+    // ONNX: the fine-tuned model exports with its class names and resolution (the graph's
+    // numerics: crates/bit-model/src/onnx.rs's tests and scripts/onnx_check.py).
     let onnx = logdir.join("dl.onnx");
     ok(bit(
         &home,
         server.base_url(),
         &["export", "--model", s(&model), "--out", s(&onnx)],
     ));
-    let device = burn::tensor::Device::flex();
-    let tuned = bit_model::ResNetV2::from_safetensors(&model, &device).unwrap();
-    let input: Vec<f32> = (0..2 * 3 * 32 * 32)
-        .map(|i| ((i * 13 % 97) as f32 / 48.0) - 1.0)
-        .collect();
-    let x = burn::tensor::Tensor::<4>::from_data(
-        burn::tensor::TensorData::new(input.clone(), [2, 3, 32, 32]),
-        &device,
-    );
-    let expected = bit_model::backend::host_values(tuned.forward(x));
-    use tract_onnx::prelude::{Framework, InferenceModelExt, IntoRunnable, IntoTValue, tvec};
-    let graph = tract_onnx::onnx().model_for_path(&onnx).unwrap();
-    let resolution = &graph.properties["onnx.metadata_props.bit.resolution"];
-    assert_eq!(
-        resolution
-            .try_as_plain_ram()
-            .unwrap()
-            .to_scalar::<String>()
-            .unwrap(),
-        "32"
-    );
-    let runnable = graph.into_optimized().unwrap().into_runnable().unwrap();
-    let array =
-        tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(vec![2, 3, 32, 32], input)
-            .unwrap();
-    let out = runnable
-        .run(tvec!(
-            tract_onnx::prelude::Tensor::from(array).into_tvalue()
-        ))
-        .unwrap();
-    let got: Vec<f32> = out[0]
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
-    assert!(bit_testkit::max_relative_gap(&got, &expected) < 1e-4);
+    let bytes = std::fs::read(&onnx).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("Ankle boot") && text.contains("InstanceNormalization"));
     let err = failed(bit(
         &home,
         server.base_url(),

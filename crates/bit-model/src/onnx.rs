@@ -495,3 +495,76 @@ mod tensor_shape_proto {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resnet::ResNetV2Config;
+    use burn::tensor::Device;
+
+    /// The file read back with the same schema messages: the graph's structure, the folded
+    /// kernels and the metadata. (Its numerics against onnxruntime: `scripts/onnx_check.py`.)
+    #[test]
+    fn the_graph_has_bits_structure_folded_kernels_and_metadata() {
+        let model = ResNetV2Config::new([2, 1, 1, 1], 1, 4).init(&Device::flex());
+        let names: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
+        let path = std::env::temp_dir().join(format!("bit_onnx_{}.onnx", std::process::id()));
+        model.save_onnx(&path, 64, Some(&names)).unwrap();
+        let decoded = ModelProto::decode(&std::fs::read(&path).unwrap()[..]).unwrap();
+        std::fs::remove_file(&path).ok();
+        assert_eq!(decoded.opset_import[0].version, ONNX_OPSET);
+        let graph = decoded.graph.unwrap();
+        let count = |op: &str| graph.node.iter().filter(|n| n.op_type == op).count();
+        // 1 stem conv, 3 per unit (5 units) and 4 projections; a norm per unit's 3 + the head's.
+        assert_eq!(count("Conv"), 1 + 3 * 5 + 4);
+        assert_eq!(count("InstanceNormalization"), 3 * 5 + 1);
+        assert_eq!((count("Pad"), count("MaxPool"), count("Gemm")), (1, 1, 1));
+        assert_eq!(graph.node.last().unwrap().output, ["logits"]);
+        // The stem kernel is the standardized one, as the model computes with it.
+        let first = &graph.node[0];
+        let kernel = graph
+            .initializer
+            .iter()
+            .find(|t| t.name == first.input[1])
+            .unwrap();
+        assert_eq!(kernel.dims, [64, 3, 7, 7]);
+        let values: Vec<f32> = kernel
+            .raw_data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(values, host_values(model.root.conv.standardized_weight()));
+        // A dynamic batch, the resolution, the class names.
+        let input = graph.input[0].r#type.clone().unwrap().value.unwrap();
+        let type_proto::Value::TensorType(tensor) = input;
+        let dims: Vec<_> = tensor
+            .shape
+            .unwrap()
+            .dim
+            .into_iter()
+            .map(|d| d.value)
+            .collect();
+        assert_eq!(
+            dims[0],
+            Some(tensor_shape_proto::dimension::Value::DimParam(
+                "batch".into()
+            ))
+        );
+        assert_eq!(
+            dims[3],
+            Some(tensor_shape_proto::dimension::Value::DimValue(64))
+        );
+        let meta = |key: &str| {
+            decoded
+                .metadata_props
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| e.value.clone())
+        };
+        assert_eq!(meta(RESOLUTION_METADATA_KEY).as_deref(), Some("64"));
+        assert_eq!(
+            meta(CLASSES_METADATA_KEY).as_deref(),
+            Some(r#"["c0","c1","c2","c3"]"#)
+        );
+    }
+}
