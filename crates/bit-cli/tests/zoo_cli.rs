@@ -565,6 +565,7 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
         log.contains("Training head; the rest of the network is frozen"),
         "{log}"
     );
+    let device = burn::tensor::Device::flex();
     let start = bit_model::HubCheckpoint::open(logdir.join("dl-timm"))
         .unwrap()
         .load(&device)
