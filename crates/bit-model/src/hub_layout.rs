@@ -836,7 +836,7 @@ enum StoredData {
 
 /// The floating-point element types a hub file may store weights in.
 #[derive(Debug, Clone, Copy)]
-enum Float {
+pub(crate) enum Float {
     F32,
     F16,
     BF16,
@@ -853,7 +853,7 @@ impl Float {
     }
 
     /// `bytes` as f32 values (f64 rounded, half types widened exactly).
-    fn decode(self, bytes: &[u8], little_endian: bool) -> Vec<f32> {
+    pub(crate) fn decode(self, bytes: &[u8], little_endian: bool) -> Vec<f32> {
         let chunks = bytes.chunks_exact(self.size());
         macro_rules! read {
             ($t:ty, $n:expr) => {

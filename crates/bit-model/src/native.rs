@@ -199,7 +199,7 @@ fn data_start(bytes: &[u8]) -> usize {
 /// `bytes` (a safetensors file) with the SHA-256 of its tensor data added to the header's
 /// metadata. The data's offsets are relative to its own start, so only the header changes; it
 /// stays padded to 8 bytes with spaces, as the format recommends.
-pub(crate) fn with_data_digest(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+fn with_data_digest(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
     let start = data_start(&bytes);
     let mut header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&bytes[8..start]).map_err(|e| e.to_string())?;

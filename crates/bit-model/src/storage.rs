@@ -12,6 +12,7 @@ use std::str::FromStr;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::Error;
+use crate::hub_layout::Float;
 use crate::resnet::ResNetV2;
 use crate::slots::{Slot, body_slots, set_param};
 
@@ -103,6 +104,10 @@ const INT8_SCALE: &str = ".int8_scale";
 /// A tensor as it will be written: name, type, shape, data (borrowed when unchanged).
 type Converted<'a> = (String, Dtype, Vec<usize>, Cow<'a, [u8]>);
 
+fn le_bytes(values: Vec<f32>) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 fn f32s(data: &[u8]) -> impl Iterator<Item = f32> + '_ {
     data.chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
@@ -172,22 +177,9 @@ pub(crate) fn widen(bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
     for (name, view) in tensors.tensors() {
         let (shape, data) = (view.shape().to_vec(), view.data());
         let widened: Vec<u8> = match view.dtype() {
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .flat_map(|c| {
-                    half::f16::from_le_bytes([c[0], c[1]])
-                        .to_f32()
-                        .to_le_bytes()
-                })
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .flat_map(|c| {
-                    half::bf16::from_le_bytes([c[0], c[1]])
-                        .to_f32()
-                        .to_le_bytes()
-                })
-                .collect(),
+            // The same widening the hub layouts' reader does.
+            Dtype::F16 => le_bytes(Float::F16.decode(data, true)),
+            Dtype::BF16 => le_bytes(Float::BF16.decode(data, true)),
             Dtype::I8 => {
                 let scales = tensors
                     .tensor(&format!("{name}{INT8_SCALE}"))
