@@ -177,11 +177,11 @@ fn check_case(
 }
 
 pub fn selftest(args: &SelftestArgs) -> CliResult {
-    if args.compute.precision != Precision::F32 {
+    if args.compute.precision() != Precision::F32 {
         return Err(format!(
             "bit selftest checks f32 computation against the reference's f32 vectors; \
              --precision {} is not checked here (the golden tests bound the half types)",
-            args.compute.precision
+            args.compute.precision()
         )
         .into());
     }

@@ -168,12 +168,15 @@ fn training_on_the_gpu_resumes_after_a_kill_and_matches_the_cpu() {
     );
 }
 
-/// Half precision where the device cannot compute in it is refused before anything runs,
-/// saying why.
+/// Half precision where the device cannot compute in it, and int8 for training, are refused
+/// before anything runs, saying why.
 #[test]
 fn unsupported_precisions_are_refused_with_the_reason() {
     let dir = ScratchDir::new("gpu-precision");
-    let mut cases = vec![("cpu", "f16", "the CPU backend computes in f32")];
+    let mut cases = vec![
+        ("cpu", "f16", "the CPU backend computes in f32"),
+        ("wgpu", "int8", "int8 is for inference"),
+    ];
     let gpu = bit_device::device_from_name("wgpu").unwrap_or_else(|e| panic!("{e}"));
     if !gpu.supports_dtype(burn::tensor::DType::BF16) {
         cases.push(("wgpu", "bf16", "no kernels for this type"));

@@ -367,28 +367,27 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
     images(&data, &["shirts", "boots"], 4);
     let map = data.join("map.txt");
     std::fs::write(&map, "shirts 0\nboots 9\n").unwrap();
-    let eval = |model: &Path| -> (String, f64) {
-        let out = ok(bit(
-            &home,
-            server.base_url(),
-            &[
-                "eval",
-                "--model",
-                s(model),
-                "--dataset",
-                "folder",
-                "--datadir",
-                s(&data),
-                "--class_map",
-                s(&map),
-            ],
-        ));
+    let eval_with = |model: &Path, extra: &[&str]| -> (String, f64) {
+        let mut args = vec![
+            "eval",
+            "--model",
+            s(model),
+            "--dataset",
+            "folder",
+            "--datadir",
+            s(&data),
+            "--class_map",
+            s(&map),
+        ];
+        args.extend_from_slice(extra);
+        let out = ok(bit(&home, server.base_url(), &args));
         let (_, scores) = out.split_once(": ").unwrap();
         let (accuracy, rest) = scores.split_once(", loss ").unwrap();
         let (loss, size) = rest.split_once(' ').unwrap();
         assert!(size.ends_with("on 8 images at 32 px\n"), "{out}");
         (accuracy.to_string(), loss.parse().unwrap())
     };
+    let eval = |model: &Path| eval_with(model, &[]);
     let (accuracy, loss) = eval(&model);
     for format in ["timm", "hf"] {
         let dir = logdir.join(format!("dl-{format}"));
@@ -471,6 +470,50 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
             "{dtype}: {small} bytes against {full}"
         );
     }
+    // int8 compute: asked for, on the f32 model and on the int8 file, the convolutions run in
+    // 8-bit integers (the losses move off the f32 ones, and stay near them); the int8 file
+    // runs so by itself where the CPU has the kernels, and in f32 when told.
+    let int8_file = logdir.join("dl-int8.safetensors");
+    let (_, int8_model_loss) = eval_with(&model, &["--precision", "int8"]);
+    let (_, int8_file_loss) = eval_with(&int8_file, &["--precision", "int8"]);
+    let (_, f32_file_loss) = eval_with(&int8_file, &["--precision", "f32"]);
+    let (_, own_loss) = eval(&int8_file);
+    for (what, int8_loss, f32_loss) in [
+        ("model", int8_model_loss, loss),
+        ("file", int8_file_loss, f32_file_loss),
+    ] {
+        assert_ne!(int8_loss, f32_loss, "int8 {what}: the f32 kernels ran");
+        assert!(
+            (int8_loss - f32_loss).abs() < 5e-2 * f32_loss.max(1.0),
+            "int8 {what}: {int8_loss} against {f32_loss}"
+        );
+    }
+    let expected = if bit_model::Precision::has_int8_kernels() {
+        int8_file_loss
+    } else {
+        f32_file_loss
+    };
+    assert_eq!(own_loss, expected);
+    // Training in int8 is refused before anything runs.
+    let err = failed(bit(
+        &home,
+        server.base_url(),
+        &[
+            "train",
+            "--name",
+            "int8",
+            "--model",
+            s(&model),
+            "--logdir",
+            s(&logdir),
+            "--dataset",
+            "fashion_mnist",
+            "--precision",
+            "int8",
+        ],
+    ));
+    assert!(err.contains("int8 is for inference"), "{err}");
+
     let err = failed(bit(
         &home,
         server.base_url(),

@@ -14,7 +14,7 @@ use crate::{Result, device_from_name, devices_from_spec};
 /// use bit_model::Precision;
 ///
 /// let compute = Compute::default();
-/// assert_eq!((compute.device.as_str(), compute.precision), ("cpu", Precision::F32));
+/// assert_eq!((compute.device.as_str(), compute.precision()), ("cpu", Precision::F32));
 /// let replicas = Compute { device: "cpu,cpu".into(), ..compute }.devices()?;
 /// assert_eq!(replicas.len(), 2);
 /// # Ok::<(), bit_device::Error>(())
@@ -30,11 +30,13 @@ pub struct Compute {
     /// (several machines: list several; token: $BIT_REMOTE_TOKEN; see docs/distributed.md).
     #[cfg_attr(feature = "cli", arg(long, default_value = "cpu"))]
     pub device: String,
-    /// What the network computes in: f32, or mixed precision on a GPU device, bf16 or f16
-    /// (f32 weights, gradients and optimizer state; f16 training with dynamic loss scaling).
-    #[cfg_attr(feature = "cli", arg(long, default_value = "f32"))]
+    /// What the network computes in: f32 (the default), mixed precision on a GPU device, bf16
+    /// or f16 (f32 weights, gradients and optimizer state; f16 training with dynamic loss
+    /// scaling), or int8 for inference on the CPU (the units' convolutions in 8-bit integers;
+    /// the default for a model exported with --quantize int8).
+    #[cfg_attr(feature = "cli", arg(long))]
     #[serde(default)]
-    pub precision: Precision,
+    pub precision: Option<Precision>,
 }
 
 impl Default for Compute {
@@ -42,12 +44,17 @@ impl Default for Compute {
     fn default() -> Self {
         Self {
             device: "cpu".into(),
-            precision: Precision::F32,
+            precision: None,
         }
     }
 }
 
 impl Compute {
+    /// The precision asked for, f32 when none was.
+    pub fn precision(&self) -> Precision {
+        self.precision.unwrap_or_default()
+    }
+
     /// The one device named (inference): see [`device_from_name`].
     pub fn device(&self) -> Result<Device> {
         device_from_name(&self.device)

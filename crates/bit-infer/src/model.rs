@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use bit_model::{
     CLASSES_METADATA_KEY, HubInfo, HubLayout, NORMALIZATION_METADATA_KEY, Precision,
-    RESOLUTION_METADATA_KEY, ResNetV2, WeightDType, run_metadata,
+    RESOLUTION_METADATA_KEY, ResNetV2, WEIGHT_DTYPE_METADATA_KEY, WeightDType, run_metadata,
 };
 use bit_zoo::{LabelSet, LoadedModel, ModelHub, PretrainedModel};
 use burn::tensor::Device;
@@ -25,8 +25,10 @@ pub struct LoadOptions {
     pub resolution: Option<usize>,
     /// A label file (one class name per line), instead of the file's or the release's names.
     pub labels: Option<PathBuf>,
-    /// What the network computes in (half precision needs a GPU device).
-    pub precision: Precision,
+    /// What the network computes in (half precision needs a GPU device, int8 the CPU).
+    /// `None`: the file's own, [`Precision::Int8`] for weights exported in int8 (when this CPU
+    /// has int8 kernels, and on the CPU device), f32 otherwise.
+    pub precision: Option<Precision>,
 }
 
 /// A model with what inference needs to know about it.
@@ -72,7 +74,9 @@ impl InferenceModel {
         options: &LoadOptions,
         device: &Device,
     ) -> Result<Self> {
-        options.precision.check(device)?;
+        if let Some(precision) = options.precision {
+            precision.check(device)?;
+        }
         let LoadedModel {
             model: net,
             metadata,
@@ -140,8 +144,25 @@ impl InferenceModel {
                 }
             })
         };
+        let precision = options.precision.unwrap_or_else(|| {
+            let int8_weights =
+                metadata.get(WEIGHT_DTYPE_METADATA_KEY).map(String::as_str) == Some("int8");
+            if !int8_weights {
+                Precision::F32
+            } else if Precision::Int8.check(device).is_ok() && Precision::has_int8_kernels() {
+                tracing::info!("{}: int8 weights, computing in int8", path.display());
+                Precision::Int8
+            } else {
+                tracing::info!(
+                    "{}: int8 weights, computing in f32 (int8 needs the CPU device and a CPU \
+                     with AVX-512 VNNI)",
+                    path.display()
+                );
+                Precision::F32
+            }
+        });
         Ok(Self {
-            model: net.with_precision(options.precision),
+            model: net.with_precision(precision),
             resolution,
             class_names,
             path,

@@ -62,5 +62,5 @@ pub use resnet::{
     ROOT_POOL, ResNetV2, ResNetV2Config, RootBlock, Stage,
 };
 pub use std_conv::{StdConv2d, StdConv2dConfig};
-pub use storage::WeightDType;
+pub use storage::{WEIGHT_DTYPE_METADATA_KEY, WeightDType};
 pub use trainable::Trainable;

@@ -38,13 +38,21 @@ pub enum Precision {
     /// IEEE half activations (10 bits of mantissa, range to 65504): training needs loss
     /// scaling so that small gradients do not flush to zero.
     F16,
+    /// Inference on the CPU with the units' convolutions in 8-bit integers: each standardized
+    /// kernel quantized symmetrically per filter, the activations entering a convolution
+    /// per position (pointwise) or image (`u8`, zero kept exact), products summed in 32-bit integers (AVX-512 VNNI's
+    /// `vpdpbusd` where the CPU has it, see [`Precision::has_int8_kernels`]). The root
+    /// convolution, GroupNorm, pooling and the head stay f32, as do the weights the model
+    /// holds. Not for training.
+    Int8,
 }
 
 impl Precision {
     /// The activations' dtype.
     pub fn dtype(self) -> DType {
         match self {
-            Self::F32 => DType::F32,
+            // int8 is inside the convolutions; between layers, activations are f32.
+            Self::F32 | Self::Int8 => DType::F32,
             Self::Bf16 => DType::BF16,
             Self::F16 => DType::F16,
         }
@@ -55,21 +63,27 @@ impl Precision {
         self == Self::F16
     }
 
-    /// `images` in this precision (a no-op for f32).
+    /// `images` in this precision's activation type (a no-op for f32 and int8).
     pub fn cast<const D: usize>(self, images: Tensor<D>) -> Tensor<D> {
         match self {
-            Self::F32 => images,
+            Self::F32 | Self::Int8 => images,
             half => images.cast(half.dtype()),
         }
     }
 
     /// Refuses a precision the device cannot compute in: half precision on the CPU backend
-    /// (its kernels are f32) and types the GPU's driver lacks (bf16 on most Vulkan drivers).
+    /// (its kernels are f32), types the GPU's driver lacks (bf16 on most Vulkan drivers), and
+    /// int8 anywhere but the CPU.
     pub fn check(self, device: &Device) -> Result<()> {
         if self == Self::F32 {
             return Ok(());
         }
-        let reason = if *device == Device::flex() || *device == Device::flex().autodiff() {
+        let reason = if self == Self::Int8 {
+            if *device == Device::flex() && !device.is_autodiff() {
+                return Ok(());
+            }
+            "int8 runs inference on the CPU device (`cpu`), without autodiff"
+        } else if *device == Device::flex() || *device == Device::flex().autodiff() {
             "the CPU backend computes in f32; half precision needs a GPU device (wgpu, vulkan, cuda)"
         } else if !device.supports_dtype(self.dtype()) {
             "the device's driver has no kernels for this type"
@@ -84,12 +98,51 @@ impl Precision {
     }
 }
 
+impl Precision {
+    /// [`check`](Self::check) for training, which also refuses int8 (an inference precision:
+    /// fine-tune in f32, then run or export the result in int8).
+    ///
+    /// ```
+    /// use bit_model::Precision;
+    /// use burn::tensor::Device;
+    ///
+    /// assert!(Precision::Int8.check(&Device::flex()).is_ok());
+    /// assert!(Precision::Int8.check_training(&Device::flex()).is_err());
+    /// ```
+    pub fn check_training(self, device: &Device) -> Result<()> {
+        if self == Self::Int8 {
+            return Err(Error::UnsupportedPrecision {
+                precision: self.to_string(),
+                device: format!("{device:?}"),
+                reason: "int8 is for inference; train in f32 (or bf16/f16 on a GPU), then run \
+                         the model with --precision int8 or export it with --quantize int8"
+                    .to_string(),
+            });
+        }
+        self.check(device)
+    }
+
+    /// Whether this CPU has the instructions that make [`Precision::Int8`] fast (AVX-512
+    /// VNNI). Without them int8 still computes the same numbers, in portable code that is
+    /// slower than f32.
+    ///
+    /// ```
+    /// use bit_model::Precision;
+    ///
+    /// println!("int8 kernels: {}", Precision::has_int8_kernels());
+    /// ```
+    pub fn has_int8_kernels() -> bool {
+        crate::ops::has_vnni()
+    }
+}
+
 impl fmt::Display for Precision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
             Self::F16 => "f16",
+            Self::Int8 => "int8",
         })
     }
 }
@@ -102,8 +155,9 @@ impl FromStr for Precision {
             "f32" | "fp32" | "float32" => Ok(Self::F32),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
             "f16" | "fp16" | "float16" | "half" => Ok(Self::F16),
+            "int8" | "i8" => Ok(Self::Int8),
             _ => Err(format!(
-                "unknown precision `{s}`: expected f32, bf16 or f16"
+                "unknown precision `{s}`: expected f32, bf16, f16 or int8"
             )),
         }
     }

@@ -483,8 +483,8 @@ impl ResNetV2 {
     }
 
     /// The model computing in `precision` (mixed precision: weights, gradients and optimizer
-    /// state stay `f32`; see [`Precision`]). Check the device first with
-    /// [`Precision::check`].
+    /// state stay `f32`; see [`Precision`]; for [`Precision::Int8`], the units' kernels are
+    /// quantized here, once). Check the device first with [`Precision::check`].
     ///
     /// ```
     /// use bit_model::{Precision, ResNetV2Config};
@@ -496,6 +496,23 @@ impl ResNetV2 {
     /// ```
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
+        // int8 is the units' convolutions (the root's sees the image, whose values int8 would
+        // coarsen most for the least time; the head is a GEMV).
+        let int8 = precision == Precision::Int8;
+        for unit in self
+            .body
+            .iter_mut()
+            .flat_map(|block| block.units.iter_mut())
+        {
+            for conv in [&mut unit.conv1, &mut unit.conv2, &mut unit.conv3]
+                .into_iter()
+                .chain(unit.downsample.as_mut())
+            {
+                if conv.is_int8() != int8 {
+                    *conv = conv.clone().with_int8(int8);
+                }
+            }
+        }
         self
     }
 

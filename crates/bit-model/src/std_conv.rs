@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Tensor};
 
-use crate::ops::{self, StdConvOptions};
+use crate::ops::{self, Int8Kernel, StdConvOptions};
 
 /// Configuration of a [`StdConv2d`] layer.
 ///
@@ -57,6 +57,7 @@ impl StdConv2dConfig {
             stride: [self.stride; 2],
             padding: [self.padding; 2],
             eps: self.eps,
+            int8: None,
         }
     }
 }
@@ -78,6 +79,10 @@ pub struct StdConv2d {
     pub padding: [usize; 2],
     /// Variance epsilon of the standardization.
     pub eps: f64,
+    /// The standardized kernel in int8, when the layer computes in int8 on the CPU
+    /// ([`Precision::Int8`](crate::Precision::Int8)); derived from `weight`, never stored.
+    #[module(skip)]
+    int8: Option<Int8Kernel>,
 }
 
 impl StdConv2d {
@@ -103,11 +108,54 @@ impl StdConv2d {
     /// - input `[batch, height, width, in]` (channels-last)
     /// - output `[batch, (height + 2p - k) / s + 1, (width + 2p - k) / s + 1, out]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        ops::std_conv2d(x, self.weight.val(), self.options())
+        match &self.int8 {
+            Some(kernel) if ops::runs_int8(&x) => ops::int8_conv2d(x, kernel, None, self.options()),
+            _ => ops::std_conv2d(x, self.weight.val(), self.options()),
+        }
     }
 
     /// `forward(x) + residual`, in one pass ([`ops::std_conv2d_add`]).
     pub fn forward_add(&self, x: Tensor<4>, residual: Tensor<4>) -> Tensor<4> {
-        ops::std_conv2d_add(x, self.weight.val(), residual, self.options())
+        match &self.int8 {
+            Some(kernel) if ops::runs_int8(&x) && ops::runs_int8(&residual) => {
+                ops::int8_conv2d(x, kernel, Some(residual), self.options())
+            }
+            _ => ops::std_conv2d_add(x, self.weight.val(), residual, self.options()),
+        }
+    }
+
+    /// The layer computing in int8 on the CPU (`true`: its standardized kernel quantized per
+    /// filter, activations per position or image; see [`Precision::Int8`](crate::Precision::Int8)) or in
+    /// f32 (`false`). The f32 weights stay: saving, exporting and training see them
+    /// unchanged, and devices other than the CPU keep computing in f32.
+    ///
+    /// ```
+    /// use bit_model::StdConv2dConfig;
+    /// use burn::tensor::{Device, Distribution, Tensor};
+    ///
+    /// let device = Device::flex();
+    /// let conv = StdConv2dConfig::new([64, 128], 3).with_padding(1).init(&device);
+    /// let x = Tensor::<4>::random([2, 8, 8, 64], Distribution::Uniform(0.0, 1.0), &device);
+    /// let exact = conv.forward(x.clone());
+    /// let int8 = conv.with_int8(true).forward(x);
+    /// // 8 bits per weight: the error is about a percent of the output's range (0.4 of 27 here).
+    /// let range = exact.clone().abs().max().into_scalar::<f32>();
+    /// let error = (int8 - exact).abs().max().into_scalar::<f32>();
+    /// assert!(error < 0.03 * range, "{error} of {range}");
+    /// ```
+    pub fn with_int8(mut self, int8: bool) -> Self {
+        self.int8 = int8.then(|| {
+            let weight = self.weight.val();
+            let shape = weight.dims();
+            let raw = weight.into_data().convert::<f32>();
+            let raw = raw.as_slice::<f32>().expect("f32 data");
+            Int8Kernel::new(raw, shape, self.eps)
+        });
+        self
+    }
+
+    /// Whether the layer computes in int8 on the CPU ([`with_int8`](Self::with_int8)).
+    pub fn is_int8(&self) -> bool {
+        self.int8.is_some()
     }
 }

@@ -98,6 +98,12 @@ impl ResNetV2 {
     }
 }
 
+/// The metadata entry of a safetensors file that `bit export --dtype` narrowed: the type its
+/// weights are stored in (`f16`, `bf16`, `int8`). Loaders read every type back as f32; with
+/// `int8`, inference runs in [`Precision::Int8`](crate::Precision::Int8) unless told
+/// otherwise.
+pub const WEIGHT_DTYPE_METADATA_KEY: &str = "bit.weight_dtype";
+
 /// The suffix of the per-output-channel scales of an int8 tensor: `{name}.int8_scale`.
 const INT8_SCALE: &str = ".int8_scale";
 
@@ -160,7 +166,11 @@ pub(crate) fn narrow(bytes: &[u8], to: WeightDType) -> Result<Vec<u8>, String> {
             _ => out.push((name, dtype, shape, Cow::Borrowed(data))),
         }
     }
-    serialize(bytes, &out)
+    serialize(
+        bytes,
+        &out,
+        Some((WEIGHT_DTYPE_METADATA_KEY, to.to_string())),
+    )
 }
 
 /// A safetensors file's bytes with its f16/bf16 tensors widened to f32 (exactly) and its int8
@@ -207,11 +217,15 @@ pub(crate) fn widen(bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
         };
         out.push((name, Dtype::F32, shape, Cow::Owned(widened)));
     }
-    serialize(bytes, &out).map(Some)
+    serialize(bytes, &out, None).map(Some)
 }
 
-/// `tensors` as a safetensors file with the metadata of `original`.
-fn serialize(original: &[u8], tensors: &[Converted<'_>]) -> Result<Vec<u8>, String> {
+/// `tensors` as a safetensors file with the metadata of `original` (and `extra`).
+fn serialize(
+    original: &[u8],
+    tensors: &[Converted<'_>],
+    extra: Option<(&str, String)>,
+) -> Result<Vec<u8>, String> {
     let (_, metadata) = SafeTensors::read_metadata(original).map_err(|e| e.to_string())?;
     let views = tensors
         .iter()
@@ -221,7 +235,11 @@ fn serialize(original: &[u8], tensors: &[Converted<'_>]) -> Result<Vec<u8>, Stri
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    let kept: Option<HashMap<String, String>> = metadata.metadata().clone();
+    let mut kept: Option<HashMap<String, String>> = metadata.metadata().clone();
+    if let Some((key, value)) = extra {
+        kept.get_or_insert_with(HashMap::new)
+            .insert(key.to_string(), value);
+    }
     safetensors::serialize(views, kept).map_err(|e| e.to_string())
 }
 

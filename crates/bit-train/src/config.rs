@@ -258,7 +258,7 @@ impl RunSettings {
     pub(crate) fn devices(&self) -> Result<Devices> {
         let devices = self.compute.devices()?;
         for device in &devices {
-            self.compute.precision.check(device)?;
+            self.compute.precision().check_training(device)?;
         }
         let devices = Devices::new(devices)?;
         Ok(if self.grad_checkpointing {

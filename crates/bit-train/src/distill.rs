@@ -62,7 +62,7 @@ pub fn distill(config: &DistillConfig, options: &TrainOptions) -> Result<Distill
     let main = run.main_device();
     let hub = config.run.hub()?;
     let mut teacher = load_teacher(&hub, &config.teacher, &main, run.log())?;
-    teacher.model = teacher.model.with_precision(config.run.compute.precision);
+    teacher.model = teacher.model.with_precision(config.run.compute.precision());
     let head = teacher.model.config().head_size;
     let crop = config.resolution.unwrap_or(teacher.resolution);
     let data = run.load_data(None)?;

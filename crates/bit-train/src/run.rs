@@ -244,7 +244,7 @@ impl Run {
         schedule: &dyn Schedule,
         clip_global_norm: Option<f32>,
     ) -> Result<Outcome<O::Eval>> {
-        let precision = self.settings.compute.precision;
+        let precision = self.settings.compute.precision();
         let mut position = start.position;
         if position.step > schedule.total_steps() {
             return Err(TrainError::ResumeMismatch {

@@ -259,12 +259,15 @@ impl Bench {
             iters: self.iters.max(1),
             warmup: self.warmup,
             batch_split: self.batch_split,
-            precision: self.compute.precision,
+            precision: self.compute.precision(),
             train: self.train,
         };
         let devices = self.compute.devices()?;
         for device in &devices {
-            self.compute.precision.check(device)?;
+            match self.mode {
+                Mode::Infer => self.compute.precision().check(device)?,
+                Mode::Train => self.compute.precision().check_training(device)?,
+            }
         }
         let m = match self.mode {
             Mode::Infer => measure_inference(&work, &devices[0]),
@@ -298,7 +301,7 @@ impl Bench {
              {:.4}, max {:.4}); device memory reserved {}; host peak RSS {}",
             self.arch,
             self.size,
-            self.compute.precision,
+            self.compute.precision(),
             match self.mode {
                 Mode::Infer => "infer",
                 Mode::Train => "train",

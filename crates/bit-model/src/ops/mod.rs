@@ -32,8 +32,10 @@ mod cube;
 mod flex;
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, ExtensionType, backend_extension};
-use burn::tensor::Tensor;
+use burn::backend::{Backend, Dispatch, ExtensionType, Flex, backend_extension};
+use burn::tensor::{DType, Device, Tensor};
+
+pub(crate) use flex::{Int8Kernel, has_vnni};
 
 /// Stride, padding and standardization epsilon of a [`std_conv2d`]: a square kernel, the same
 /// stride and symmetric zero padding on both axes, no bias, no groups (every BiT convolution).
@@ -235,6 +237,28 @@ pub fn std_conv2d_add(
         residual.into_dispatch(),
         options,
     ))
+}
+
+/// Whether [`int8_conv2d`] takes `x`: an f32 tensor on the CPU device (not an autodiff one:
+/// int8 is for inference).
+pub(crate) fn runs_int8(x: &Tensor<4>) -> bool {
+    x.dtype() == DType::F32 && !x.is_autodiff() && x.device() == Device::flex()
+}
+
+/// `conv2d(x, kernel) (+ residual)` in int8 on the CPU (see `flex::int8`); `x` (and the
+/// residual) must pass [`runs_int8`].
+pub(crate) fn int8_conv2d(
+    x: Tensor<4>,
+    kernel: &Int8Kernel,
+    residual: Option<Tensor<4>>,
+    options: StdConvOptions,
+) -> Tensor<4> {
+    let on_cpu = |t: Tensor<4>| {
+        t.try_into_primitive::<Flex>()
+            .expect("int8_conv2d: a tensor of the CPU device")
+    };
+    let residual = residual.map(on_cpu);
+    Tensor::from_primitive::<Flex>(flex::int8_conv2d(&on_cpu(x), kernel, residual, &options))
 }
 
 /// Max pooling over `x` padded with zeros, on the backend `x` lives on (channels-last).

@@ -54,7 +54,7 @@ impl ConvGeometry {
         self.kernel * self.kernel * self.c_in
     }
 
-    fn is_pointwise(&self) -> bool {
+    pub(crate) fn is_pointwise(&self) -> bool {
         self.kernel == 1 && self.stride == 1 && self.padding == 0
     }
 

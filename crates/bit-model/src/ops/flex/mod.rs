@@ -6,6 +6,7 @@
 
 mod conv;
 mod gemm;
+mod int8;
 mod kernel_cache;
 mod norm;
 mod pool;
@@ -27,6 +28,7 @@ use norm::NormGeometry;
 use pool::PoolGeometry;
 use standardize::KernelLayout;
 
+pub(crate) use int8::{Int8Kernel, has_vnni};
 pub(super) use kernel_cache::clear as clear_kernel_cache;
 
 /// Output side of a square window of `kernel` sliding by `stride` over `size` values with
@@ -127,6 +129,56 @@ fn norm_geometry(
         positions: h * w,
         channels,
         groups: options.groups,
+    }
+}
+
+/// `conv(x, kernel) (+ residual)` computed in int8 (see `int8`): `x` NHWC, the residual (if
+/// any) of the output's shape.
+pub(super) fn int8_conv2d(
+    x: &FlexTensor,
+    kernel: &Int8Kernel,
+    residual: Option<FlexTensor>,
+    options: &StdConvOptions,
+) -> FlexTensor {
+    let op = "int8_conv2d";
+    let checked = check::conv(op, &x.shape(), &kernel.shape(), options);
+    if let Some(residual) = &residual {
+        check::conv_output(op, "the residual", &checked, &residual.shape());
+    }
+    let [batch, height, width, c_in] = checked.input;
+    let g = ConvGeometry {
+        batch,
+        height,
+        width,
+        c_in,
+        c_out: checked.kernel[0],
+        kernel: checked.kernel[2],
+        stride: options.stride,
+        padding: options.padding,
+    };
+    let x = contiguous(x);
+    let len = g.positions() * g.c_out;
+    let out_dims = [g.batch, g.out_height(), g.out_width(), g.c_out];
+    match residual {
+        // Accumulate straight into the residual's storage when nothing else holds it.
+        Some(mut residual)
+            if residual.layout().contiguous_offsets() == Some((0, len))
+                && residual.is_unique()
+                && residual.bytes().len() == len * size_of::<f32>() =>
+        {
+            kernel.forward(&g, &x, residual.storage_mut::<f32>(), true);
+            residual
+        }
+        Some(residual) => {
+            let mut out = contiguous(&residual).into_owned();
+            kernel.forward(&g, &x, &mut out, true);
+            tensor(out, out_dims)
+        }
+        None => {
+            let mut out = vec![0.0f32; len];
+            kernel.forward(&g, &x, &mut out, false);
+            tensor(out, out_dims)
+        }
     }
 }
 
