@@ -265,12 +265,36 @@ pub struct EvalArgs {
     /// class names to the model's.
     #[arg(long = "class_map")]
     class_map: Option<PathBuf>,
+    /// Evaluate only the first N images of the split.
+    #[arg(long = "max_examples")]
+    max_examples: Option<usize>,
+    /// Also write what the network was fed and what it answered, to check another runtime
+    /// (the ONNX export in onnxruntime or tract) on exactly the same tensors: DIR/inputs.npy
+    /// (float32 [N, 3, R, R], NCHW, RGB in [-1, 1]), DIR/logits.npy (float32 [N, classes]),
+    /// DIR/labels.npy (int64 [N], head indices).
+    #[arg(long)]
+    record: Option<PathBuf>,
 }
 
 pub fn eval(args: EvalArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
     let (m, device, feed) = args.model.load(true)?;
-    let result = evaluate_on(&m, &device, &feed, &args.data, args.class_map.as_deref())?;
+    let dataset = matched_dataset(&m, &args.data, args.class_map.as_deref(), args.max_examples)?;
+    let result = match &args.record {
+        None => bit_infer::evaluate_dataset(&m.model, dataset, &feed, &device)?,
+        Some(dir) => {
+            let (result, record) =
+                bit_infer::evaluate_dataset_recorded(&m.model, dataset, &feed, &device)?;
+            record.save(dir)?;
+            writeln!(
+                out,
+                "wrote the inputs, logits and labels of {} images to {}",
+                record.len(),
+                dir.display()
+            )?;
+            result
+        }
+    };
     writeln!(
         out,
         "{}: top-1 {:.2}%, top-5 {:.2}%, loss {:.5} on {} images at {} px",
@@ -293,7 +317,25 @@ fn evaluate_on(
     data: &DataArgs,
     class_map: Option<&Path>,
 ) -> Result<EvalResult, Box<dyn std::error::Error>> {
-    let dataset = data.open(SplitArg::Valid)?;
+    let dataset = matched_dataset(m, data, class_map, None)?;
+    Ok(bit_infer::evaluate_dataset(
+        &m.model, dataset, feed, device,
+    )?)
+}
+
+/// The validation split of `data` (its first `max_examples` images, if given), labelled with
+/// `m`'s head indices: classes matched by name or by `class_map`.
+fn matched_dataset(
+    m: &InferenceModel,
+    data: &DataArgs,
+    class_map: Option<&Path>,
+    max_examples: Option<usize>,
+) -> Result<Arc<dyn ImageDataset>, Box<dyn std::error::Error>> {
+    let mut dataset = data.open(SplitArg::Valid)?;
+    if let Some(n) = max_examples {
+        let first = (0..n.min(dataset.len())).collect();
+        dataset = Arc::new(bit_data::Subset::new(dataset, first));
+    }
     let head = m.model.config().head_size;
     let class_map = class_map.map(bit_infer::read_class_map).transpose()?;
     let map = bit_infer::map_classes(
@@ -303,10 +345,7 @@ fn evaluate_on(
         class_map.as_ref(),
     )?;
     let names = (0..head).map(|c| m.class_name(c)).collect();
-    let relabelled = Arc::new(Relabelled::new(dataset, map, names));
-    Ok(bit_infer::evaluate_dataset(
-        &m.model, relabelled, feed, device,
-    )?)
+    Ok(Arc::new(Relabelled::new(dataset, map, names)))
 }
 
 /// Arguments of `bit fewshot`.

@@ -556,6 +556,57 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
     let bytes = std::fs::read(&onnx).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains("Ankle boot") && text.contains("InstanceNormalization"));
+    // What another runtime needs to reproduce `bit eval` exactly: the tensors the network was
+    // fed, its logits and the labels (scripts/onnx_tract_check.sh runs the graph on them).
+    let record = logdir.join("record");
+    let out = ok(bit(
+        &home,
+        server.base_url(),
+        &[
+            "eval",
+            "--model",
+            s(&model),
+            "--dataset",
+            "folder",
+            "--datadir",
+            s(&data),
+            "--class_map",
+            s(&map),
+            "--max_examples",
+            "5",
+            "--record",
+            s(&record),
+        ],
+    ));
+    assert!(out.contains("on 5 images at 32 px"), "{out}");
+    let read = |name: &str| {
+        let npy = npyz::NpyFile::new(std::fs::File::open(record.join(name)).unwrap()).unwrap();
+        npy.shape().to_vec()
+    };
+    assert_eq!(read("inputs.npy"), [5, 3, 32, 32]);
+    assert_eq!(read("logits.npy"), [5, 10]);
+    assert_eq!(read("labels.npy"), [5]);
+    let logits: Vec<f32> =
+        npyz::NpyFile::new(std::fs::File::open(record.join("logits.npy")).unwrap())
+            .unwrap()
+            .into_vec()
+            .unwrap();
+    let labels: Vec<i64> =
+        npyz::NpyFile::new(std::fs::File::open(record.join("labels.npy")).unwrap())
+            .unwrap()
+            .into_vec()
+            .unwrap();
+    // The recorded logits are the ones scored: their top-1 is the printed one.
+    let correct = logits
+        .chunks_exact(10)
+        .zip(&labels)
+        .filter(|(row, label)| {
+            let best = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            best as i64 == **label
+        })
+        .count();
+    let printed = format!("top-1 {:.2}%", 100.0 * correct as f64 / 5.0);
+    assert!(out.contains(&printed), "{printed} not in {out}");
     let err = failed(bit(
         &home,
         server.base_url(),

@@ -38,6 +38,7 @@ mod list;
 mod loader;
 mod mixup;
 mod registry;
+mod resample;
 mod rng;
 mod tfds;
 mod tfrecord;

@@ -1,15 +1,15 @@
 //! BiT's preprocessing (`bit_pytorch/train.py`): training resizes to the pre-crop square,
 //! takes a random crop and flips horizontally with probability 0.5; evaluation resizes
 //! straight to the crop square. Both scale pixels to `[-1, 1]` (`x / 127.5 - 1`) and write
-//! CHW planes. Resizing is bilinear as Pillow (and so torchvision) does it. Distillation's
+//! CHW planes. Resizing is Pillow's bilinear, bit for bit (so torchvision's on PIL images). Distillation's
 //! views use the inception-style crop instead ([`Preprocess::Inception`]).
 
-use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 use rand::RngExt;
 use rand::rngs::Xoshiro256PlusPlus;
 
 use crate::error::{DataError, Result};
+use crate::resample;
 
 /// The largest image side the pipeline accepts: BiT's largest is 512 (pre-crop) / 480; beyond
 /// this, one batch of activations alone exceeds any machine's memory, and a clear error beats an
@@ -200,37 +200,25 @@ fn inception_region(width: u32, height: u32, rng: &mut Xoshiro256PlusPlus) -> [f
     [((w - cw) / 2.0).floor(), ((h - ch) / 2.0).floor(), cw, ch]
 }
 
-/// Bilinear resize of a region `[left, top, width, height]` of `image` to a `side` square.
+/// The region `[left, top, width, height]` (whole pixels) of `image` cut out, then resized to
+/// a `side` square: torchvision's `resized_crop` (`img.crop(box).resize(...)`).
 fn resize_region(image: &RgbImage, region: [f64; 4], side: usize) -> Result<RgbImage> {
-    let [left, top, width, height] = region;
-    resize_with(
-        image,
-        side,
-        ResizeOptions::new().crop(left, top, width, height),
-    )
+    let [left, top, width, height] = region.map(|v| v as u32);
+    let cut = image::imageops::crop_imm(image, left, top, width, height).to_image();
+    resize(&cut, side)
 }
 
-/// Bilinear resize to a `side` x `side` square (aspect ratio not kept, as in the reference).
+/// Bilinear resize to a `side` x `side` square (aspect ratio not kept, as in the reference),
+/// exactly as Pillow does it ([`resample`](crate::resample)).
 fn resize(image: &RgbImage, side: usize) -> Result<RgbImage> {
-    if image.width() as usize == side && image.height() as usize == side {
-        return Ok(image.clone());
+    if image.width() == 0 || image.height() == 0 {
+        return Err(DataError::InvalidArgument(format!(
+            "cannot resize a {}x{} image",
+            image.width(),
+            image.height()
+        )));
     }
-    resize_with(image, side, ResizeOptions::new())
-}
-
-fn resize_with(image: &RgbImage, side: usize, options: ResizeOptions) -> Result<RgbImage> {
-    let mut dst = RgbImage::new(side as u32, side as u32);
-    let options = options.resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
-    Resizer::new()
-        .resize(image, &mut dst, &options)
-        .map_err(|e| {
-            DataError::InvalidArgument(format!(
-                "cannot resize a {}x{} image: {e}",
-                image.width(),
-                image.height()
-            ))
-        })?;
-    Ok(dst)
+    Ok(resample::resize_bilinear(image, side as u32, side as u32))
 }
 
 #[cfg(test)]

@@ -1,14 +1,16 @@
 //! Evaluation: mean cross-entropy, top-1 and top-5 accuracy over a validation stream.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use bit_data::{Batch, ImageDataset};
 use bit_model::ResNetV2;
+use bit_model::backend::host_values;
 use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::error::{InferError, Result};
-use crate::feed::{Feed, logits_of};
+use crate::feed::{Feed, logits_of, save_labels, write_npy};
 
 /// What an evaluation measured.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -32,11 +34,34 @@ pub fn evaluate(
     stream: impl IntoIterator<Item = bit_data::Result<Batch>>,
     device: &Device,
 ) -> Result<EvalResult> {
+    evaluate_recording(model, stream, device, None)
+}
+
+/// [`evaluate`], also keeping what went in and came out in `record`.
+fn evaluate_recording(
+    model: &ResNetV2,
+    stream: impl IntoIterator<Item = bit_data::Result<Batch>>,
+    device: &Device,
+    mut record: Option<&mut EvalRecord>,
+) -> Result<EvalResult> {
     let (mut loss, mut top1, mut top5, mut examples) = (0.0f64, 0usize, 0usize, 0usize);
     let classes = model.config().head_size;
     for batch in stream {
         let batch = batch?;
-        let logits = logits_of(model, &batch, device);
+        let logits = match record.as_deref_mut() {
+            None => logits_of(model, &batch, device),
+            Some(record) => {
+                let (x, _) = batch.to_tensors(device);
+                let [_, c, h, w] = x.dims();
+                record.input_shape = [c, h, w];
+                record.inputs.extend(host_values(x.clone()));
+                let logits = host_values(model.forward(x));
+                record.logits.extend_from_slice(&logits);
+                record.labels.extend_from_slice(&batch.labels);
+                record.classes = classes;
+                logits
+            }
+        };
         for (row, &label) in logits.chunks_exact(classes).zip(&batch.labels) {
             if label >= classes {
                 return Err(InferError::ClassMapping(format!(
@@ -128,6 +153,81 @@ pub fn evaluate_dataset(
     let result = evaluate(model, batches, device)?;
     bar.finish_and_clear();
     Ok(result)
+}
+
+/// What an evaluation fed the network and what came out, image by image, in dataset order:
+/// another runtime (an exported ONNX file in onnxruntime or tract) given exactly these inputs
+/// must give these logits, whatever its own image decoding and resizing would have done.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EvalRecord {
+    /// The network's inputs, row-major `[len, channels, height, width]` (NCHW, RGB scaled to
+    /// `[-1, 1]`).
+    pub inputs: Vec<f32>,
+    /// `[channels, height, width]` of one input.
+    pub input_shape: [usize; 3],
+    /// The logits, row-major `[len, classes]`.
+    pub logits: Vec<f32>,
+    /// Width of a row of logits.
+    pub classes: usize,
+    /// The label of each image (an index of the head).
+    pub labels: Vec<usize>,
+}
+
+impl EvalRecord {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether no image was evaluated.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Writes `inputs.npy` (float32 `[len, C, H, W]`), `logits.npy` (float32 `[len, classes]`)
+    /// and `labels.npy` (int64 `[len]`) into `dir` (created if needed), each atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(InferError::io(dir))?;
+        let [c, h, w] = self.input_shape.map(|d| d as u64);
+        let n = self.len() as u64;
+        write_npy(&dir.join("inputs.npy"), &[n, c, h, w], &self.inputs)?;
+        write_npy(
+            &dir.join("logits.npy"),
+            &[n, self.classes as u64],
+            &self.logits,
+        )?;
+        save_labels(&dir.join("labels.npy"), &self.labels)
+    }
+}
+
+/// [`evaluate_dataset`], also returning every input and logit it saw ([`EvalRecord`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use bit_data::InMemoryDataset;
+/// use bit_infer::Feed;
+/// use bit_model::ResNetV2Config;
+/// use burn::tensor::Device;
+///
+/// let device = Device::flex();
+/// let model = ResNetV2Config::new([1, 1, 1, 1], 1, 3).init(&device);
+/// let data = InMemoryDataset::new(vec!["a".into(), "b".into(), "c".into()], [8, 8, 3], vec![7; 2 * 192], vec![0, 2])?;
+/// let (result, record) = bit_infer::evaluate_dataset_recorded(&model, Arc::new(data), &Feed::new(32), &device)?;
+/// assert_eq!((result.examples, record.len(), record.input_shape), (2, 2, [3, 32, 32]));
+/// assert_eq!((record.inputs.len(), record.logits.len()), (2 * 3 * 32 * 32, 2 * 3));
+/// # Ok::<(), bit_infer::InferError>(())
+/// ```
+pub fn evaluate_dataset_recorded(
+    model: &ResNetV2,
+    dataset: Arc<dyn ImageDataset>,
+    feed: &Feed,
+    device: &Device,
+) -> Result<(EvalResult, EvalRecord)> {
+    let (batches, bar) = feed.batches(dataset, "eval")?;
+    let mut record = EvalRecord::default();
+    let result = evaluate_recording(model, batches, device, Some(&mut record))?;
+    bar.finish_and_clear();
+    Ok((result, record))
 }
 
 #[cfg(test)]

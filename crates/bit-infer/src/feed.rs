@@ -348,7 +348,7 @@ pub fn embed_stages(
 }
 
 /// Writes a C-order `.npy` atomically ([`bit_hub::write_atomically`]).
-fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
+pub(crate) fn write_npy<T: npyz::Serialize + npyz::AutoSerialize + Copy>(
     path: &Path,
     shape: &[u64],
     data: &[T],

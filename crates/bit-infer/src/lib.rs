@@ -38,7 +38,10 @@ mod model;
 
 pub use bit_model::{CLASSES_METADATA_KEY, RESOLUTION_METADATA_KEY};
 pub use error::{InferError, Result};
-pub use eval::{EvalResult, evaluate, evaluate_dataset, log_softmax, rank};
+pub use eval::{
+    EvalRecord, EvalResult, evaluate, evaluate_dataset, evaluate_dataset_recorded, log_softmax,
+    rank,
+};
 pub use feed::{Embeddings, Feed, StageFeatures, embed, embed_stages, predict, save_labels};
 pub use fewshot::{
     BIAS_FEATURE, DEFAULT_L2, FewShotConfig, FewShotScore, RidgeProbe, STD_EPS, fewshot,
