@@ -367,7 +367,8 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
     images(&data, &["shirts", "boots"], 4);
     let map = data.join("map.txt");
     std::fs::write(&map, "shirts 0\nboots 9\n").unwrap();
-    let eval_with = |model: &Path, extra: &[&str]| -> (String, f64) {
+    // `bit eval` of the folder (and `extra` arguments): its output.
+    let eval_output = |model: &Path, extra: &[&str]| -> String {
         let mut args = vec![
             "eval",
             "--model",
@@ -380,7 +381,10 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
             s(&map),
         ];
         args.extend_from_slice(extra);
-        let out = ok(bit(&home, server.base_url(), &args));
+        ok(bit(&home, server.base_url(), &args))
+    };
+    let eval_with = |model: &Path, extra: &[&str]| -> (String, f64) {
+        let out = eval_output(model, extra);
         let (_, scores) = out.split_once(": ").unwrap();
         let (accuracy, rest) = scores.split_once(", loss ").unwrap();
         let (loss, size) = rest.split_once(' ').unwrap();
@@ -559,25 +563,7 @@ fn train_downloads_a_missing_release_and_its_model_predicts_with_class_names() {
     // What another runtime needs to reproduce `bit eval` exactly: the tensors the network was
     // fed, its logits and the labels (scripts/onnx_tract_check.sh runs the graph on them).
     let record = logdir.join("record");
-    let out = ok(bit(
-        &home,
-        server.base_url(),
-        &[
-            "eval",
-            "--model",
-            s(&model),
-            "--dataset",
-            "folder",
-            "--datadir",
-            s(&data),
-            "--class_map",
-            s(&map),
-            "--max_examples",
-            "5",
-            "--record",
-            s(&record),
-        ],
-    ));
+    let out = eval_output(&model, &["--max_examples", "5", "--record", s(&record)]);
     assert!(out.contains("on 5 images at 32 px"), "{out}");
     let read = |name: &str| {
         let npy = npyz::NpyFile::new(std::fs::File::open(record.join(name)).unwrap()).unwrap();

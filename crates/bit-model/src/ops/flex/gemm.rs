@@ -2,6 +2,7 @@
 //! burn-flex itself uses), plus the per-thread scratch space the kernels reuse between calls.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 /// A read-only strided matrix over a borrowed slice: element `(i, j)` is `data[i * rs + j * cs]`.
 /// Its shape is the caller's to state; [`matmul`] checks that the slice holds it.
@@ -128,15 +129,25 @@ thread_local! {
 /// Rayon's workers live for the whole process, so the im2col buffers are allocated (and their
 /// pages faulted in) once instead of on every convolution.
 pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+    with_buffer(&SCRATCH, len, f)
+}
+
+/// Runs `f` on `slot`'s buffer (a thread-local kept between calls) of at least `len` elements,
+/// contents unspecified.
+pub(crate) fn with_buffer<T: Copy + Default, R>(
+    slot: &'static LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    slot.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
-                buf.resize(len, 0.0);
+                buf.resize(len, T::default());
             }
             f(&mut buf[..len])
         }
         // Re-entered on the same thread (a task that waits inside rayon can run another one):
         // fall back to a private buffer.
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(&mut vec![T::default(); len]),
     })
 }

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::conv::ConvGeometry;
+use super::gemm::with_buffer;
 use super::standardize::standardize;
 
 /// Rows (output positions) of one micro-tile.
@@ -169,7 +170,7 @@ impl Int8Kernel {
                 let col = &images.data[start * p.k_pad..(start + rows) * p.k_pad];
                 gemm(p, col, end - start, dst, &row_quant, accumulate, vnni);
             } else {
-                with_bytes(&COL, rows * p.k_pad, |col| {
+                with_buffer(&COL, rows * p.k_pad, |col| {
                     im2col_u8(g, p.k_pad, &images, start, end, col);
                     gemm(p, col, end - start, dst, &row_quant, accumulate, vnni);
                 });
@@ -180,27 +181,10 @@ impl Int8Kernel {
 }
 
 thread_local! {
-    /// This thread's im2col buffer, kept between calls (its pages are faulted in once).
+    /// This thread's im2col buffer, kept between calls (its pages are faulted in once). Its
+    /// contents need no clearing: the GEMM never reads the padding `k` of a row against a
+    /// nonzero weight, and rows past the last position only make results that are dropped.
     static COL: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on `slot`'s buffer of at least `len` bytes (contents unspecified: the GEMM never
-/// reads the padding `k` of a row against a nonzero weight, and rows past the last position
-/// only make results that are dropped).
-fn with_bytes<R>(
-    slot: &'static std::thread::LocalKey<RefCell<Vec<u8>>>,
-    len: usize,
-    f: impl FnOnce(&mut [u8]) -> R,
-) -> R {
-    slot.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => f(&mut vec![0; len]),
-    })
 }
 
 /// The scale and zero point of a group of activations: an image, or one position's channels.

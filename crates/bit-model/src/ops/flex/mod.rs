@@ -72,7 +72,19 @@ fn conv_geometry(
     output: Option<(&str, &FlexTensor)>,
     options: &StdConvOptions,
 ) -> ConvGeometry {
-    let checked = check::conv(op, &x.shape(), &weight.shape(), options);
+    checked_geometry(op, &x.shape(), &weight.shape(), output, options)
+}
+
+/// The geometry of a convolution of an input and a kernel of these shapes, after
+/// [`check::conv`] (and the shape of `output`, which must match its output, when given).
+fn checked_geometry(
+    op: &str,
+    x: &[usize],
+    kernel: &[usize],
+    output: Option<(&str, &FlexTensor)>,
+    options: &StdConvOptions,
+) -> ConvGeometry {
+    let checked = check::conv(op, x, kernel, options);
     if let Some((what, t)) = output {
         check::conv_output(op, what, &checked, &t.shape());
     }
@@ -140,22 +152,8 @@ pub(super) fn int8_conv2d(
     residual: Option<FlexTensor>,
     options: &StdConvOptions,
 ) -> FlexTensor {
-    let op = "int8_conv2d";
-    let checked = check::conv(op, &x.shape(), &kernel.shape(), options);
-    if let Some(residual) = &residual {
-        check::conv_output(op, "the residual", &checked, &residual.shape());
-    }
-    let [batch, height, width, c_in] = checked.input;
-    let g = ConvGeometry {
-        batch,
-        height,
-        width,
-        c_in,
-        c_out: checked.kernel[0],
-        kernel: checked.kernel[2],
-        stride: options.stride,
-        padding: options.padding,
-    };
+    let output = residual.as_ref().map(|r| ("the residual", r));
+    let g = checked_geometry("int8_conv2d", &x.shape(), &kernel.shape(), output, options);
     let x = contiguous(x);
     let len = g.positions() * g.c_out;
     let out_dims = [g.batch, g.out_height(), g.out_width(), g.c_out];
