@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::error::{InferError, Result};
-use crate::feed::{Feed, logits_of, save_labels, write_npy};
+use crate::feed::{Feed, save_labels, write_npy};
 
 /// What an evaluation measured.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -46,22 +46,22 @@ fn evaluate_recording(
 ) -> Result<EvalResult> {
     let (mut loss, mut top1, mut top5, mut examples) = (0.0f64, 0usize, 0usize, 0usize);
     let classes = model.config().head_size;
+    if let Some(record) = record.as_deref_mut() {
+        record.classes = classes;
+    }
     for batch in stream {
         let batch = batch?;
-        let logits = match record.as_deref_mut() {
-            None => logits_of(model, &batch, device),
-            Some(record) => {
-                let (x, _) = batch.to_tensors(device);
-                let [_, c, h, w] = x.dims();
-                record.input_shape = [c, h, w];
-                record.inputs.extend(host_values(x.clone()));
-                let logits = host_values(model.forward(x));
-                record.logits.extend_from_slice(&logits);
-                record.labels.extend_from_slice(&batch.labels);
-                record.classes = classes;
-                logits
-            }
-        };
+        let (x, _) = batch.to_tensors(device);
+        if let Some(record) = record.as_deref_mut() {
+            let [_, c, h, w] = x.dims();
+            record.input_shape = [c, h, w];
+            record.inputs.extend(host_values(x.clone()));
+            record.labels.extend_from_slice(&batch.labels);
+        }
+        let logits = host_values(model.forward(x));
+        if let Some(record) = record.as_deref_mut() {
+            record.logits.extend_from_slice(&logits);
+        }
         for (row, &label) in logits.chunks_exact(classes).zip(&batch.labels) {
             if label >= classes {
                 return Err(InferError::ClassMapping(format!(

@@ -13,7 +13,7 @@ use npyz::WriterBuilder;
 use crate::error::{InferError, Result};
 
 /// The logits of one batch, row-major `[batch, classes]`, on the host.
-pub(crate) fn logits_of(model: &ResNetV2, batch: &Batch, device: &Device) -> Vec<f32> {
+fn logits_of(model: &ResNetV2, batch: &Batch, device: &Device) -> Vec<f32> {
     let (x, _) = batch.to_tensors(device);
     host_values(model.forward(x))
 }

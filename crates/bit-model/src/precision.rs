@@ -39,9 +39,10 @@ pub enum Precision {
     /// scaling so that small gradients do not flush to zero.
     F16,
     /// Inference on the CPU with the units' convolutions in 8-bit integers: each standardized
-    /// kernel quantized symmetrically per filter, the activations entering a convolution
-    /// per position (pointwise) or image (`u8`, zero kept exact), products summed in 32-bit integers (AVX-512 VNNI's
-    /// `vpdpbusd` where the CPU has it, see [`Precision::has_int8_kernels`]). The root
+    /// kernel quantized symmetrically per filter, the activations entering a convolution per
+    /// position (pointwise) or image (`u8`, zero kept exact), products summed in 32-bit
+    /// integers (AVX-512 VNNI's `vpdpbusd` where the CPU has it, see
+    /// [`Precision::has_int8_kernels`]). The root
     /// convolution, GroupNorm, pooling and the head stay f32, as do the weights the model
     /// holds. Not for training.
     Int8,
@@ -96,9 +97,7 @@ impl Precision {
             reason: reason.to_string(),
         })
     }
-}
 
-impl Precision {
     /// [`check`](Self::check) for training, which also refuses int8 (an inference precision:
     /// fine-tune in f32, then run or export the result in int8).
     ///

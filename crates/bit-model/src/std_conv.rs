@@ -125,8 +125,8 @@ impl StdConv2d {
     }
 
     /// The layer computing in int8 on the CPU (`true`: its standardized kernel quantized per
-    /// filter, activations per position or image; see [`Precision::Int8`](crate::Precision::Int8)) or in
-    /// f32 (`false`). The f32 weights stay: saving, exporting and training see them
+    /// filter, activations per position or image; see
+    /// [`Precision::Int8`](crate::Precision::Int8)) or in f32 (`false`). The f32 weights stay: saving, exporting and training see them
     /// unchanged, and devices other than the CPU keep computing in f32.
     ///
     /// ```

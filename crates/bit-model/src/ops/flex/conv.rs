@@ -106,34 +106,40 @@ fn im2col(g: &ConvGeometry, x: &[f32], start: usize, end: usize, col: &mut [f32]
 }
 
 fn im2col_rows(g: &ConvGeometry, x: &[f32], start: usize, end: usize, col: &mut [f32]) {
+    let image_len = g.height * g.width * g.c_in;
+    for (row, p) in col.chunks_exact_mut(g.patch_len()).zip(start..end) {
+        let n = p / (g.out_height() * g.out_width());
+        patch_row(g, &x[n * image_len..(n + 1) * image_len], p, 0.0, row);
+    }
+}
+
+/// The im2col row of output position `p` (`kernel² · c_in` values, (kh, kw, cin) order) from
+/// its NHWC `image`, `pad` where the window leaves the image: f32 zeros here, the image's zero
+/// point in the int8 path.
+pub(crate) fn patch_row<T: Copy>(g: &ConvGeometry, image: &[T], p: usize, pad: T, row: &mut [T]) {
     let (ho, wo) = (g.out_height(), g.out_width());
     let (h, w, c, k) = (g.height, g.width, g.c_in, g.kernel);
-    let patch = g.patch_len();
-    for (row, p) in col.chunks_exact_mut(patch).zip(start..end) {
-        let n = p / (ho * wo);
-        let oh = (p / wo) % ho;
-        let ow = p % wo;
-        let iw0 = (ow * g.stride) as isize - g.padding as isize;
-        let image = &x[n * h * w * c..(n + 1) * h * w * c];
-        for (kh, dst) in row.chunks_exact_mut(k * c).enumerate() {
-            let ih = (oh * g.stride + kh) as isize - g.padding as isize;
-            if ih < 0 || ih >= h as isize {
-                dst.fill(0.0);
-                continue;
-            }
-            let line = &image[ih as usize * w * c..(ih as usize + 1) * w * c];
-            if iw0 >= 0 && iw0 as usize + k <= w {
-                // The whole kernel row is inside: (kw, cin) is one contiguous run.
-                let iw0 = iw0 as usize;
-                dst.copy_from_slice(&line[iw0 * c..(iw0 + k) * c]);
-            } else {
-                for (kw, d) in dst.chunks_exact_mut(c).enumerate() {
-                    let iw = iw0 + kw as isize;
-                    if iw < 0 || iw >= w as isize {
-                        d.fill(0.0);
-                    } else {
-                        d.copy_from_slice(&line[iw as usize * c..(iw as usize + 1) * c]);
-                    }
+    let oh = (p / wo) % ho;
+    let ow = p % wo;
+    let iw0 = (ow * g.stride) as isize - g.padding as isize;
+    for (kh, dst) in row.chunks_exact_mut(k * c).enumerate() {
+        let ih = (oh * g.stride + kh) as isize - g.padding as isize;
+        if ih < 0 || ih >= h as isize {
+            dst.fill(pad);
+            continue;
+        }
+        let line = &image[ih as usize * w * c..(ih as usize + 1) * w * c];
+        if iw0 >= 0 && iw0 as usize + k <= w {
+            // The whole kernel row is inside: (kw, cin) is one contiguous run.
+            let iw0 = iw0 as usize;
+            dst.copy_from_slice(&line[iw0 * c..(iw0 + k) * c]);
+        } else {
+            for (kw, d) in dst.chunks_exact_mut(c).enumerate() {
+                let iw = iw0 + kw as isize;
+                if iw < 0 || iw >= w as isize {
+                    d.fill(pad);
+                } else {
+                    d.copy_from_slice(&line[iw as usize * c..(iw as usize + 1) * c]);
                 }
             }
         }

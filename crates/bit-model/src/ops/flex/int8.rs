@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::conv::ConvGeometry;
+use super::conv::{ConvGeometry, patch_row};
 use super::gemm::with_buffer;
 use super::standardize::standardize;
 
@@ -232,7 +232,8 @@ struct Quantized {
 /// Values per task when scanning or quantizing.
 const CHUNK: usize = 1 << 14;
 
-/// `x` quantized image by image, followed by `tail` zero bytes.
+/// `x` quantized in groups of `group` values (whole images, or one position's channels), each
+/// with its own parameters, followed by `tail` zero bytes.
 fn quantize(x: &[f32], group: usize, tail: usize) -> Quantized {
     let mut data = vec![0u8; x.len() + tail];
     let params = if group >= CHUNK {
@@ -303,30 +304,18 @@ fn im2col_u8(
         });
 }
 
-/// Row `p` of the `u8` im2col matrix.
+/// Row `p` of the `u8` im2col matrix: its image's patch, padded with the image's zero point.
 fn im2col_row(g: &ConvGeometry, images: &Quantized, p: usize, row: &mut [u8]) {
-    let (ho, wo) = (g.out_height(), g.out_width());
-    let (h, w, c, k) = (g.height, g.width, g.c_in, g.kernel);
-    let n = p / (ho * wo);
-    let (oh, ow) = ((p / wo) % ho, p % wo);
-    let zero = images.params[n].zero;
-    let image = &images.data[n * h * w * c..(n + 1) * h * w * c];
-    for (kh, dst) in row[..k * k * c].chunks_exact_mut(k * c).enumerate() {
-        let ih = (oh * g.stride + kh) as isize - g.padding as isize;
-        if ih < 0 || ih >= h as isize {
-            dst.fill(zero);
-            continue;
-        }
-        let line = &image[ih as usize * w * c..(ih as usize + 1) * w * c];
-        for (kw, d) in dst.chunks_exact_mut(c).enumerate() {
-            let iw = (ow * g.stride + kw) as isize - g.padding as isize;
-            if iw < 0 || iw >= w as isize {
-                d.fill(zero);
-            } else {
-                d.copy_from_slice(&line[iw as usize * c..(iw as usize + 1) * c]);
-            }
-        }
-    }
+    let n = p / (g.out_height() * g.out_width());
+    let image_len = g.height * g.width * g.c_in;
+    let image = &images.data[n * image_len..(n + 1) * image_len];
+    patch_row(
+        g,
+        image,
+        p,
+        images.params[n].zero,
+        &mut row[..g.patch_len()],
+    );
 }
 
 /// Where [`gemm`]'s tasks write: each owns a rectangle of rows and columns of `dst`, which the

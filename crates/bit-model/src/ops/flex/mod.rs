@@ -155,26 +155,38 @@ pub(super) fn int8_conv2d(
     let output = residual.as_ref().map(|r| ("the residual", r));
     let g = checked_geometry("int8_conv2d", &x.shape(), &kernel.shape(), output, options);
     let x = contiguous(x);
+    conv_output(&g, residual, |out, accumulate| {
+        kernel.forward(&g, &x, out, accumulate)
+    })
+}
+
+/// The output of a convolution of geometry `g`, which `fill(out, accumulate)` writes: into a
+/// new tensor, or added to `residual` (in the residual's own storage when nothing else holds
+/// it, the bottleneck's last convolution plus its shortcut in one pass).
+fn conv_output(
+    g: &ConvGeometry,
+    residual: Option<FlexTensor>,
+    fill: impl FnOnce(&mut [f32], bool),
+) -> FlexTensor {
     let len = g.positions() * g.c_out;
     let out_dims = [g.batch, g.out_height(), g.out_width(), g.c_out];
     match residual {
-        // Accumulate straight into the residual's storage when nothing else holds it.
         Some(mut residual)
             if residual.layout().contiguous_offsets() == Some((0, len))
                 && residual.is_unique()
                 && residual.bytes().len() == len * size_of::<f32>() =>
         {
-            kernel.forward(&g, &x, residual.storage_mut::<f32>(), true);
+            fill(residual.storage_mut::<f32>(), true);
             residual
         }
         Some(residual) => {
             let mut out = contiguous(&residual).into_owned();
-            kernel.forward(&g, &x, &mut out, true);
+            fill(&mut out, true);
             tensor(out, out_dims)
         }
         None => {
             let mut out = vec![0.0f32; len];
-            kernel.forward(&g, &x, &mut out, false);
+            fill(&mut out, false);
             tensor(out, out_dims)
         }
     }
@@ -187,15 +199,16 @@ impl BitOps for Flex {
             return composed::std_conv2d::<Flex>(x, weight, options);
         }
         let kernel = kernel_cache::standardized(&weight, options.eps, KernelLayout::Hwio);
-        let mut out = vec![0.0f32; g.positions() * g.c_out];
-        conv::forward(&g, &contiguous(&x), &kernel, &mut out, false);
-        tensor(out, [g.batch, g.out_height(), g.out_width(), g.c_out])
+        let x = contiguous(&x);
+        conv_output(&g, None, |out, accumulate| {
+            conv::forward(&g, &x, &kernel, out, accumulate)
+        })
     }
 
     fn std_conv2d_add(
         x: FlexTensor,
         weight: FlexTensor,
-        mut residual: FlexTensor,
+        residual: FlexTensor,
         options: StdConvOptions,
     ) -> FlexTensor {
         let op = "std_conv2d_add";
@@ -203,21 +216,11 @@ impl BitOps for Flex {
         if !is_f32(&[&x, &weight, &residual]) {
             return composed::std_conv2d_add::<Flex>(x, weight, residual, options);
         }
-        let out_dims = [g.batch, g.out_height(), g.out_width(), g.c_out];
         let kernel = kernel_cache::standardized(&weight, options.eps, KernelLayout::Hwio);
         let x = contiguous(&x);
-        let len = g.positions() * g.c_out;
-        // Accumulate straight into the residual's storage when nothing else holds it.
-        if residual.layout().contiguous_offsets() == Some((0, len))
-            && residual.is_unique()
-            && residual.bytes().len() == len * size_of::<f32>()
-        {
-            conv::forward(&g, &x, &kernel, residual.storage_mut::<f32>(), true);
-            return residual;
-        }
-        let mut out = contiguous(&residual).into_owned();
-        conv::forward(&g, &x, &kernel, &mut out, true);
-        tensor(out, out_dims)
+        conv_output(&g, Some(residual), |out, accumulate| {
+            conv::forward(&g, &x, &kernel, out, accumulate)
+        })
     }
 
     fn std_conv2d_x_backward(
